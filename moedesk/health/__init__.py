@@ -1,0 +1,1 @@
+"""Health alerts: rules from the seeds evaluated on metrics as they arrive."""

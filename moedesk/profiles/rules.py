@@ -1,0 +1,113 @@
+"""Cross-field rules: constraints that involve more than one key of a profile.
+
+Single-key types and ranges are declared in `schema.py`; everything that needs
+two keys (or the file system) lives here, one small function per section.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from moedesk.profiles.schema import Profile
+from moedesk.profiles.validate import Problem
+
+
+def _model_problems(p: Profile) -> list[Problem]:
+    m, out = p.model, []
+    if m.dim % m.n_heads:
+        out.append(Problem("model.dim", f"got {m.dim}; must be divisible by model.n_heads ({m.n_heads})"))
+    elif (m.dim // m.n_heads) % 2:
+        out.append(Problem("model.dim", f"got {m.dim}; dim / n_heads = {m.dim // m.n_heads} must be "
+                                        "even for rotary embeddings"))
+    if m.n_heads % m.n_kv_heads:
+        out.append(Problem("model.n_kv_heads", f"got {m.n_kv_heads}; must divide model.n_heads "
+                                               f"({m.n_heads})"))
+    if p.data.seq_len > m.max_seq_len:
+        out.append(Problem("data.seq_len", f"got {p.data.seq_len}; must be <= model.max_seq_len "
+                                           f"({m.max_seq_len})"))
+    if p.data.source == "grammar" and m.vocab_size < 256:
+        out.append(Problem("model.vocab_size", f"got {m.vocab_size}; byte-level data needs >= 256"))
+    return out
+
+
+def _moe_problems(p: Profile) -> list[Problem]:
+    e, out = p.moe, []
+    if e.top_k > e.num_experts:
+        out.append(Problem("moe.top_k", f"got {e.top_k}; must be <= moe.num_experts ({e.num_experts})"))
+    n_layers = p.model.n_layers
+    bad = [i for i in e.moe_layers if not 0 <= i < n_layers]
+    if bad:
+        out.append(Problem("moe.moe_layers", f"got {e.moe_layers}; indices must be in 0..{n_layers - 1} "
+                                             f"(model.n_layers = {n_layers})"))
+    if len(set(e.moe_layers)) != len(e.moe_layers):
+        out.append(Problem("moe.moe_layers", f"got {e.moe_layers}; indices must be distinct"))
+    if not e.moe_layers and e.skip_first_n_moe >= n_layers:
+        out.append(Problem("moe.skip_first_n_moe", f"got {e.skip_first_n_moe}; must be < model.n_layers "
+                                                   f"({n_layers}) so at least one block is MoE"))
+    if 0 < e.capacity_factor < 1.0 / e.num_experts:
+        out.append(Problem("moe.capacity_factor", f"got {e.capacity_factor}; 0 (dropless) or >= "
+                                                  f"1/num_experts"))
+    return out
+
+
+def _ternary_problems(p: Profile) -> list[Problem]:
+    t, out = p.ternary, []
+    if t.active_experts > t.num_experts:
+        out.append(Problem("ternary.active_experts", f"got {t.active_experts}; must be <= "
+                                                     f"ternary.num_experts ({t.num_experts})"))
+    if t.num_experts == 243 and t.topology != "hierarchical":
+        out.append(Problem("ternary.topology", f"got {t.topology!r}; 243 experts need 'hierarchical' "
+                                               "selection (Validate243Config)"))
+    if t.topology == "hierarchical":
+        num_clusters = math.ceil(t.num_experts / t.cluster_size)
+        if t.cluster_size > t.num_experts:
+            out.append(Problem("ternary.cluster_size", f"got {t.cluster_size}; must be <= "
+                                                       f"ternary.num_experts ({t.num_experts})"))
+        elif t.active_clusters > num_clusters:
+            out.append(Problem("ternary.active_clusters", f"got {t.active_clusters}; there are only "
+                                                          f"{num_clusters} clusters"))
+        elif t.active_clusters * t.cluster_size < t.active_experts:
+            out.append(Problem("ternary.active_clusters",
+                               f"got {t.active_clusters}; {t.active_clusters} clusters of "
+                               f"{t.cluster_size} cannot hold {t.active_experts} active experts"))
+    if p.data.source == "tokens":
+        out.append(Problem("data.source", "got 'tokens'; ternary runs read 'grammar', 'text' or 'trits'"))
+    return out
+
+
+def _common_problems(p: Profile) -> list[Problem]:
+    out = []
+    if p.train.warmup_steps > p.train.steps:
+        out.append(Problem("train.warmup_steps", f"got {p.train.warmup_steps}; must be <= train.steps "
+                                                 f"({p.train.steps})"))
+    if p.data.source == "trits" and p.kind != "ternary":
+        out.append(Problem("data.source", f"got 'trits'; only ternary runs read trit files "
+                                          f"(kind = {p.kind!r})"))
+    if p.data.source in ("text", "tokens", "trits"):
+        if not p.data.path:
+            out.append(Problem("data.path", f"missing; data.source = {p.data.source!r} needs a file"))
+        else:
+            path = resolve_data_path(p)
+            if not path.is_file():
+                out.append(Problem("data.path", f"got {p.data.path!r}; no such file ({path})"))
+    return out
+
+
+def resolve_data_path(p: Profile) -> Path:
+    """data.path as an absolute path: relative paths are taken from the profile's folder."""
+    path = Path(p.data.path).expanduser()
+    if not path.is_absolute() and p.path:
+        path = Path(p.path).resolve().parent / path
+    return path.resolve()
+
+
+def cross_field_problems(p: Profile) -> list[Problem]:
+    out = _common_problems(p)
+    if p.kind in ("dense", "topk"):
+        out += _model_problems(p)
+    if p.kind == "topk":
+        out += _moe_problems(p)
+    if p.kind == "ternary":
+        out += _ternary_problems(p)
+    return out

@@ -1,0 +1,214 @@
+"""The run-profile schema: one frozen dataclass per TOML section.
+
+Every field carries its help text, allowed range or choices in its metadata;
+`validate.py` walks these declarations generically, `docs/profiles.md` is
+generated from the same place, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+KINDS = ("dense", "topk", "ternary")
+
+
+def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+         choices: tuple | None = None, min_exclusive: bool = False, kinds: tuple = ()) -> Any:
+    """A profile field with its documentation and bounds."""
+    meta = {"help": help, "min": min, "max": max, "choices": choices,
+            "min_exclusive": min_exclusive, "kinds": kinds}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelSection:
+    vocab_size: int = knob(256, "Vocabulary size. Byte-level data uses 256.", min=2, max=1_000_000)
+    dim: int = knob(128, "Model (residual stream) width.", min=8, max=16384)
+    n_layers: int = knob(4, "Number of transformer blocks.", min=1, max=256)
+    n_heads: int = knob(4, "Attention (query) heads; must divide dim.", min=1, max=256)
+    n_kv_heads: int = knob(2, "Key/value heads for grouped-query attention; must divide n_heads.",
+                           min=1, max=256)
+    ffn_hidden: int = knob(0, "Hidden width of the dense SwiGLU FFN; 0 = 8/3*dim rounded up to "
+                              "a multiple of 32.", min=0, max=262144)
+    max_seq_len: int = knob(256, "Longest sequence the RoPE tables cover; must be >= data.seq_len.",
+                            min=8, max=131072)
+    rope_theta: float = knob(10000.0, "RoPE base frequency.", min=1.0, max=1e9)
+    norm_eps: float = knob(1e-5, "RMSNorm epsilon.", min=0.0, max=0.1, min_exclusive=True)
+    dropout: float = knob(0.0, "Dropout on attention and FFN outputs.", min=0.0, max=0.9)
+    init_std: float = knob(0.02, "Std of the normal weight init.", min=0.0, max=1.0,
+                           min_exclusive=True)
+    tie_embeddings: bool = knob(True, "Share the token embedding with the output head.")
+
+
+@dataclass
+class MoESection:
+    num_experts: int = knob(8, "Experts per MoE layer.", min=1, max=1024)
+    top_k: int = knob(2, "Experts chosen per token; must be <= num_experts.", min=1, max=64)
+    expert_hidden: int = knob(0, "Hidden width of each SwiGLU expert; 0 = model.ffn_hidden / top_k "
+                                 "(equal active parameters to the dense FFN).", min=0, max=262144)
+    moe_layers: list = knob([], "Block indices whose FFN is MoE; empty = every block from "
+                                "skip_first_n_moe on.")
+    skip_first_n_moe: int = knob(0, "Keep the first N blocks dense (ignored when moe_layers is set).",
+                                 min=0, max=256)
+    capacity_factor: float = knob(0.0, "0 = dropless; else each expert takes at most "
+                                       "ceil(cf*T*K/E) tokens and the rest are dropped.",
+                                  min=0.0, max=64.0)
+    aux_loss_weight: float = knob(0.01, "alpha of the Switch load-balancing loss; 0 = off.",
+                                  min=0.0, max=10.0)
+    z_loss_weight: float = knob(0.001, "beta of the router z-loss; 0 = off.", min=0.0, max=10.0)
+    bias_balancing: bool = knob(True, "Auxiliary-loss-free balancing with a per-layer routing bias.")
+    bias_update_speed: float = knob(0.001, "u: bias step per optimizer step.", min=0.0, max=1.0)
+    router_init_std: float = knob(0.01, "Std of the router weight init (small keeps early "
+                                        "routing near uniform).", min=0.0, max=1.0)
+    router_noise_std: float = knob(0.0, "Std of Gaussian noise on router logits in training "
+                                         "(opt-in; 0 = off).", min=0.0, max=10.0)
+    expert_dropout: float = knob(0.0, "Probability of dropping a chosen expert for a token in "
+                                      "training (opt-in; 0 = off).", min=0.0, max=0.9)
+    dispatch: str = knob("sorted", "Expert dispatch: sort tokens once by expert (fast), or a "
+                                   "per-expert mask loop (reference).",
+                         choices=("sorted", "eager"))
+    dead_window: int = knob(20, "Logged steps an expert must get zero tokens to count as dead.",
+                            min=1, max=100000)
+
+
+@dataclass
+class TernarySection:
+    num_experts: int = knob(243, "Experts (3^5 by default).", min=2, max=6561)
+    active_experts: int = knob(16, "Experts each sample is routed to (K).", min=1, max=32)
+    specialization_dim: int = knob(128, "Trits in each expert's specialization vector; samples "
+                                        "are scored on their first specialization_dim trits.",
+                                   min=4, max=4096)
+    topology: str = knob("hierarchical", "flat = top-K over all experts; hierarchical = top "
+                                         "clusters, then top-K inside them.",
+                         choices=("flat", "hierarchical"))
+    cluster_size: int = knob(16, "Experts per cluster (hierarchical).", min=2, max=1024)
+    active_clusters: int = knob(4, "Clusters chosen per sample (hierarchical).", min=1, max=1024)
+    input_dim: int = knob(64, "Trits per sample fed to the experts.", min=4, max=4096)
+    hidden_dim: int = knob(128, "Width of the hidden ternary layers.", min=4, max=4096)
+    expert_layers: int = knob(2, "Ternary layers per expert.", min=1, max=8)
+    output_dim: int = knob(64, "Output trits per expert (goodness counts their non-zeros).",
+                           min=4, max=4096)
+    hebbian_rule: str = knob("contrastive", "contrastive = reinforce the positive and weaken the "
+                                            "negative pattern (learns); reference = the documented "
+                                            "sign-only rule on the positive.",
+                             choices=("contrastive", "reference"))
+    learning_rate: int = knob(1, "GF(3) step size: 1 or -1 (2 acts as -1 in GF(3)).", min=-1, max=1)
+    update_fraction: float = knob(0.05, "Share of weights a Hebbian step may touch per layer and "
+                                        "expert (keeps GF(3) wrap-around from erasing learning).",
+                                  min=0.0, max=1.0, min_exclusive=True)
+    corruption: float = knob(0.1, "Share of positions corrupted to make a negative sample.",
+                             min=0.0, max=1.0, min_exclusive=True)
+    encoding: str = knob("balanced", "Bytes to trits: balanced = lossless 6-trit balanced ternary "
+                                     "per byte; letters = the seeds' A-M/N-Z mapping.",
+                         choices=("balanced", "letters"))
+    load_balance_alpha: float = knob(0.01, "Weight of the load penalty on routing scores; 0 = off.",
+                                     min=0.0, max=10.0)
+    rebalance_interval: int = knob(100, "Batches between decays (halving) of the utilization "
+                                        "counters.", min=1, max=1_000_000)
+    early_stopping_patience: int = knob(10, "Epochs without a better held-out accuracy before "
+                                            "stopping; 0 = never.", min=0, max=100000)
+    checkpoint_every_epochs: int = knob(5, "Also checkpoint every N epochs; 0 = only on "
+                                           "checkpoint.every steps.", min=0, max=100000)
+
+
+@dataclass
+class TrainSection:
+    steps: int = knob(1000, "Optimizer steps (ternary: batches).", min=1, max=100_000_000)
+    batch_size: int = knob(16, "Sequences (ternary: samples) per micro-batch.", min=1, max=65536)
+    grad_accum: int = knob(1, "Micro-batches per optimizer step.", min=1, max=4096)
+    lr: float = knob(3e-4, "Peak learning rate.", min=0.0, max=100.0, min_exclusive=True)
+    min_lr_ratio: float = knob(0.1, "Cosine floor as a share of lr.", min=0.0, max=1.0)
+    warmup_steps: int = knob(100, "Linear warmup steps; must be <= steps.", min=0, max=100_000_000)
+    weight_decay: float = knob(0.1, "AdamW weight decay (not on norms, biases or embeddings).",
+                               min=0.0, max=10.0)
+    beta1: float = knob(0.9, "AdamW beta1.", min=0.0, max=1.0)
+    beta2: float = knob(0.95, "AdamW beta2.", min=0.0, max=1.0)
+    grad_clip: float = knob(1.0, "Clip the global gradient norm; 0 = off.", min=0.0, max=1e6)
+    bf16: bool = knob(False, "bf16 autocast for matmuls (router, losses stay fp32).")
+    device: str = knob("auto", "auto = CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
+    threads: int = knob(0, "torch CPU threads; 0 = torch's default.", min=0, max=1024)
+    log_every: int = knob(1, "Steps between logged metrics.", min=1, max=1_000_000)
+    eval_every: int = knob(50, "Steps between evaluations; 0 = only at the end.", min=0,
+                           max=100_000_000)
+    eval_batches: int = knob(4, "Batches per evaluation.", min=1, max=100000)
+
+
+@dataclass
+class DataSection:
+    source: str = knob("grammar", "grammar = built-in labelled synthetic corpus; text = a text "
+                                  "file; tokens = a .npy/.bin token array; trits = the seeds' "
+                                  "binary trit-sample file (ternary only).",
+                       choices=("grammar", "text", "tokens", "trits"))
+    path: str = knob("", "File for source text/tokens/trits, relative to the profile's folder.")
+    seq_len: int = knob(64, "Tokens per training sequence.", min=2, max=131072)
+    val_fraction: float = knob(0.1, "Share of the data held out for evaluation.", min=0.0, max=0.5,
+                               min_exclusive=True)
+    grammar_sentences: int = knob(20000, "Sentences generated for the grammar corpus.", min=100,
+                                  max=10_000_000)
+    grammar_seed: int = knob(0, "Seed of the grammar corpus (fixed so every run sees the same "
+                                "text).", min=0, max=2**31 - 1)
+
+
+@dataclass
+class CheckpointSection:
+    every: int = knob(100, "Steps between checkpoints; 0 = only at the end and on stop.", min=0,
+                      max=100_000_000)
+    keep: int = knob(3, "Checkpoints kept on disk (oldest pruned); 0 = keep all.", min=0,
+                     max=100000)
+
+
+@dataclass
+class HealthSection:
+    stop_on: str = knob("critical", "Alert severity that stops the run.",
+                        choices=("warning", "critical", "never"))
+    rules: dict = knob(None, "Per-rule overrides: [health.RULE] with enabled and thresholds "
+                             "(see docs/health.md).")
+
+    def __post_init__(self) -> None:
+        if self.rules is None:
+            self.rules = {}
+
+
+@dataclass
+class Profile:
+    name: str
+    kind: str
+    seed: int
+    model: ModelSection
+    moe: MoESection
+    ternary: TernarySection
+    train: TrainSection
+    data: DataSection
+    checkpoint: CheckpointSection
+    health: HealthSection
+    path: str = ""  # the file it came from ("" for built in code)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "moe": MoESection,
+    "ternary": TernarySection,
+    "train": TrainSection,
+    "data": DataSection,
+    "checkpoint": CheckpointSection,
+    "health": HealthSection,
+}
+
+TOP_LEVEL = {
+    "name": (str, "Run name prefix; runs are named NAME-ID."),
+    "kind": (str, "dense | topk | ternary."),
+    "seed": (int, "Fixes data order, init and routing."),
+}
+
+
+def section_fields(section: str):
+    """(name, type, default, metadata) for each field of a section."""
+    cls = SECTIONS[section]
+    out = []
+    for f in fields(cls):
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        out.append((f.name, f.type, default, f.metadata))
+    return out

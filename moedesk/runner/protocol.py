@@ -1,0 +1,66 @@
+"""The trainer -> supervisor event protocol: one JSON object per line on stdout.
+
+Event types (every event has "type"; "step" where it applies):
+  started      {step, total_steps, pid, device, params: {total, active}, resumed_from?}
+  metrics      {step, wall, values: {name: float}}        non-finite values travel as strings
+  expert_load  {step, wall, loads: {layer: [count, ...]}}  one vector per MoE layer
+  checkpoint   {step, wall, path, size, sha256}
+  analysis     {step, wall, name, payload}                 e.g. routing histograms
+  finished     {step, wall, status, reason}                status: completed | stopped | failed
+Anything on stdout that is not a JSON object is kept as a log line, never an error.
+Pure stdlib: both sides (train, runner) import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "finished")
+FINISH_STATUSES = ("completed", "stopped", "failed")
+
+
+def _encode_float(value: float) -> float | str:
+    # JSON has no NaN/Inf; strings keep them lossless ("nan", "inf", "-inf")
+    return value if math.isfinite(value) else repr(float(value))
+
+
+def encode(event: dict[str, Any]) -> str:
+    """One event as a single line of JSON (no trailing newline)."""
+    if event.get("type") == "metrics":
+        event = dict(event)
+        event["values"] = {k: _encode_float(float(v)) for k, v in event["values"].items()}
+    return json.dumps(event, separators=(",", ":"), allow_nan=False)
+
+
+@dataclass
+class Decoded:
+    event: dict[str, Any] | None  # None when the line was not an event
+    text: str  # the raw line, for the log when it is not an event
+
+
+def decode(line: str) -> Decoded:
+    """Parse one stdout line; malformed lines come back as text, never raise."""
+    text = line.rstrip("\n")
+    if not text.startswith("{"):
+        return Decoded(None, text)
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return Decoded(None, text)
+    if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
+        return Decoded(None, text)
+    if event["type"] == "metrics":
+        values = event.get("values")
+        if not isinstance(values, dict):
+            return Decoded(None, text)
+        clean = {}
+        for name, value in values.items():
+            try:
+                clean[str(name)] = float(value)  # float("nan") / float("inf") round-trip
+            except (TypeError, ValueError):
+                continue
+        event["values"] = clean
+    return Decoded(event, text)

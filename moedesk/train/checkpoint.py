@@ -1,0 +1,133 @@
+"""Checkpoints on disk: atomic writes, checksums, listing, pruning, verified loads.
+
+A checkpoint is `checkpoints/step_XXXXXXXX.pt` (a plain `torch.save` dict that loads
+without moedesk) plus a sidecar `step_XXXXXXXX.json` {step, size, sha256} written after
+it. Both are written to a temporary name, fsynced and renamed, so a crash at any moment
+leaves either the complete pair or nothing that `list_checkpoints` reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; the message names the file."""
+
+
+@dataclass
+class CheckpointInfo:
+    step: int
+    path: Path
+    size: int
+    sha256: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> CheckpointInfo:
+    """Write `state` for `step` atomically; prune to the newest `keep` (0 = keep all)."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        _write_atomic(path, data)
+        meta = {"step": step, "size": len(data), "sha256": digest, "file": path.name}
+        _write_atomic(path.with_suffix(".json"), json.dumps(meta).encode())
+        _fsync_dir(folder)
+    except OSError as exc:
+        path.with_suffix(".json").unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.path.with_suffix(".json").unlink(missing_ok=True)
+            old.path.unlink(missing_ok=True)
+    return CheckpointInfo(step, path, len(data), digest)
+
+
+def list_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
+    """Complete checkpoints (sidecar present, size matches), oldest first."""
+    out = []
+    for meta_path in sorted(checkpoint_dir(run_dir).glob("step_*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            path = meta_path.with_suffix(".pt")
+            if path.stat().st_size != meta["size"]:
+                continue
+            out.append(CheckpointInfo(int(meta["step"]), path, int(meta["size"]), meta["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, key=lambda c: c.step)
+
+
+def find_checkpoint(run_dir: Path, step: int | None = None) -> CheckpointInfo:
+    """The checkpoint at `step`, or the newest one; raises CheckpointError when absent."""
+    found = list_checkpoints(run_dir)
+    if step is not None:
+        found = [c for c in found if c.step == step]
+    if not found:
+        which = f"at step {step}" if step is not None else "at all"
+        raise CheckpointError(f"no complete checkpoint {which} in {checkpoint_dir(run_dir)}")
+    return found[-1]
+
+
+def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict:
+    """Read and verify a checkpoint; every failure is a CheckpointError naming the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if expected_sha256 is None:
+        meta_path = path.with_suffix(".json")
+        try:
+            expected_sha256 = json.loads(meta_path.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CheckpointError(f"checkpoint {path} has no readable checksum file "
+                                  f"{meta_path.name}; it may be incomplete") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: sha256 {actual[:12]}... "
+                              f"does not match the recorded {expected_sha256[:12]}...")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types on bad pickles
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict")
+    return state

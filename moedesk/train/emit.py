@@ -1,0 +1,65 @@
+"""The trainer's only output channel: protocol events on stdout, human logs on stderr.
+
+`Emitter` writes one JSON line per event and flushes, so the supervisor sees each
+step as soon as it happens. `NullEmitter` discards events (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+from moedesk.runner.protocol import encode
+
+
+class Emitter:
+    def __init__(self, stream: IO[str] | None = None, log_stream: IO[str] | None = None):
+        self.stream = stream if stream is not None else sys.stdout
+        self.log_stream = log_stream if log_stream is not None else sys.stderr
+
+    def emit(self, type: str, **fields: Any) -> None:
+        fields.setdefault("wall", time.time())
+        self.stream.write(encode({"type": type, **fields}) + "\n")
+        self.stream.flush()
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        self.emit("metrics", step=step, values=values)
+
+    def expert_load(self, step: int, loads: dict[int, list[int]]) -> None:
+        self.emit("expert_load", step=step, loads={str(k): v for k, v in loads.items()})
+
+    def log(self, message: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        self.log_stream.write(f"{stamp} {message}\n")
+        self.log_stream.flush()
+
+
+class NullEmitter(Emitter):
+    """Drops every event; logs still go to stderr unless `quiet`."""
+
+    def __init__(self, quiet: bool = True):
+        super().__init__()
+        self.quiet = quiet
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, type: str, **fields: Any) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            super().log(message)
+
+
+class ListEmitter(Emitter):
+    """Keeps events in memory (tests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, type: str, **fields: Any) -> None:
+        self.events.append({"type": type, **fields})
+
+    def log(self, message: str) -> None:
+        pass
