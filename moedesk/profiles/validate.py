@@ -97,8 +97,8 @@ def _unknown(key: str, allowed: list[str]) -> Problem:
 
 def build_profile(data: dict, file: str = "") -> Profile:
     """Validate parsed TOML data and build a `Profile`, or raise `ProfileError`."""
-    from moedesk.profiles.rules import cross_field_problems  # cross-field rules live apart
     from moedesk.health.thresholds import health_problems
+    from moedesk.profiles.rules import cross_field_problems  # cross-field rules live apart
 
     problems: list[Problem] = []
     if not isinstance(data, dict):

@@ -12,22 +12,19 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be written or read; the message names the file."""
-
-
-@dataclass
-class CheckpointInfo:
-    step: int
-    path: Path
-    size: int
-    sha256: str
+from moedesk.ckptfiles import (  # noqa: F401 - re-exported for trainers
+    CheckpointError,
+    CheckpointInfo,
+    checkpoint_dir,
+    find_checkpoint,
+    list_checkpoints,
+    verify_bytes,
+    verify_checkpoint,
+)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,10 +46,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> CheckpointInfo:
@@ -80,32 +73,6 @@ def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> Che
     return CheckpointInfo(step, path, len(data), digest)
 
 
-def list_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
-    """Complete checkpoints (sidecar present, size matches), oldest first."""
-    out = []
-    for meta_path in sorted(checkpoint_dir(run_dir).glob("step_*.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-            path = meta_path.with_suffix(".pt")
-            if path.stat().st_size != meta["size"]:
-                continue
-            out.append(CheckpointInfo(int(meta["step"]), path, int(meta["size"]), meta["sha256"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return sorted(out, key=lambda c: c.step)
-
-
-def find_checkpoint(run_dir: Path, step: int | None = None) -> CheckpointInfo:
-    """The checkpoint at `step`, or the newest one; raises CheckpointError when absent."""
-    found = list_checkpoints(run_dir)
-    if step is not None:
-        found = [c for c in found if c.step == step]
-    if not found:
-        which = f"at step {step}" if step is not None else "at all"
-        raise CheckpointError(f"no complete checkpoint {which} in {checkpoint_dir(run_dir)}")
-    return found[-1]
-
-
 def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict:
     """Read and verify a checkpoint; every failure is a CheckpointError naming the file."""
     path = Path(path)
@@ -120,10 +87,7 @@ def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict:
         except (OSError, ValueError, KeyError, TypeError):
             raise CheckpointError(f"checkpoint {path} has no readable checksum file "
                                   f"{meta_path.name}; it may be incomplete") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected_sha256:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: sha256 {actual[:12]}... "
-                              f"does not match the recorded {expected_sha256[:12]}...")
+    verify_bytes(path, data, expected_sha256)
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - torch raises many types on bad pickles

@@ -1,0 +1,71 @@
+"""Checkpoint files without torch: listing, sidecar metadata, checksum verification.
+
+The runner and CLI use this to find and verify checkpoints before launching a resume
+(they may not import torch); `moedesk.train.checkpoint` writes and loads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written or read; the message names the file."""
+
+
+
+@dataclass
+class CheckpointInfo:
+    step: int
+    path: Path
+    size: int
+    sha256: str
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
+    """Complete checkpoints (sidecar present, size matches), oldest first."""
+    out = []
+    for meta_path in sorted(checkpoint_dir(run_dir).glob("step_*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            path = meta_path.with_suffix(".pt")
+            if path.stat().st_size != meta["size"]:
+                continue
+            out.append(CheckpointInfo(int(meta["step"]), path, int(meta["size"]), meta["sha256"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(out, key=lambda c: c.step)
+
+
+def find_checkpoint(run_dir: Path, step: int | None = None) -> CheckpointInfo:
+    """The checkpoint at `step`, or the newest one; raises CheckpointError when absent."""
+    found = list_checkpoints(run_dir)
+    if step is not None:
+        found = [c for c in found if c.step == step]
+    if not found:
+        which = f"at step {step}" if step is not None else "at all"
+        raise CheckpointError(f"no complete checkpoint {which} in {checkpoint_dir(run_dir)}")
+    return found[-1]
+
+
+def verify_bytes(path: Path, data: bytes, expected_sha256: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: sha256 {actual[:12]}... "
+                              f"does not match the recorded {expected_sha256[:12]}...")
+
+
+def verify_checkpoint(info: CheckpointInfo) -> None:
+    """Re-hash a checkpoint file; CheckpointError naming it when it does not match."""
+    try:
+        data = info.path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {info.path}: {exc.strerror or exc}") from None
+    verify_bytes(info.path, data, info.sha256)

@@ -1,0 +1,158 @@
+"""The runner's Python API: start, stop, resume and fork runs. CLI and TUI both call it.
+
+Starting a run creates its row (queued) and spawns a detached supervisor
+(`start_new_session=True`), so the run outlives the terminal, the TUI and an SSH
+disconnect. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from moedesk.ckptfiles import CheckpointError, find_checkpoint, verify_checkpoint
+from moedesk.paths import db_path, run_dir
+from moedesk.profiles import Profile, profile_to_dict
+from moedesk.runner.control import (
+    clear_stop_request,
+    signal_trainer,
+    stop_signal,
+    write_stop_request,
+)
+from moedesk.store import Reader, StoreError, connect_writer
+from moedesk.store import runs as store_runs
+from moedesk.store.reads import RunInfo, effective_status
+
+
+class RunError(Exception):
+    """A run operation that cannot be done; the message says why and what to do."""
+
+
+@dataclass
+class Launched:
+    run_id: int
+    name: str
+    supervisor_pid: int
+
+
+def spawn_supervisor(home: Path, run_id: int, resume: str | None = None,
+                     stop_at: int | None = None) -> int:
+    folder = run_dir(home, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "moedesk.runner.supervise", "--home", str(home),
+           "--run-id", str(run_id)]
+    if resume:
+        cmd += ["--resume", resume]
+    if stop_at is not None:
+        cmd += ["--stop-at", str(stop_at)]
+    with open(folder / "supervisor.log", "a") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return proc.pid
+
+
+def start_run(profile: Profile, home: Path, *, name: str | None = None,
+              stop_on: str | None = None, stop_at: int | None = None,
+              parent: tuple[int, int, str] | None = None) -> Launched:
+    """Create a queued run for a validated profile and start its supervisor.
+
+    `parent` = (run_id, step, checkpoint path) forks from another run's checkpoint.
+    """
+    db = connect_writer(db_path(home))
+    try:
+        run_id = store_runs.create_run(
+            db.conn, config=profile_to_dict(profile), profile_path=profile.path, home=home,
+            name=name, parent_id=parent[0] if parent else None,
+            parent_step=parent[1] if parent else None, stop_on=stop_on)
+        row = db.conn.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone()
+    finally:
+        db.close()
+    pid = spawn_supervisor(home, run_id, resume=parent[2] if parent else None, stop_at=stop_at)
+    return Launched(run_id, row[0], pid)
+
+
+def get_run(home: Path, ref: str | int) -> RunInfo:
+    reader = Reader(db_path(home))
+    try:
+        return reader.run(ref)
+    finally:
+        reader.close()
+
+
+def stop_run(home: Path, ref: str | int, kill: bool = False) -> RunInfo:
+    """Graceful stop (finish the step, checkpoint, exit) or, with kill, SIGKILL now."""
+    info = get_run(home, ref)
+    if info.status not in store_runs.ACTIVE:
+        raise RunError(f"run {info.id} ({info.name}) is {info.status}; only queued or running "
+                       "runs can be stopped")
+    write_stop_request(Path(info.row["run_dir"]), "kill" if kill else "graceful")
+    signal_trainer(info.row["trainer_pid"], stop_signal(kill))
+    return info
+
+
+def checkpoint_for(info: RunInfo, step: int | None):
+    """The verified checkpoint of a run at `step` (or its newest); RunError when unusable."""
+    try:
+        found = find_checkpoint(Path(info.row["run_dir"]), step)
+        verify_checkpoint(found)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    return found
+
+
+def resume_run(home: Path, ref: str | int, step: int | None = None,
+               stop_at: int | None = None) -> tuple[RunInfo, int]:
+    """Continue a run in place from a checkpoint; rows after that step are dropped first."""
+    info = get_run(home, ref)
+    if info.status in store_runs.ACTIVE:
+        raise RunError(f"run {info.id} ({info.name}) is still {info.status}; stop it first")
+    ckpt = checkpoint_for(info, step)
+    db = connect_writer(db_path(home))
+    try:
+        store_runs.truncate_for_resume(db.conn, info.id, ckpt.step, str(ckpt.path))
+    finally:
+        db.close()
+    clear_stop_request(Path(info.row["run_dir"]))
+    spawn_supervisor(home, info.id, resume=str(ckpt.path), stop_at=stop_at)
+    return info, ckpt.step
+
+
+def fork_run(profile: Profile, home: Path, source: str, *, name: str | None = None,
+             stop_on: str | None = None, stop_at: int | None = None) -> Launched:
+    """`moedesk run PROFILE --from RUN[@STEP]`: a new run starting from another's checkpoint."""
+    ref, _, at = source.partition("@")
+    if at and not at.isdigit():
+        raise RunError(f"--from {source!r}: the step after @ must be a number")
+    parent = get_run(home, ref)
+    if parent.kind != profile.kind:
+        raise RunError(f"--from {source!r}: run {parent.id} is kind {parent.kind}, the profile is "
+                       f"kind {profile.kind}; a fork keeps the kind")
+    ckpt = checkpoint_for(parent, int(at) if at else None)
+    return start_run(profile, home, name=name, stop_on=stop_on, stop_at=stop_at,
+                     parent=(parent.id, ckpt.step, str(ckpt.path)))
+
+
+def reconcile_crashed(home: Path) -> list[int]:
+    """Mark running runs whose supervisor died as crashed in the database."""
+    reader = Reader(db_path(home))
+    try:
+        dead = [r.id for r in reader.runs() if r.row["status"] == "running"
+                and effective_status(r.row) == "crashed"]
+    finally:
+        reader.close()
+    if dead:
+        db = connect_writer(db_path(home))
+        try:
+            for run_id in dead:
+                store_runs.mark_crashed_if_active(db.conn, run_id, "supervisor process is gone")
+        finally:
+            db.close()
+    return dead
+
+
+__all__ = ["RunError", "Launched", "start_run", "stop_run", "resume_run", "fork_run",
+           "get_run", "spawn_supervisor", "reconcile_crashed", "StoreError"]

@@ -1,0 +1,188 @@
+"""Everything readers (CLI, TUI) ask of the store, over one read-only connection.
+
+Live views poll with a cursor per run (the last rowid they have) and fetch only
+newer rows; nothing here re-reads a whole history on each tick. A run whose row
+says running but whose supervisor process is gone is reported as crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from moedesk.store.db import StoreError, connect_reader
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def process_alive(pid: int | None, started: float | None) -> bool:
+    """True when `pid` runs and is the same process (its start time matches)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if started is not None and abs(proc.create_time() - started) > 1.0:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def effective_status(row: sqlite3.Row | dict) -> str:
+    status = row["status"]
+    if status == "running" and not process_alive(row["supervisor_pid"], row["supervisor_started"]):
+        return "crashed"
+    return status
+
+
+@dataclass
+class RunInfo:
+    id: int
+    name: str
+    kind: str
+    status: str
+    last_step: int
+    total_steps: int | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    row: dict[str, Any]
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.row["config_json"])
+
+
+class Reader:
+    """A read-only view of the store; cheap to create, safe to poll from a thread."""
+
+    def __init__(self, db_file: Path):
+        self.db_file = Path(db_file)
+        self.conn = connect_reader(self.db_file)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _info(self, row: sqlite3.Row) -> RunInfo:
+        d = dict(row)
+        d["status"] = effective_status(row)
+        return RunInfo(d["id"], d["name"], d["kind"], d["status"], d["last_step"] or 0,
+                       d["total_steps"], d["created_at"], d["started_at"], d["ended_at"], d)
+
+    def runs(self) -> list[RunInfo]:
+        return [self._info(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
+
+    def run(self, ref: str | int) -> RunInfo:
+        """A run by id or by name; StoreError naming the reference when absent."""
+        ref = str(ref)
+        row = None
+        if ref.isdigit():
+            row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(ref),)).fetchone()
+        if row is None:
+            row = self.conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id DESC",
+                                    (ref,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {ref!r} in {self.db_file} (see `moedesk runs`)")
+        return self._info(row)
+
+    def metrics_since(self, run_id: int, after_rowid: int = 0,
+                      names: list[str] | None = None) -> tuple[list[tuple], int]:
+        """(rows of (rowid, step, name, value), new cursor) for rows newer than the cursor."""
+        sql = "SELECT rowid, step, name, value FROM metrics WHERE rowid > ? AND run_id = ?"
+        args: list[Any] = [after_rowid, run_id]
+        if names:
+            sql += f" AND name IN ({','.join('?' * len(names))})"
+            args += names
+        rows = [tuple(r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
+        cursor = rows[-1][0] if rows else after_rowid
+        return rows, max(cursor, after_rowid)
+
+    def series(self, run_id: int, name: str) -> list[tuple[int, float | None]]:
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT step, value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step",
+            (run_id, name))]
+
+    def latest_metrics(self, run_id: int) -> dict[str, tuple[int, float | None]]:
+        """{name: (step, value)} of the newest value of every metric of a run."""
+        rows = self.conn.execute(
+            "SELECT name, step, value FROM metrics WHERE rowid IN ("
+            " SELECT MAX(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", (run_id,))
+        return {r["name"]: (r["step"], r["value"]) for r in rows}
+
+    def last_value(self, run_id: int, name: str) -> float | None:
+        row = self.conn.execute("SELECT value FROM metrics WHERE run_id = ? AND name = ?"
+                                " ORDER BY step DESC LIMIT 1", (run_id, name)).fetchone()
+        return None if row is None else row[0]
+
+    def expert_load_since(self, run_id: int, after_rowid: int = 0
+                          ) -> tuple[list[tuple[int, int, list[float]]], int]:
+        """(rows of (step, layer, counts), new cursor)."""
+        rows = list(self.conn.execute(
+            "SELECT rowid, step, layer, counts FROM expert_load WHERE rowid > ? AND run_id = ?"
+            " ORDER BY rowid", (after_rowid, run_id)))
+        cursor = rows[-1][0] if rows else after_rowid
+        return [(r[1], r[2], json.loads(r[3])) for r in rows], cursor
+
+    def latest_expert_load(self, run_id: int) -> tuple[int | None, dict[int, list[float]]]:
+        row = self.conn.execute("SELECT MAX(step) FROM expert_load WHERE run_id = ?",
+                                (run_id,)).fetchone()
+        if row[0] is None:
+            return None, {}
+        rows = self.conn.execute("SELECT layer, counts FROM expert_load WHERE run_id = ?"
+                                 " AND step = ? ORDER BY layer", (run_id, row[0]))
+        return row[0], {r[0]: json.loads(r[1]) for r in rows}
+
+    def alerts(self, run_id: int | None = None, open_only: bool = False,
+               after_id: int = 0) -> list[dict]:
+        sql = "SELECT * FROM alerts WHERE id > ?"
+        args: list[Any] = [after_id]
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args.append(run_id)
+        if open_only:
+            sql += " AND cleared_step IS NULL"
+        return [dict(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+
+    def worst_open_alert(self) -> dict[int, str]:
+        """{run_id: worst severity among its open alerts}."""
+        out: dict[int, str] = {}
+        for r in self.conn.execute("SELECT run_id, severity FROM alerts"
+                                   " WHERE cleared_step IS NULL"):
+            if SEVERITY_RANK.get(r[1], 0) >= SEVERITY_RANK.get(out.get(r[0], "info"), 0):
+                out[r[0]] = r[1]
+        return out
+
+    def checkpoints(self, run_id: int) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY step", (run_id,))]
+
+    def resumes(self, run_id: int) -> list[dict]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT * FROM resumes WHERE run_id = ? ORDER BY rowid", (run_id,))]
+
+    def query(self, sql: str, params: tuple = (), limit: int = 1000
+              ) -> tuple[list[str], list[tuple], bool]:
+        """Run a read-only statement: (columns, rows, truncated). Writes raise StoreError."""
+        try:
+            cur = self.conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "readonly" in text or "query_only" in text or "read-only" in text:
+                raise StoreError("moedesk query is read-only: write statements (INSERT, UPDATE,"
+                                 " DELETE, CREATE, DROP, ...) are refused") from None
+            raise StoreError(f"SQL error: {text}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQL error: {exc}") from None
+        columns = [d[0] for d in cur.description or []]
+        rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
+        truncated = len(rows) > limit
+        return columns, rows[:limit], truncated
+
+
+def open_reader(db_file: Path) -> Reader:
+    return Reader(db_file)

@@ -1,0 +1,94 @@
+"""Run lifecycle writes: create, start, finish, resume-truncate. One short transaction each.
+
+Status values: queued, running, completed, failed, stopped, crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from moedesk.store.db import transaction
+
+STATUSES = ("queued", "running", "completed", "failed", "stopped", "crashed")
+ACTIVE = ("queued", "running")
+
+
+def create_run(conn: sqlite3.Connection, *, config: dict, profile_path: str, home: Path,
+               name: str | None = None, parent_id: int | None = None,
+               parent_step: int | None = None, stop_on: str | None = None) -> int:
+    """Insert a queued run row and return its id; the name defaults to PROFILE-ID."""
+    with transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO runs (name, kind, profile_path, config_json, status, seed, total_steps,"
+            " last_step, created_at, parent_id, parent_step, stop_on)"
+            " VALUES (?, ?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?)",
+            (name or config["name"], config["kind"], profile_path, json.dumps(config),
+             config["seed"], config["train"]["steps"], time.time(), parent_id, parent_step,
+             stop_on or config["health"]["stop_on"]))
+        run_id = int(cur.lastrowid)
+        final_name = name or f"{config['name']}-{run_id}"
+        conn.execute("UPDATE runs SET name = ?, run_dir = ? WHERE id = ?",
+                     (final_name, str(home / str(run_id)), run_id))
+    return run_id
+
+
+def set_supervisor(conn: sqlite3.Connection, run_id: int, pid: int, started: float) -> None:
+    with transaction(conn):
+        conn.execute("UPDATE runs SET supervisor_pid = ?, supervisor_started = ? WHERE id = ?",
+                     (pid, started, run_id))
+
+
+def mark_running(conn: sqlite3.Connection, run_id: int, trainer_pid: int) -> None:
+    with transaction(conn):
+        conn.execute("UPDATE runs SET status = 'running', trainer_pid = ?,"
+                     " started_at = COALESCE(started_at, ?) WHERE id = ?",
+                     (trainer_pid, time.time(), run_id))
+
+
+def record_started_event(conn: sqlite3.Connection, run_id: int, event: dict) -> None:
+    params = event.get("params") or {}
+    with transaction(conn):
+        conn.execute("UPDATE runs SET total_steps = COALESCE(?, total_steps), params_total = ?,"
+                     " params_active = ?, device = ? WHERE id = ?",
+                     (event.get("total_steps"), params.get("total"), params.get("active"),
+                      event.get("device"), run_id))
+
+
+def finish_run(conn: sqlite3.Connection, run_id: int, status: str, exit_code: int | None,
+               error: str | None) -> None:
+    assert status in STATUSES, status
+    with transaction(conn):
+        conn.execute("UPDATE runs SET status = ?, exit_code = ?, error = ?, ended_at = ?"
+                     " WHERE id = ?", (status, exit_code, error, time.time(), run_id))
+
+
+def mark_crashed_if_active(conn: sqlite3.Connection, run_id: int, error: str) -> bool:
+    """Record a crash found by a reader (dead supervisor); no-op if the run already ended."""
+    with transaction(conn):
+        cur = conn.execute("UPDATE runs SET status = 'crashed', error = ?, ended_at = ?"
+                           " WHERE id = ? AND status IN ('queued', 'running')",
+                           (error, time.time(), run_id))
+    return cur.rowcount > 0
+
+
+def truncate_for_resume(conn: sqlite3.Connection, run_id: int, from_step: int,
+                        checkpoint: str) -> None:
+    """Drop every row logged after `from_step` and requeue the run, atomically.
+
+    Curves never overlap after a resume: the steps the checkpoint does not cover are
+    removed, and the resumed trainer logs them again.
+    """
+    with transaction(conn):
+        for table in ("metrics", "expert_load", "checkpoints"):
+            conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, from_step))
+        conn.execute("DELETE FROM alerts WHERE run_id = ? AND step > ?", (run_id, from_step))
+        conn.execute("UPDATE alerts SET cleared_step = NULL WHERE run_id = ? AND cleared_step > ?",
+                     (run_id, from_step))
+        conn.execute("INSERT INTO resumes (run_id, from_step, checkpoint, wall) VALUES (?,?,?,?)",
+                     (run_id, from_step, checkpoint, time.time()))
+        conn.execute("UPDATE runs SET status = 'queued', last_step = ?, resumed_from_step = ?,"
+                     " ended_at = NULL, exit_code = NULL, error = NULL, supervisor_pid = NULL,"
+                     " trainer_pid = NULL WHERE id = ?", (from_step, from_step, run_id))

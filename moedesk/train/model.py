@@ -1,0 +1,208 @@
+"""The dense decoder-only language model (nanoGPT-like, Llama-style blocks).
+
+Token embedding -> N x [RMSNorm -> grouped-query attention with RoPE -> residual,
+RMSNorm -> FFN -> residual] -> RMSNorm -> output head (optionally tied to the embedding).
+
+Seams for other model kinds (the top-k MoE LM subclasses `LM`):
+  - `LM.make_ffn(layer_idx)` builds each block's FFN; any module mapping x_BTD -> y_BTD fits.
+  - An FFN module may define `init_weights(std, residual_std)`; `LM` calls it instead of
+    its own init, so routers and expert tensors keep the init they want.
+  - `extra_loss()`, `after_optimizer_step()`, `log_values()`, `expert_loads()`,
+    `extra_state()` / `load_extra_state()` are called by the training loop; the dense model
+    has nothing to add. Persistent buffers (e.g. a routing bias) travel in `state_dict()`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moedesk.profiles.schema import ModelSection
+
+
+def ffn_hidden_size(cfg: ModelSection) -> int:
+    """`model.ffn_hidden`, or 8/3 * dim rounded up to a multiple of 32 when it is 0."""
+    if cfg.ffn_hidden > 0:
+        return cfg.ffn_hidden
+    return 32 * math.ceil(8 * cfg.dim / 3 / 32)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in fp32 so bf16 autocast does not lose the small-variance tail
+        x_fp32 = x.float()
+        rms_inv = torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x_fp32 * rms_inv).type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables [max_seq_len, head_dim/2] for rotary position embeddings."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles_TH = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles_TH.cos().float(), angles_TH.sin().float()
+
+
+def apply_rope(x_BNTH: Tensor, cos_TH: Tensor, sin_TH: Tensor) -> Tensor:
+    """Rotate each (even, odd) pair of channels by its position's angle."""
+    x_even, x_odd = x_BNTH.float()[..., 0::2], x_BNTH.float()[..., 1::2]
+    rot_even = x_even * cos_TH - x_odd * sin_TH
+    rot_odd = x_even * sin_TH + x_odd * cos_TH
+    return torch.stack((rot_even, rot_odd), dim=-1).flatten(-2).type_as(x_BNTH)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention: n_kv_heads key/value heads shared by n_heads queries."""
+
+    def __init__(self, cfg: ModelSection):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
+        self.head_dim = cfg.dim // cfg.n_heads
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+
+    def init_weights(self, std: float, residual_std: float) -> None:
+        for linear in (self.wq, self.wk, self.wv):
+            nn.init.normal_(linear.weight, std=std)
+        nn.init.normal_(self.wo.weight, std=residual_std)
+
+    def forward(self, x_BTD: Tensor, cos_TH: Tensor, sin_TH: Tensor) -> Tensor:
+        B, T, _ = x_BTD.shape
+        q_BNTH = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BKTH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BKTH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q_BNTH, k_BKTH = apply_rope(q_BNTH, cos_TH, sin_TH), apply_rope(k_BKTH, cos_TH, sin_TH)
+        # each group of n_heads/n_kv_heads query heads reads the same key/value head
+        group = self.n_heads // self.n_kv_heads
+        if group > 1:
+            k_BKTH = k_BKTH.repeat_interleave(group, dim=1)
+            v_BKTH = v_BKTH.repeat_interleave(group, dim=1)
+        y_BNTH = F.scaled_dot_product_attention(
+            q_BNTH, k_BKTH, v_BKTH, is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0)
+        return self.wo(y_BNTH.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """The dense FFN: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def init_weights(self, std: float, residual_std: float) -> None:
+        nn.init.normal_(self.w1.weight, std=std)
+        nn.init.normal_(self.w3.weight, std=std)
+        nn.init.normal_(self.w2.weight, std=residual_std)
+
+    def forward(self, x_BTD: Tensor) -> Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x_BTD)) * self.w3(x_BTD)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelSection, ffn: nn.Module):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = ffn
+
+    def forward(self, x_BTD: Tensor, cos_TH: Tensor, sin_TH: Tensor) -> Tensor:
+        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TH, sin_TH))
+        x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD))
+        return x_BTD
+
+
+class LM(nn.Module):
+    """Decoder-only LM over `cfg.vocab_size` tokens; `forward` returns (logits, loss)."""
+
+    def __init__(self, cfg: ModelSection):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.blocks = nn.ModuleList(
+            Block(cfg, self.make_ffn(layer_idx)) for layer_idx in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos_TH, sin_TH = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        # derived from the config, so not saved: checkpoints stay small and exact
+        self.register_buffer("rope_cos", cos_TH, persistent=False)
+        self.register_buffer("rope_sin", sin_TH, persistent=False)
+        self.init_weights()
+
+    def make_ffn(self, layer_idx: int) -> nn.Module:
+        """The FFN of block `layer_idx`; the MoE LM returns an MoE module for its MoE layers."""
+        return SwiGLU(self.cfg.dim, ffn_hidden_size(self.cfg), self.cfg.dropout)
+
+    def init_weights(self) -> None:
+        std = self.cfg.init_std
+        # GPT-2: projections that write into the residual stream shrink with depth
+        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=std)
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.output.weight, std=std)
+        for block in self.blocks:
+            block.attn.init_weights(std, residual_std)
+            if hasattr(block.ffn, "init_weights"):
+                block.ffn.init_weights(std, residual_std)
+
+    def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None]:
+        T = idx_BT.shape[1]
+        cos_TH, sin_TH = self.rope_cos[:T], self.rope_sin[:T]
+        x_BTD = self.tok_embeddings(idx_BT)
+        for block in self.blocks:
+            x_BTD = block(x_BTD, cos_TH, sin_TH)
+        logits_BTV = self.output(self.norm(x_BTD))
+        if targets_BT is None:
+            return logits_BTV, None
+        loss = F.cross_entropy(logits_BTV.float().flatten(0, 1), targets_BT.flatten())
+        return logits_BTV, loss
+
+    # ---- sizes -------------------------------------------------------------------------
+    def num_params(self) -> int:
+        """Every parameter, a tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def num_active_params(self) -> int:
+        """Parameters used per token; all of them in a dense model."""
+        return self.num_params()
+
+    # ---- hooks the training loop calls (no-ops for the dense model) -------------------------
+    def extra_loss(self) -> Tensor | None:
+        """Auxiliary losses gathered in the last forward, added to the LM loss for backward."""
+        return None
+
+    def after_optimizer_step(self) -> None:
+        """Called once after each optimizer step (e.g. a routing-bias update)."""
+
+    def log_values(self) -> dict[str, Tensor | float]:
+        """Extra metrics for the current log step, e.g. {"moe/aux_loss": ...}."""
+        return {}
+
+    def expert_loads(self) -> dict[int, list[int]]:
+        """Per-layer expert token counts since the last log step (then reset); {} if none."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """Non-tensor or non-buffer state that a checkpoint must carry."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what `extra_state` returned."""
