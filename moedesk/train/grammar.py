@@ -47,6 +47,12 @@ CONJUNCTIONS = ("and", "but", "because", "so")
 Word = tuple[str, str]  # (text, label)
 
 
+def _fix_article(words: list[Word]) -> None:
+    """'a' -> 'an' before a vowel: one more agreement rule for the model to learn."""
+    if words[0][0] == "a" and words[1][0][0] in "aeiou":
+        words[0] = ("an", "determiner")
+
+
 class _Sampler:
     def __init__(self, rng: random.Random):
         self.rng = rng
@@ -59,12 +65,15 @@ class _Sampler:
         if self.rng.random() < 0.4:
             words.append((self.pick(ADJECTIVES), "adjective"))
         words.append((self.pick(NOUNS), "noun"))
+        _fix_article(words)
         if self.rng.random() < 0.15:
             words += [(self.pick(PREPOSITIONS), "preposition"), *self.simple_np()]
         return words
 
     def simple_np(self) -> list[Word]:
-        return [(self.pick(DETERMINERS), "determiner"), (self.pick(NOUNS), "noun")]
+        words = [(self.pick(DETERMINERS), "determiner"), (self.pick(NOUNS), "noun")]
+        _fix_article(words)
+        return words
 
     def subject(self) -> tuple[list[Word], bool]:
         """A subject and whether it is 3rd-person singular."""

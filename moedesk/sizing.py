@@ -1,0 +1,166 @@
+"""The size calculator: total and active parameters and training memory from a Profile.
+
+Pure Python (no torch), so `moedesk size` and the TUI can answer before anything is built.
+The counts follow the LM in moedesk/train/model.py exactly (a test compares them with
+`sum(p.numel())` of the real model): Llama-style blocks without biases, RMSNorm weights,
+grouped-query attention, SwiGLU FFNs, an optionally tied output head. For topk runs each
+MoE block's FFN is a router (D x E) plus E SwiGLU experts of hidden F; a token uses K.
+The ternary kind has its own hook, `ternary_size`, filled by the ternary model's owner.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from moedesk.profiles.schema import ModelSection, MoESection, Profile
+
+BYTES_FP32 = 4
+BYTES_BF16 = 2
+# AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per parameter
+ADAMW_STATE_BYTES = 2 * BYTES_FP32
+
+
+def dense_ffn_hidden(model: ModelSection) -> int:
+    """`model.ffn_hidden`, or 8/3 * dim rounded up to a multiple of 32 when it is 0."""
+    if model.ffn_hidden > 0:
+        return model.ffn_hidden
+    return 32 * math.ceil(8 * model.dim / 3 / 32)
+
+
+def expert_hidden(model: ModelSection, moe: MoESection) -> int:
+    """Hidden width F of one expert: `moe.expert_hidden`, or the dense FFN width / top_k
+    so that K experts hold as many parameters as the dense FFN they replace."""
+    if moe.expert_hidden > 0:
+        return moe.expert_hidden
+    return max(1, dense_ffn_hidden(model) // moe.top_k)
+
+
+def moe_layer_indices(model: ModelSection, moe: MoESection) -> list[int]:
+    """Blocks whose FFN is MoE: `moe.moe_layers`, else every block from skip_first_n_moe."""
+    if moe.moe_layers:
+        return sorted(moe.moe_layers)
+    return list(range(moe.skip_first_n_moe, model.n_layers))
+
+
+@dataclass
+class SizeReport:
+    kind: str
+    total_params: int
+    active_params: int
+    embedding_params: int  # token embedding plus an untied output head
+    attention_params: int
+    ffn_params: int  # dense FFNs plus all experts and routers
+    active_ffn_params: int
+    norm_params: int
+
+    @property
+    def active_share(self) -> float:
+        return self.active_params / self.total_params if self.total_params else 0.0
+
+    @property
+    def weights_fp32_bytes(self) -> int:
+        return self.total_params * BYTES_FP32
+
+    @property
+    def weights_bf16_bytes(self) -> int:
+        return self.total_params * BYTES_BF16
+
+    @property
+    def grads_bytes(self) -> int:
+        # gradients have the parameters' dtype; parameters stay fp32 under bf16 autocast
+        return self.total_params * BYTES_FP32
+
+    @property
+    def adamw_bytes(self) -> int:
+        return self.total_params * ADAMW_STATE_BYTES
+
+    @property
+    def training_bytes(self) -> int:
+        """fp32 weights + grads + AdamW state; activations and buffers not included."""
+        return self.weights_fp32_bytes + self.grads_bytes + self.adamw_bytes
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("active_share", "weights_fp32_bytes", "weights_bf16_bytes", "grads_bytes",
+                     "adamw_bytes", "training_bytes"):
+            out[name] = getattr(self, name)
+        return out
+
+    def lines(self) -> list[str]:
+        """A human summary (the CLI and the TUI's profile view print these)."""
+        return [
+            f"parameters  total {human_count(self.total_params)}  "
+            f"active {human_count(self.active_params)} ({self.active_share:.1%})",
+            f"  embedding {human_count(self.embedding_params)}  "
+            f"attention {human_count(self.attention_params)}  "
+            f"ffn {human_count(self.ffn_params)} (active {human_count(self.active_ffn_params)})  "
+            f"norms {human_count(self.norm_params)}",
+            f"memory  weights fp32 {human_bytes(self.weights_fp32_bytes)}  "
+            f"bf16 {human_bytes(self.weights_bf16_bytes)}  grads {human_bytes(self.grads_bytes)}"
+            f"  AdamW {human_bytes(self.adamw_bytes)}  "
+            f"training total {human_bytes(self.training_bytes)} (+ activations)",
+        ]
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _lm_size(profile: Profile, moe: bool) -> SizeReport:
+    m = profile.model
+    head_dim = m.dim // m.n_heads
+    embedding = m.vocab_size * m.dim * (1 if m.tie_embeddings else 2)
+    attention_per_block = (m.dim * m.n_heads * head_dim * 2  # wq, wo
+                           + m.dim * m.n_kv_heads * head_dim * 2)  # wk, wv
+    norms = 2 * m.dim * m.n_layers + m.dim  # attn_norm, ffn_norm per block, final norm
+    dense_ffn = 3 * m.dim * dense_ffn_hidden(m)
+    moe_blocks = set(moe_layer_indices(m, profile.moe)) if moe else set()
+    ffn = active_ffn = 0
+    for layer in range(m.n_layers):
+        if layer in moe_blocks:
+            num_experts, top_k = profile.moe.num_experts, profile.moe.top_k
+            one_expert = 3 * m.dim * expert_hidden(m, profile.moe)
+            router = m.dim * num_experts
+            ffn += router + num_experts * one_expert
+            active_ffn += router + top_k * one_expert
+        else:
+            ffn += dense_ffn
+            active_ffn += dense_ffn
+    shared = embedding + attention_per_block * m.n_layers + norms
+    return SizeReport(kind=profile.kind, total_params=shared + ffn,
+                      active_params=shared + active_ffn, embedding_params=embedding,
+                      attention_params=attention_per_block * m.n_layers, ffn_params=ffn,
+                      active_ffn_params=active_ffn, norm_params=norms)
+
+
+def dense_size(profile: Profile) -> SizeReport:
+    return _lm_size(profile, moe=False)
+
+
+def topk_size(profile: Profile) -> SizeReport:
+    return _lm_size(profile, moe=True)
+
+
+def ternary_size(profile: Profile) -> SizeReport:
+    """HOOK for the ternary engineer: the 243-expert ternary model's sizes."""
+    raise NotImplementedError("ternary sizing is provided by the ternary model's owner")
+
+
+def model_size(profile: Profile) -> SizeReport:
+    """Sizes of the model a profile builds, whatever its kind."""
+    if profile.kind == "dense":
+        return dense_size(profile)
+    if profile.kind == "topk":
+        return topk_size(profile)
+    return ternary_size(profile)

@@ -1,0 +1,151 @@
+"""The ternary router: fixed trit specializations, dot-product scores, flat or 2-level top-K.
+
+Each expert owns a specialization vector of `specialization_dim` random trits, drawn
+once from the profile seed and never trained (as in the reference). A sample's score
+for an expert is the integer dot product of its first `specialization_dim` trits with
+that vector, computed for the whole batch as one `X @ S.T`.
+
+Hierarchical routing groups experts into clusters of `cluster_size` consecutive ids.
+A cluster's centroid is the sign of its members' sum (a per-dimension majority vote);
+the reference divides the sum by the member count with truncation, which leaves every
+full cluster's centroid at zero and turns cluster choice into a tie-break.
+
+Load-aware routing subtracts `load_balance_alpha * score_std * (load - 1)` from every
+score, where load is an expert's (or cluster's) decayed selection count over its fair
+share and score_std = sqrt(2/3 * specialization_dim) is the spread of a dot product with
+random trits, so alpha is unit-free. Counters halve every `rebalance_interval` batches.
+All ties break towards the lower expert (or cluster) id: a stable sort, not `topk`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from moedesk.profiles.schema import TernarySection
+
+
+def random_trits(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Uniform i.i.d. trits from a seeded generator."""
+    return (torch.randint(0, 3, shape, generator=generator) - 1).to(torch.int8)
+
+
+def majority_centroids(spec_ED: Tensor, cluster_of_E: Tensor, num_clusters: int) -> Tensor:
+    """Per-dimension sign of the members' sum: +1 / -1 where the cluster leans, 0 on a tie."""
+    sums_CD = torch.zeros(num_clusters, spec_ED.shape[1], dtype=torch.int32)
+    sums_CD.index_add_(0, cluster_of_E, spec_ED.to(torch.int32))
+    return torch.sign(sums_CD).to(torch.int8)
+
+
+def top_k_stable(scores_BN: Tensor, k: int) -> Tensor:
+    """Indices of the k highest scores per row; equal scores go to the lower index."""
+    return torch.sort(scores_BN, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+class TernaryRouter:
+    def __init__(self, cfg: TernarySection, seed: int):
+        self.num_experts = cfg.num_experts
+        self.top_k = cfg.active_experts
+        self.dim = cfg.specialization_dim
+        self.hierarchical = cfg.topology == "hierarchical"
+        self.cluster_size = cfg.cluster_size
+        self.active_clusters = cfg.active_clusters
+        self.alpha = cfg.load_balance_alpha
+        self.rebalance_interval = cfg.rebalance_interval
+        self.score_std = math.sqrt(2.0 / 3.0 * self.dim)
+        generator = torch.Generator().manual_seed(seed)
+        self.spec_ED = random_trits((self.num_experts, self.dim), generator)
+        self.spec_T_DE = self.spec_ED.t().float().contiguous()
+        self.num_clusters = math.ceil(self.num_experts / self.cluster_size)
+        self.cluster_of_E = torch.arange(self.num_experts) // self.cluster_size
+        self.cluster_sizes_C = torch.bincount(self.cluster_of_E, minlength=self.num_clusters)
+        self.centroid_CD = majority_centroids(self.spec_ED, self.cluster_of_E, self.num_clusters)
+        self.centroid_T_DC = self.centroid_CD.t().float().contiguous()
+        # selection counts, decayed by halving; float so halving stays exact
+        self.counts_E = torch.zeros(self.num_experts, dtype=torch.float64)
+        self.batches_since_decay = 0
+
+    # ---- scoring -------------------------------------------------------------------------
+    def _inputs(self, x_BL: Tensor) -> Tensor:
+        """The first `dim` trits of each sample as float (zero-padded if shorter)."""
+        x = x_BL[:, :self.dim].float()
+        if x.shape[1] < self.dim:
+            x = torch.nn.functional.pad(x, (0, self.dim - x.shape[1]))
+        return x
+
+    def load_penalty_E(self) -> Tensor:
+        """alpha * score_std * (load - 1) per expert; zeros before any routing."""
+        total = float(self.counts_E.sum())
+        if self.alpha == 0 or total == 0:
+            return torch.zeros(self.num_experts)
+        load = self.counts_E / (total / self.num_experts)
+        return (self.alpha * self.score_std * (load - 1.0)).float()
+
+    def scores(self, x_BL: Tensor) -> Tensor:
+        """Integer dot products with every specialization, as float32 [B, E] (exact)."""
+        return self._inputs(x_BL) @ self.spec_T_DE
+
+    def route(self, x_BL: Tensor, update: bool = True) -> Tensor:
+        """The K experts for each sample, int64 [B, K] in descending (penalized) score order.
+
+        `update` adds the selections to the load counters (training); evaluation routes
+        with the counters frozen.
+        """
+        x_BD = self._inputs(x_BL)
+        penalty_E = self.load_penalty_E()
+        scores_BE = x_BD @ self.spec_T_DE - penalty_E
+        if self.hierarchical:
+            scores_BE = self._mask_to_chosen_clusters(x_BD, scores_BE, penalty_E)
+        experts_BK = top_k_stable(scores_BE, self.top_k)
+        if update:
+            self.record(experts_BK)
+        return experts_BK
+
+    def chosen_clusters(self, x_BL: Tensor) -> Tensor:
+        """Level 1 alone: the `active_clusters` clusters of each sample, int64 [B, A]."""
+        x_BD = self._inputs(x_BL)
+        return self._clusters(x_BD, self.load_penalty_E())
+
+    def _clusters(self, x_BD: Tensor, penalty_E: Tensor) -> Tensor:
+        # a cluster's load penalty is its members' mean penalty
+        penalty_C = torch.zeros(self.num_clusters).index_add_(0, self.cluster_of_E, penalty_E)
+        penalty_C = penalty_C / self.cluster_sizes_C
+        cluster_scores_BC = x_BD @ self.centroid_T_DC - penalty_C
+        return top_k_stable(cluster_scores_BC, self.active_clusters)
+
+    def _mask_to_chosen_clusters(self, x_BD: Tensor, scores_BE: Tensor, penalty_E: Tensor
+                                 ) -> Tensor:
+        clusters_BA = self._clusters(x_BD, penalty_E)
+        chosen_BC = torch.zeros(x_BD.shape[0], self.num_clusters, dtype=torch.bool)
+        chosen_BC.scatter_(1, clusters_BA, True)
+        # at 243 experts one GEMM over all experts is cheaper than gathering the candidates'
+        # vectors; masking the rest gives the same choice as scoring only the candidates
+        allowed_BE = chosen_BC[:, self.cluster_of_E]
+        return scores_BE.masked_fill(~allowed_BE, -math.inf)
+
+    # ---- load counters -------------------------------------------------------------------
+    def record(self, experts_BK: Tensor) -> None:
+        """Count one batch's selections; halve the counters every `rebalance_interval` batches."""
+        self.counts_E += torch.bincount(experts_BK.reshape(-1), minlength=self.num_experts)
+        self.batches_since_decay += 1
+        if self.batches_since_decay >= self.rebalance_interval:
+            self.counts_E *= 0.5
+            self.batches_since_decay = 0
+
+    def state_dict(self) -> dict:
+        return {"spec_ED": self.spec_ED.clone(), "counts_E": self.counts_E.clone(),
+                "batches_since_decay": self.batches_since_decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        spec = state["spec_ED"]
+        if tuple(spec.shape) != (self.num_experts, self.dim):
+            raise ValueError(f"specializations have shape {tuple(spec.shape)}, the profile "
+                             f"needs ({self.num_experts}, {self.dim})")
+        self.spec_ED = spec.to(torch.int8).clone()
+        self.spec_T_DE = self.spec_ED.t().float().contiguous()
+        self.centroid_CD = majority_centroids(self.spec_ED, self.cluster_of_E, self.num_clusters)
+        self.centroid_T_DC = self.centroid_CD.t().float().contiguous()
+        self.counts_E = state["counts_E"].to(torch.float64).clone()
+        self.batches_since_decay = int(state["batches_since_decay"])
