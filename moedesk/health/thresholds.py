@@ -1,17 +1,26 @@
-"""The one table of health-rule thresholds, with the seed each number comes from.
+"""The one table of health rules: kinds, metric, thresholds, seed source and suggested action.
 
-Profiles override any of these in `[health.RULE]` tables; `health_problems` validates
-those overrides for the profile loader. The rule logic lives in `rules.py`.
+Profiles override any parameter in `[health.RULE]` tables (`enabled = false` turns a
+rule off); `health_problems` validates those overrides for the profile loader. The rule
+logic lives in `rules.py`, the engine that runs it in `engine.py`; docs/health.md
+explains every row. "Logged steps" below are metrics events: patience counts them.
+
+Thresholds quoted "at 8 experts" come from seed 001/003, whose model has 8 experts;
+`rules.py` scales them to other expert counts (see each rule).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SEVERITIES = ("info", "warning", "critical")
+STOP_ON = ("warning", "critical", "never")
+
 
 @dataclass(frozen=True)
 class RuleSpec:
     name: str
+    title: str
     kinds: tuple[str, ...]
     metric: str
     source: str
@@ -20,60 +29,84 @@ class RuleSpec:
 
 
 RULES: dict[str, RuleSpec] = {r.name: r for r in [
-    RuleSpec("nonfinite_loss", ("dense", "topk"), "train/loss",
-             "seed 003, Troubleshooting 'Training Unstable / NaN Loss'",
-             "Lower train.lr (seed 003: 3e-4 -> 1e-4), tighten train.grad_clip (0.5), "
-             "check moe.aux_loss_weight; resume from the last good checkpoint.",
+    RuleSpec("nonfinite_loss", "non-finite loss", ("dense", "topk"), "train/loss",
+             "seed 003, Troubleshooting 'Issue 2: Training Unstable / NaN Loss'",
+             "Lower train.lr (seed 003: 3e-4 -> 1e-4), tighten train.grad_clip (0.5), check "
+             "moe.aux_loss_weight (seed 003: 0.001); resume from the last good checkpoint.",
              {"enabled": True}),
-    RuleSpec("loss_spike", ("dense", "topk"), "train/loss",
-             "seed 002 'If MoE training is unstable (loss spikes): lower the LR by 2x'; seed 003",
-             "Lower train.lr by 2x; make sure grad_clip is on and z-loss is enabled.",
-             {"enabled": True, "window": 50, "factor": 1.5, "patience": 4, "min_history": 20}),
-    RuleSpec("expert_underused", ("topk",), "moe/min_share",
-             "seed 001 'Any expert utilized <5% (indicates routing collapse)', 8 experts",
-             "Check bias balancing is on (moe.bias_balancing) or raise moe.aux_loss_weight.",
-             {"enabled": True, "fair_share_fraction": 0.4, "patience": 5, "after_step": 50}),
-    RuleSpec("routing_collapse", ("topk",), "moe/max_token_fraction",
+    # the rolling-mean outlier test of llm-foundry's KillLossSpike (research/trackers.md
+    # section 3: window 100, multiplier 2, patience 4)
+    RuleSpec("loss_spike", "loss spike", ("dense", "topk"), "train/loss",
+             "seed 002 'If MoE training is unstable (loss spikes): lower the LR by 2x'; seed 001 "
+             "'Training Instability: Loss spikes'; KillLossSpike parameters (research/trackers.md)",
+             "Lower train.lr by 2x (seed 002); keep train.grad_clip on and moe.z_loss_weight > 0.",
+             {"enabled": True, "window": 100, "factor": 2.0, "patience": 4, "min_history": 20}),
+    RuleSpec("expert_underused", "expert under-used", ("topk",), "moe/min_share",
+             "seed 001 'Any expert utilized <5% (indicates routing collapse)', for 8 experts",
+             "Check moe.bias_balancing is on (or raise moe.bias_update_speed), or raise "
+             "moe.aux_loss_weight (seed 003: 0.01 -> 0.05).",
+             {"enabled": True, "min_share_at_8": 0.05, "patience": 5, "after_step": 50}),
+    RuleSpec("routing_collapse", "routing collapse", ("topk",), "moe/max_token_fraction",
              "seed 002 'If routing collapses (one expert gets >80% of tokens)'",
              "Raise moe.aux_loss_weight (seed 002: try 0.05), init the router small "
-             "(moe.router_init_std 0.02 or less), use E=4 k=2 rather than E=k.",
-             {"enabled": True, "max_token_fraction": 0.8, "patience": 3}),
-    RuleSpec("dead_experts", ("topk", "ternary"), "moe/dead_experts",
-             "seed 003 'Load Imbalance ... some experts unused'; seed 002 'Are some experts dead?'",
-             "Turn on load balancing (moe.bias_balancing / ternary.load_balance_alpha) or lower "
-             "the learning rate.",
-             {"enabled": True, "max_dead": 0, "after_step": 50}),
-    RuleSpec("usage_std", ("topk",), "moe/usage_std",
-             "seed 003 'expert_usage_std: 0.01-0.03 good, > 0.05 poor'",
-             "Increase moe.aux_loss_weight (seed 003: 0.01 -> 0.05) or enable bias balancing.",
-             {"enabled": True, "warning": 0.03, "poor": 0.05, "patience": 5, "after_step": 50}),
-    RuleSpec("usage_entropy", ("topk",), "moe/entropy_norm",
-             "seed 003 'expert_entropy < 1.5: poorly balanced' (of ln 8 = 2.08 for 8 experts)",
-             "Increase moe.aux_loss_weight or enable bias balancing.",
+             "(moe.router_init_std 0.02 or less), use E=4 k=2 rather than E=k (seed 002).",
+             {"enabled": True, "max_token_fraction": 0.8, "patience": 3, "after_step": 10}),
+    RuleSpec("dead_experts", "dead experts", ("topk", "ternary"), "moe/dead_experts",
+             "seed 003 'Issue 4: Dead Experts'; seed 002 'Are some experts dead?'",
+             "Raise moe.aux_loss_weight for a while (seed 003: 0.1, then 0.01) or enable "
+             "balancing (moe.bias_balancing, ternary.load_balance_alpha); try another seed.",
+             {"enabled": True, "max_dead": 0, "patience": 2, "after_step": 50}),
+    RuleSpec("usage_std", "expert usage std", ("topk",), "moe/usage_std",
+             "seed 003 'expert_usage_std: < 0.01 excellent, 0.01-0.03 good, > 0.05 poor "
+             "(increase aux_loss_weight)', for 8 experts",
+             "Increase moe.aux_loss_weight (seed 003: 0.01 -> 0.05) or enable moe.bias_balancing.",
+             {"enabled": True, "good_at_8": 0.03, "poor_at_8": 0.05, "patience": 5,
+              "after_step": 50}),
+    RuleSpec("usage_entropy", "expert usage entropy", ("topk",), "moe/entropy_norm",
+             "seed 003 'expert_entropy: maximum log(8) = 2.08; < 1.5: poorly balanced'",
+             "Increase moe.aux_loss_weight or enable moe.bias_balancing (seed 003).",
              {"enabled": True, "min_nats_at_8": 1.5, "patience": 5, "after_step": 50}),
-    RuleSpec("router_z_loss", ("topk",), "moe/z_loss",
-             "seed 001 'Router z-loss: should remain small (<0.01)', 'Rapidly increasing z-loss'",
-             "Enable router z-loss (moe.z_loss_weight 0.001), lower train.lr.",
-             {"enabled": True, "max": 0.01, "rise_factor": 3.0, "window": 50, "patience": 3}),
-    RuleSpec("goodness_delta", ("ternary",), "ff/goodness_delta",
+    RuleSpec("router_z_loss", "router z-loss", ("topk",), "moe/z_loss",
+             "seed 001 'Router z-loss: should remain small (<0.01)'; 'Rapidly increasing z-loss "
+             "(routing instability)'",
+             "Keep moe.z_loss_weight on (seed 003: 0.001), lower train.lr, init the router small.",
+             {"enabled": True, "max": 0.01, "rise_factor": 3.0, "window": 50, "patience": 3,
+              "after_step": 20}),
+    RuleSpec("goodness_delta", "goodness delta", ("ternary",), "ff/goodness_delta",
              "seed 000 health table: goodness delta healthy > 0.5, concerning < 0.1",
-             "Increase the learning rate, check the data (seed 000).",
-             {"enabled": True, "healthy": 0.5, "concerning": 0.1, "patience": 5, "after_step": 50}),
-    RuleSpec("load_balance", ("ternary",), "moe/imbalance",
-             "seed 000 (healthy 0.2-0.4, concerning > 0.8), seed 004 (< 0.1 uniform, > 0.5 poor)",
-             "Above the band: reduce ternary.load_balance_alpha (seed 000); below 0.1: the "
-             "experts are not specializing (seed 004: reduce load_balance_alpha to 0.001).",
+             "Increase the learning rate, check the data (seed 000); 'delta = 0': inputs all "
+             "identical or negatives too similar to positives (ternary.corruption).",
+             {"enabled": True, "healthy": 0.5, "concerning": 0.1, "patience": 5,
+              "after_step": 50}),
+    RuleSpec("load_balance", "load balance", ("ternary",), "moe/imbalance",
+             "seed 000 (load balance score healthy 0.2-0.4, concerning > 0.8; uniform utilization "
+             "concerning), seed 004 (< 0.1 no specialization, >= 0.5 poor)",
+             "Above the band: reduce ternary.load_balance_alpha (seed 000) or lower it less; "
+             "below 0.1 the experts do not specialize: reduce load_balance_alpha (seed 004: "
+             "0.001).",
              {"enabled": True, "uniform": 0.1, "healthy_low": 0.2, "healthy_high": 0.4,
               "poor": 0.5, "concerning": 0.8, "patience": 5, "after_step": 50}),
-    RuleSpec("routing_latency", ("topk", "ternary"), "route/latency_us",
-             "seeds 000 and 004: routing latency healthy < 100 us, concerning > 500 us",
-             "Enable hierarchical selection (ternary.topology), reduce cluster_size (seed 004).",
-             {"enabled": True, "warning_us": 100.0, "concerning_us": 500.0, "patience": 5}),
-    RuleSpec("stalled", ("dense", "topk", "ternary"), "sys/step_s",
-             "research/trackers.md (marin #2830: stalled runs)",
-             "Check the run's log; the process may be hung or starved of CPU.",
-             {"enabled": True, "factor": 20.0, "min_seconds": 120.0}),
+    RuleSpec("routing_latency", "routing latency", ("topk", "ternary"), "route/latency_us",
+             "seed 000 (routing latency healthy < 100 us, concerning > 500 us), seed 004 "
+             "('Slow Routing (>200us)')",
+             "Enable hierarchical selection (ternary.topology), reduce ternary.cluster_size "
+             "(seed 004: 8); check that other processes are not starving the run of CPU.",
+             {"enabled": True, "healthy_us": 100.0, "concerning_us": 500.0, "window": 10,
+              "patience": 5, "after_step": 10}),
+    RuleSpec("stalled", "stalled", ("dense", "topk", "ternary"), "sys/step_s",
+             "research/trackers.md section 4.11 (marin #2830: alerting on stalled runs; "
+             "aim-watcher's stuck-run detection)",
+             "Look at the run's log (RUN_DIR/train.log); the trainer may be hung, swapping or "
+             "starved of CPU. `moedesk stop RUN` checkpoints it if it still answers.",
+             {"enabled": True, "factor": 20.0, "min_seconds": 120.0, "window": 20}),
 ]}
+
+
+def rule_params(rule: str, overrides: dict | None = None) -> dict:
+    """A rule's parameters: the table's defaults with a profile's `[health.RULE]` applied."""
+    params = dict(RULES[rule].params)
+    params.update((overrides or {}).get(rule) or {})
+    return params
 
 
 def health_problems(overrides: dict) -> list:
@@ -101,8 +134,13 @@ def health_problems(overrides: dict) -> list:
                     out.append(Problem(where, f"got {value!r}; must be true or false"))
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 out.append(Problem(where, f"got {value!r}; must be a number"))
+            elif value != value or value in (float("inf"), float("-inf")):
+                out.append(Problem(where, f"got {value!r}; must be a finite number"))
             elif value < 0:
                 out.append(Problem(where, f"got {value!r}; must be >= 0"))
             elif isinstance(default, int) and not float(value).is_integer():
                 out.append(Problem(where, f"got {value!r}; must be an integer"))
+            elif isinstance(default, int) and key in ("patience", "window", "min_history") \
+                    and value < 1:
+                out.append(Problem(where, f"got {value!r}; must be >= 1"))
     return out

@@ -199,7 +199,7 @@ SECTIONS: dict[str, type] = {
 
 TOP_LEVEL = {
     "name": (str, "Run name prefix; runs are named NAME-ID."),
-    "kind": (str, "dense | topk | ternary."),
+    "kind": (str, "dense, topk or ternary."),
     "seed": (int, "Fixes data order, init and routing."),
 }
 

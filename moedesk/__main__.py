@@ -1,0 +1,5 @@
+"""`python -m moedesk` is the `moedesk` command."""
+
+from moedesk.cli import main
+
+main()
