@@ -186,3 +186,26 @@ class Reader:
 
 def open_reader(db_file: Path) -> Reader:
     return Reader(db_file)
+
+
+def health_history(conn: sqlite3.Connection, run_id: int, names: tuple[str, ...]
+                   ) -> tuple[list[tuple[int, dict[str, float], float]], list[str]]:
+    """What a resumed run's health engine replays: its stored metrics among `names` (a
+    name ending in "/" is a prefix) as (step, values, wall) per step, oldest first, and
+    the rules whose alerts are still open. NULL values (stored NaN) come back as NaN."""
+    exact = [n for n in names if not n.endswith("/")]
+    prefixes = [n for n in names if n.endswith("/")]
+    where = " OR ".join([f"name IN ({','.join('?' * len(exact))})"] * bool(exact)
+                        + ["name LIKE ? ESCAPE '\\'"] * len(prefixes))
+    args: list[Any] = [run_id, *exact,
+                       *(p.replace("%", "\\%").replace("_", "\\_") + "%" for p in prefixes)]
+    history: list[tuple[int, dict[str, float], float]] = []
+    for step, name, value, wall in conn.execute(
+            f"SELECT step, name, value, wall FROM metrics WHERE run_id = ? AND ({where})"
+            " ORDER BY step, rowid", args):
+        if not history or history[-1][0] != step:
+            history.append((step, {}, wall or 0.0))
+        history[-1][1][name] = float("nan") if value is None else value
+    open_rules = [r[0] for r in conn.execute(
+        "SELECT DISTINCT rule FROM alerts WHERE run_id = ? AND cleared_step IS NULL", (run_id,))]
+    return history, open_rules

@@ -94,7 +94,8 @@ class ExpertBank:
     def __init__(self, num_experts: int, dims: list[int], threshold: float, seed: int):
         self.num_experts = num_experts
         self.dims = dims
-        self.thresholds = layer_thresholds(dims, threshold)
+        self.thresholds = [torch.full((num_experts, fan_out), t) for t, fan_out in
+                           zip(layer_thresholds(dims, threshold), dims[1:], strict=True)]
         generator = torch.Generator().manual_seed(seed)
         self.weights = [random_trits((num_experts, fan_in, fan_out), generator)
                         for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True)]
@@ -115,7 +116,8 @@ class ExpertBank:
         for weight, threshold in zip(self.weights, self.thresholds, strict=True):
             w_UIO = weight[groups.experts_U].float()
             pre = torch.bmm(x_U2CD.reshape(num_u, 2 * cap, -1), w_UIO)
-            y_U2CO = ternary_activation(pre, threshold).reshape(num_u, 2, cap, -1)
+            y_U2CO = ternary_activation(pre, threshold[groups.experts_U].unsqueeze(1)
+                                        ).reshape(num_u, 2, cap, -1)
             inputs.append(x_U2CD)
             outputs.append(y_U2CO)
             x_U2CD = y_U2CO
@@ -173,6 +175,15 @@ class ExpertBank:
             changed += int(chosen_UIO.sum())
             weight[experts_U] = new_UIO
         return changed
+
+    def adapt_thresholds(self, fwd: PairForward, target: float) -> None:
+        """Homeostasis: move each used unit's dead zone one step towards `target` activity."""
+        g = fwd.groups
+        real_UC1 = self._pair_mask(fwd, torch.ones_like(fwd.delta_P, dtype=torch.bool))
+        n_U1 = real_UC1.sum(1)
+        for layer, thr in enumerate(self.thresholds):
+            active_UO = ((fwd.outputs[layer][:, 0] != 0).float() * real_UC1).sum(1) / n_U1
+            thr[g.experts_U] = (thr[g.experts_U] + torch.sign(active_UO - target)).clamp_(min=0)
 
     def state_dict(self) -> dict:
         return {"weights": [w.clone() for w in self.weights]}

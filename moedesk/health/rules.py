@@ -1,0 +1,431 @@
+"""Health rules as small state machines: metric values in, a `Reading` out.
+
+Each rule looks at one metrics event and says which severity levels its metric meets
+right now (`Reading.hits`), or None when the event carries no evidence (metric absent,
+NaN statistics of an empty step, before `after_step`). Turning readings into alerts
+(patience, fire once per state, clearing) is `Latch`'s job, shared by every rule.
+
+Hysteresis: a level is entered at its threshold but left only past its `leave` value
+(10% on the healthy side unless the seeds give a band), so a metric hovering at a
+threshold does not flap. Pure Python: no torch, no store.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from moedesk.health.thresholds import RULES, SEVERITIES
+
+RANK = {s: i for i, s in enumerate(SEVERITIES)}
+HYSTERESIS = 0.1
+
+
+@dataclass(frozen=True)
+class Level:
+    severity: str
+    enter: float
+    leave: float  # an active state ends only once the value is back past this
+
+
+@dataclass
+class Reading:
+    metric: str
+    value: float
+    condition: str = ""  # which bad state ("high", "low", ...) the hits belong to
+    hits: list[tuple[str, float]] = field(default_factory=list)  # (severity, threshold) ascending
+    note: str = ""  # extra words for the alert message
+
+
+@dataclass
+class RunContext:
+    """What rules need to know about the run besides its metrics."""
+
+    kind: str
+    num_experts: int = 8
+    top_k: int = 2
+
+
+def above(value: float, levels: list[Level], active: str | None) -> list[tuple[str, float]]:
+    """Levels met by a value that is bad when high; `active` = severity already fired."""
+    return [(lv.severity, lv.enter) for lv in levels
+            if value > lv.enter or (active is not None and RANK[lv.severity] <= RANK[active]
+                                    and value > lv.leave)]
+
+
+def below(value: float, levels: list[Level], active: str | None) -> list[tuple[str, float]]:
+    return [(lv.severity, lv.enter) for lv in levels
+            if value < lv.enter or (active is not None and RANK[lv.severity] <= RANK[active]
+                                    and value < lv.leave)]
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def worst_of(values: dict, key: str, prefix: str = "moe", pick=max) -> tuple[str, float] | None:
+    """(metric, value) of the worst layer (`prefix/L<i>/key`), else the overall `prefix/key`.
+
+    Per-layer values matter: one collapsed layer of two would hide in the layer mean.
+    """
+    layer = [(name, v) for name, v in values.items()
+             if name.startswith(f"{prefix}/L") and name.endswith(f"/{key}") and finite(v)]
+    if layer:
+        return pick(layer, key=lambda item: item[1])
+    overall = values.get(f"{prefix}/{key}")
+    return (f"{prefix}/{key}", float(overall)) if finite(overall) else None
+
+
+class Rule:
+    """Base: parameters from the table (+ overrides); `read` is the per-rule logic."""
+
+    name = ""
+
+    def __init__(self, params: dict, ctx: RunContext):
+        self.spec = RULES[self.name]
+        self.params = params
+        self.ctx = ctx
+        self.patience = max(1, int(params.get("patience", 1)))
+        self.after_step = int(params.get("after_step", 0))
+
+    def applies(self) -> bool:
+        return self.ctx.kind in self.spec.kinds and bool(self.params.get("enabled", True))
+
+    def assess(self, step: int, values: dict, active: tuple[str, str] | None) -> Reading | None:
+        if step < self.after_step:
+            return None
+        return self.read(values, active)
+
+    def read(self, values: dict, active: tuple[str, str] | None) -> Reading | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def active_in(active: tuple[str, str] | None, condition: str) -> str | None:
+        """The fired severity when the open alert is in `condition`, else None."""
+        return active[1] if active is not None and active[0] == condition else None
+
+    def message(self, reading: Reading, severity: str, threshold: float | None) -> str:
+        op = "<" if reading.condition == "low" else ">"
+        text = f"{self.spec.title}: {reading.metric} = {reading.value:.4g} {op} {threshold:.4g}"
+        if self.patience > 1:
+            text += f" for {self.patience} logged steps"
+        return text + (f" ({reading.note})" if reading.note else "")
+
+
+class NonFiniteLoss(Rule):
+    name = "nonfinite_loss"
+    metrics = ("train/loss", "val/loss", "train/grad_norm")
+
+    def read(self, values, active):
+        seen = [m for m in self.metrics if m in values]
+        if not seen:
+            return None
+        for metric in seen:
+            if not finite(values[metric]):
+                return Reading(metric, float(values[metric]), "nonfinite", [("critical", math.nan)])
+        return Reading(seen[0], float(values[seen[0]]), "nonfinite")
+
+    def message(self, reading, severity, threshold):
+        return (f"{self.spec.title}: {reading.metric} is {reading.value}; the trainer stops and "
+                "its last checkpoint holds the last good state")
+
+
+class LossSpike(Rule):
+    """KillLossSpike: loss above `factor` x the mean of the last `window` normal losses."""
+
+    name = "loss_spike"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
+
+    def read(self, values, active):
+        loss = values.get("train/loss")
+        if not finite(loss):
+            return None  # absent, or non-finite: nonfinite_loss speaks for that
+        if len(self.window) < int(self.params["min_history"]):
+            self.window.append(loss)
+            return Reading("train/loss", loss, "high")
+        mean = sum(self.window) / len(self.window)
+        threshold = float(self.params["factor"]) * mean
+        hits = above(loss, [Level("warning", threshold, threshold * (1 - HYSTERESIS))],
+                     self.active_in(active, "high"))
+        if not hits:
+            self.window.append(loss)  # outliers stay out, so a spike cannot raise its own bar
+        return Reading("train/loss", loss, "high", hits,
+                       f"{loss / mean:.2f}x the mean of the last {len(self.window)} losses")
+
+
+class ExpertUnderused(Rule):
+    name = "expert_underused"
+
+    def read(self, values, active):
+        found = worst_of(values, "min_share", pick=min)
+        if found is None:
+            return None
+        threshold = float(self.params["min_share_at_8"]) * 8 / self.ctx.num_experts
+        hits = below(found[1], [Level("warning", threshold, threshold * (1 + HYSTERESIS))],
+                     self.active_in(active, "low"))
+        return Reading(*found, "low", hits, f"fair share is {1 / self.ctx.num_experts:.3g}")
+
+
+class RoutingCollapse(Rule):
+    name = "routing_collapse"
+
+    def applies(self):
+        # with k >= E every token goes to every expert: nothing can collapse (seed 002)
+        return super().applies() and self.ctx.top_k < self.ctx.num_experts
+
+    def read(self, values, active):
+        found = worst_of(values, "max_token_fraction")
+        if found is None:
+            return None
+        threshold = float(self.params["max_token_fraction"])
+        hits = above(found[1], [Level("critical", threshold, threshold * (1 - HYSTERESIS))],
+                     self.active_in(active, "high"))
+        return Reading(*found, "high", hits,
+                       f"one expert takes {found[1]:.0%} of the tokens; fair is "
+                       f"{self.ctx.top_k / self.ctx.num_experts:.0%}")
+
+
+class DeadExperts(Rule):
+    name = "dead_experts"
+
+    def read(self, values, active):
+        value = values.get("moe/dead_experts")
+        if not finite(value):
+            return None
+        limit = float(self.params["max_dead"])
+        hits = above(value, [Level("warning", limit, limit)], self.active_in(active, "high"))
+        return Reading("moe/dead_experts", float(value), "high", hits,
+                       "experts with zero tokens over the trainer's dead window")
+
+
+class UsageStd(Rule):
+    """Seed 003's std of expert shares; its thresholds hold at 8 experts, where the fair
+    share is 1/8, so they scale by 8/E (the same coefficient of variation)."""
+
+    name = "usage_std"
+
+    def read(self, values, active):
+        found = worst_of(values, "usage_std")
+        if found is None:
+            return None
+        scale = 8 / self.ctx.num_experts
+        levels = [Level(sev, t * scale, t * scale * (1 - HYSTERESIS)) for sev, t in
+                  (("info", float(self.params["good_at_8"])),
+                   ("warning", float(self.params["poor_at_8"])))]
+        return Reading(*found, "high", above(found[1], levels, self.active_in(active, "high")))
+
+
+class UsageEntropy(Rule):
+    """Entropy below 1.5 nats of ln 8 = 2.08; compared as the share of ln E it is."""
+
+    name = "usage_entropy"
+
+    def applies(self):
+        return super().applies() and self.ctx.num_experts > 1
+
+    def read(self, values, active):
+        found = worst_of(values, "entropy_norm", pick=min)
+        if found is None:
+            return None
+        threshold = float(self.params["min_nats_at_8"]) / math.log(8)
+        hits = below(found[1], [Level("warning", threshold, threshold * (1 + HYSTERESIS))],
+                     self.active_in(active, "low"))
+        nats = found[1] * math.log(self.ctx.num_experts)
+        return Reading(*found, "low", hits,
+                       f"{nats:.2f} nats of ln {self.ctx.num_experts} = "
+                       f"{math.log(self.ctx.num_experts):.2f}")
+
+
+class RouterZLoss(Rule):
+    """Weighted z-loss above `max`, or above `rise_factor` x its recent mean (rising fast)."""
+
+    name = "router_z_loss"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
+
+    def read(self, values, active):
+        value = values.get("moe/z_loss")
+        if not finite(value):
+            return None
+        limit = float(self.params["max"])
+        open_ = self.active_in(active, "unstable")
+        hits = above(value, [Level("warning", limit, limit * (1 - HYSTERESIS))], open_)
+        note = "seed 001: should remain < 0.01"
+        if not hits and len(self.window) >= max(2, self.window.maxlen // 2):
+            mean = sum(self.window) / len(self.window)
+            rise = float(self.params["rise_factor"]) * mean
+            if mean > 0 and above(value, [Level("warning", rise, rise * (1 - HYSTERESIS))], open_):
+                hits = [("warning", rise)]
+                note = f"{value / mean:.1f}x its mean over the last {len(self.window)} logged steps"
+        if not hits:
+            self.window.append(value)
+        return Reading("moe/z_loss", value, "unstable", hits, note)
+
+
+class GoodnessDelta(Rule):
+    name = "goodness_delta"
+
+    def read(self, values, active):
+        value = values.get("ff/goodness_delta")
+        if not finite(value):
+            return None
+        healthy, concerning = float(self.params["healthy"]), float(self.params["concerning"])
+        levels = [Level("info", healthy, healthy * (1 + HYSTERESIS)),
+                  Level("warning", concerning, healthy)]
+        return Reading("ff/goodness_delta", value, "low",
+                       below(value, levels, self.active_in(active, "low")),
+                       f"seed 000: healthy > {healthy:g}, concerning < {concerning:g}")
+
+
+class LoadBalance(Rule):
+    """The imbalance score against seed 000/004's band; a state ends back inside the band."""
+
+    name = "load_balance"
+
+    def read(self, values, active):
+        value = values.get("moe/imbalance")
+        if not finite(value):
+            return None
+        p = {k: float(v) for k, v in self.params.items() if k != "enabled"}
+        band = f"healthy {p['healthy_low']:g}-{p['healthy_high']:g}"
+        high = above(value, [Level("warning", p["poor"], p["healthy_high"]),
+                             Level("critical", p["concerning"], p["poor"])],
+                     self.active_in(active, "high"))
+        if high:
+            return Reading("moe/imbalance", value, "high", high, f"poor balance; {band}")
+        low = below(value, [Level("warning", p["uniform"], p["healthy_low"])],
+                    self.active_in(active, "low"))
+        return Reading("moe/imbalance", value, "low", low,
+                       f"near-uniform use, no specialization; {band}")
+
+
+class RoutingLatency(Rule):
+    """The median of the last `window` latencies, so one slow step (GC, a busy core) is not
+    an alert; only a sustained slowdown is."""
+
+    name = "routing_latency"
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
+
+    def read(self, values, active):
+        value = values.get("route/latency_us")
+        if not finite(value):
+            return None
+        self.window.append(value)
+        median = statistics.median(self.window)
+        healthy, concerning = float(self.params["healthy_us"]), float(self.params["concerning_us"])
+        levels = [Level("info", healthy, healthy * (1 - HYSTERESIS)),
+                  Level("warning", concerning, concerning * (1 - HYSTERESIS))]
+        return Reading("route/latency_us", median, "high",
+                       above(median, levels, self.active_in(active, "high")),
+                       f"median of the last {len(self.window)} logged steps, in us per "
+                       "routed token or sample")
+
+
+class Stalled:
+    """No new step for `factor` x the usual interval between steps (median of the last
+    `window`), and at least `min_seconds`. Driven by the clock through `check`."""
+
+    name = "stalled"
+
+    def __init__(self, params: dict, ctx: RunContext):
+        self.spec = RULES[self.name]
+        self.params = params
+        self.ctx = ctx
+        self.intervals: deque[float] = deque(maxlen=max(1, int(params["window"])))
+        self.last_step: int | None = None
+        self.last_wall: float | None = None
+
+    def applies(self) -> bool:
+        return self.ctx.kind in self.spec.kinds and bool(self.params.get("enabled", True))
+
+    def saw_step(self, step: int, wall: float) -> bool:
+        """Record a step's arrival; True when it is a new step (the run is moving)."""
+        if self.last_step is not None and step <= self.last_step:
+            return False
+        if self.last_wall is not None and wall >= self.last_wall:
+            self.intervals.append(wall - self.last_wall)
+        self.last_step, self.last_wall = step, wall
+        return True
+
+    def restart_clock(self, now: float) -> None:
+        """After a replay: the time spent stopped is not a stall."""
+        if self.last_wall is not None:
+            self.last_wall = now
+
+    def limit(self) -> float | None:
+        if not self.intervals:
+            return None  # no usual step time yet (startup can legitimately take long)
+        usual = statistics.median(self.intervals)
+        return max(float(self.params["min_seconds"]), float(self.params["factor"]) * usual)
+
+    def check(self, now: float) -> Reading | None:
+        limit = self.limit()
+        if limit is None or self.last_wall is None:
+            return None
+        waited = now - self.last_wall
+        usual = statistics.median(self.intervals)
+        hits = [("warning", limit)] if waited > limit else []
+        return Reading("sys/step_s", waited, "stalled", hits,
+                       f"usual step interval {usual:.3g} s")
+
+    def message(self, reading: Reading, severity: str, threshold: float | None) -> str:
+        return (f"stalled: no new step for {reading.value:.0f} s after step {self.last_step} "
+                f"(limit {threshold:.0f} s; {reading.note})")
+
+
+RULE_CLASSES: tuple[type[Rule], ...] = (NonFiniteLoss, LossSpike, ExpertUnderused,
+                                        RoutingCollapse, DeadExperts, UsageStd, UsageEntropy,
+                                        RouterZLoss, GoodnessDelta, LoadBalance, RoutingLatency)
+
+
+@dataclass
+class Latch:
+    """Fire when a state is entered (after `patience` readings), again only after it cleared.
+
+    A higher severity of the same state fires once more (warning -> critical); lower
+    ones never re-fire while the state lasts. A state clears after `patience` healthy
+    readings on a later step than it fired. A change of condition ("low" -> "high")
+    clears the old state, and the new one needs its own `patience` readings.
+    """
+
+    patience: int
+    fired: tuple[str, str] | None = None  # (condition, severity) of the open alert
+    fired_step: int = -1
+    condition: str = ""
+    streaks: dict[str, int] = field(default_factory=dict)  # severity -> consecutive readings
+    healthy: int = 0
+
+    def update(self, step: int, reading: Reading) -> tuple[tuple[str, float] | None, bool]:
+        """(severity and threshold to fire, or None; whether the open state cleared)."""
+        cleared = False
+        if not reading.hits:
+            self.streaks.clear()
+            self.healthy += 1
+            if self.fired is not None and self.healthy >= self.patience and step > self.fired_step:
+                self.fired, cleared = None, True
+            return None, cleared
+        self.healthy = 0
+        if reading.condition != self.condition:
+            self.condition = reading.condition
+            self.streaks.clear()
+            if self.fired is not None and step > self.fired_step:
+                self.fired, cleared = None, True
+                return None, cleared
+        met = {sev for sev, _ in reading.hits}
+        self.streaks = {sev: self.streaks.get(sev, 0) + 1 for sev in met}
+        floor = RANK[self.fired[1]] if self.fired is not None else -1
+        for severity, threshold in reversed(reading.hits):
+            if RANK[severity] > floor and self.streaks[severity] >= self.patience:
+                self.fired, self.fired_step = (reading.condition, severity), step
+                return (severity, threshold), cleared
+        return None, cleared
