@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -46,12 +47,20 @@ def _reader(stream, out: queue.Queue) -> None:
     out.put(None)
 
 
-def make_engine(config: dict, stop_on: str):
+def make_engine(config: dict, stop_on: str, conn=None, run_id: int | None = None):
+    """The run's health engine; with `conn`, a resumed run's stored history is replayed so
+    alerts still open are neither fired twice nor left open forever."""
     try:
-        from moedesk.health.engine import HealthEngine
+        from moedesk.health.engine import RULE_METRICS, HealthEngine
     except ImportError:  # the health engine is optional while it is being built
         return None
-    return HealthEngine.from_config(config, stop_on=stop_on)
+    engine = HealthEngine.from_config(config, stop_on=stop_on)
+    if conn is not None and run_id is not None:
+        from moedesk.store.reads import health_history
+
+        history, open_rules = health_history(conn, run_id, RULE_METRICS)
+        engine.replay(history, time.time(), open_rules)
+    return engine
 
 
 def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
@@ -93,7 +102,8 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
             health_stop.append(alert)
             signal_trainer(trainer.pid, signal.SIGTERM)
 
-    ingestor = Ingestor(conn, run_id, make_engine(config, row[2] or "critical"), on_alert)
+    engine = make_engine(config, row[2] or "critical", *((conn, run_id) if resume else ()))
+    ingestor = Ingestor(conn, run_id, engine, on_alert)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(trainer.stdout, lines), daemon=True).start()
 

@@ -61,9 +61,10 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
                          (run_id, alert["step"], alert["rule"], alert["severity"],
                           alert.get("metric"), alert.get("value"), alert.get("threshold"),
                           alert.get("message"), alert.get("action"), alert["wall"]))
+        # `step < cleared` keeps an alert of the same rule fired later in this batch open
         for rule, step in batch.cleared:
             conn.execute("UPDATE alerts SET cleared_step = ? WHERE run_id = ? AND rule = ?"
-                         " AND cleared_step IS NULL", (step, run_id, rule))
+                         " AND cleared_step IS NULL AND step < ?", (step, run_id, rule, step))
         if batch.last_step is not None:
             conn.execute("UPDATE runs SET last_step = MAX(COALESCE(last_step, 0), ?) WHERE id = ?",
                          (batch.last_step, run_id))

@@ -1,0 +1,187 @@
+"""What the TUI knows about runs: `RunRow` for lists, `RunData` for one watched run.
+
+`RunData` is filled by the poller thread and read by the UI thread, always under its
+`lock`. Each part the monitor draws (curves, expert load, alerts, log, row) has a
+version counter that moves when that part changes, so a screen redraws only what moved
+and a coalesced update message loses nothing (see messages.RunDataChanged).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from moedesk.loadstats import load_stats
+from moedesk.tui.series import SeriesBuffer
+
+# every metric the monitor and runs list show; other names (per-layer moe/L*/...) stay in SQL
+MONITOR_METRICS = (
+    "train/loss", "val/loss", "val/ppl", "train/lr", "train/tokens_per_s", "train/samples_per_s",
+    "moe/imbalance", "route/latency_us", "ff/goodness_delta", "ff/accuracy", "moe/dead_experts",
+    "moe/usage_std", "moe/aux_loss", "moe/z_loss", "sys/step_s",
+)
+PARTS = ("row", "curves", "load", "alerts", "log")
+TIMELINE_LEN = 600  # logged steps kept for the experts-over-time strip
+LOG_LINES = 400
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the runs list shows it (effective status: a dead supervisor = crashed)."""
+
+    id: int
+    name: str
+    kind: str
+    status: str
+    step: int
+    total_steps: int | None
+    loss: float | None
+    health: str | None  # worst open alert severity, None when there is none
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    profile_path: str
+    run_dir: str
+    params_total: int | None
+    params_active: int | None
+    error: str | None
+    top_k: int
+    num_experts: int
+    cluster_size: int
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("queued", "running")
+
+
+def routing_shape(kind: str, config: dict[str, Any]) -> tuple[int, int, int]:
+    """(experts chosen per token or sample, experts, cluster size) of a run's config."""
+    if kind == "topk":
+        moe = config.get("moe", {})
+        return int(moe.get("top_k", 2)), int(moe.get("num_experts", 8)), 0
+    if kind == "ternary":
+        t = config.get("ternary", {})
+        # a flat router has no clusters; rows of 27 (3^3) keep 243 experts a 9x27 grid
+        cluster = int(t.get("cluster_size", 16)) if t.get("topology") == "hierarchical" else 27
+        return int(t.get("active_experts", 16)), int(t.get("num_experts", 243)), cluster
+    return 1, 0, 0
+
+
+def row_from_info(info, loss: float | None, health: str | None) -> RunRow:
+    row = info.row
+    try:
+        config = json.loads(row.get("config_json") or "{}")
+    except ValueError:
+        config = {}
+    top_k, num_experts, cluster = routing_shape(info.kind, config)
+    return RunRow(info.id, info.name, info.kind, info.status, info.last_step, info.total_steps,
+                  loss, health, info.created_at, info.started_at, info.ended_at,
+                  row.get("profile_path") or "", row.get("run_dir") or "",
+                  row.get("params_total"), row.get("params_active"), row.get("error"),
+                  top_k, num_experts, cluster)
+
+
+class RunData:
+    """The monitor's model of one run, updated incrementally by the poller."""
+
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+        self.lock = threading.Lock()
+        self.versions = dict.fromkeys(PARTS, 0)
+        self.generation = 0  # moves when a resume truncated the run and caches were reset
+        self.row: RunRow | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything fetched (after a resume deleted rows past the checkpoint)."""
+        self.metric_cursor = 0
+        self.load_cursor = 0
+        self.alert_cursor = 0
+        self.log_offset = 0
+        self.num_resumes: int | None = None
+        self.series: dict[str, SeriesBuffer] = {}
+        self.latest: dict[str, tuple[int, float | None]] = {}
+        self.load_step: int | None = None
+        self.load_layers: dict[int, list[float]] = {}  # layer -> load ratio per expert
+        self.load_counts: dict[int, list[float]] = {}
+        self.timeline: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=TIMELINE_LEN)
+        self.alerts: list[dict] = []
+        self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.generation += 1
+        for part in PARTS:
+            self.versions[part] += 1
+
+    def bump(self, part: str) -> None:
+        self.versions[part] += 1
+
+    # called by the poller thread, under self.lock
+
+    def add_metrics(self, rows: list[tuple]) -> None:
+        for _rowid, step, name, value in rows:
+            buf = self.series.get(name)
+            if buf is None:
+                buf = self.series[name] = SeriesBuffer()
+            buf.append(step, value)
+            self.latest[name] = (step, value)
+        if rows:
+            self.bump("curves")
+
+    def add_expert_load(self, rows: list[tuple[int, int, list[float]]]) -> None:
+        """Group (step, layer, counts) rows by step; keep the newest grid and the timeline."""
+        if not rows or self.row is None:
+            return
+        by_step: dict[int, dict[int, list[float]]] = {}
+        for step, layer, counts in rows:
+            by_step.setdefault(step, {})[layer] = counts
+        top_k = self.row.top_k
+        for step in sorted(by_step):
+            layers = by_step[step]
+            grid = {}
+            for layer, counts in layers.items():
+                # one definition of load: loadstats (c_i / mean); an empty step is all zeros
+                k = min(max(1, top_k), max(1, len(counts)))
+                grid[layer] = load_stats(counts, k)["loads"]
+            self.timeline.append((step, self._timeline_column(layers, grid)))
+            self.load_step, self.load_layers, self.load_counts = step, grid, layers
+        self.bump("load")
+
+    def _timeline_column(self, layers: dict[int, list[float]],
+                         grid: dict[int, list[float]]) -> tuple[float, ...]:
+        """One column of the experts-over-time strip: per expert (or per cluster) load."""
+        cluster = self.row.cluster_size if self.row else 0
+        if cluster:
+            counts = next(iter(layers.values()))
+            total = sum(counts)
+            groups = [counts[i:i + cluster] for i in range(0, len(counts), cluster)]
+            if total <= 0:
+                return tuple(0.0 for _ in groups)
+            # a cluster's share relative to its fair share (its experts / all experts)
+            return tuple(sum(g) / total * len(counts) / len(g) for g in groups)
+        rows = list(grid.values())
+        return tuple(sum(col) / len(rows) for col in zip(*rows, strict=True))
+
+    def set_alerts(self, alerts: list[dict]) -> None:
+        self.alerts = alerts
+        self.bump("alerts")
+
+    def add_log(self, lines: list[str]) -> None:
+        if lines:
+            self.log_lines.extend(lines)
+            self.bump("log")
+
+    def set_row(self, row: RunRow) -> None:
+        if row != self.row:
+            self.row = row
+            self.bump("row")
+
+    # called by the UI thread, under self.lock
+
+    def open_alerts(self) -> list[dict]:
+        return [a for a in self.alerts if a.get("cleared_step") is None]
+
+    def value(self, name: str) -> float | None:
+        got = self.latest.get(name)
+        return None if got is None else got[1]

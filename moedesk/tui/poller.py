@@ -1,0 +1,197 @@
+"""The TUI's only reader of the store: one read-only connection, polled from a thread.
+
+`Poller.poll()` does one tick: the runs list (with each run's latest loss and worst open
+alert) and, for every watched run, only the rows newer than that run's cursors:
+metrics, expert load, alerts and new bytes of `RUN_DIR/train.log`. It never re-reads a
+whole history on a tick. A resume deletes the rows after its checkpoint and logs them
+again, so when a run's resume count moves its cached series are reset and refetched.
+No Textual here: the app's thread worker calls `poll()` and posts messages.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moedesk.paths import db_path
+from moedesk.store import Reader, StoreError
+from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
+
+LOG_CHUNK = 256 * 1024  # the first read of a long log starts this far from its end
+
+
+@dataclass
+class PollResult:
+    runs: tuple[RunRow, ...] | None = None  # None: the list did not change
+    alerts_key: tuple = ()
+    changed: list[int] = field(default_factory=list)  # watched runs with new data
+    error: str | None = None
+
+
+class Poller:
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.db_file = db_path(self.home)
+        self.reader: Reader | None = None
+        self.runs: tuple[RunRow, ...] = ()
+        self.alerts_key: tuple = ()
+        self._watched: dict[int, RunData] = {}
+        self._watch_counts: dict[int, int] = {}
+        self._watch_lock = threading.Lock()
+        self._loss_cache: dict[int, tuple[tuple, float | None]] = {}
+        self._last_error: str | None = None
+
+    # watching: called from the UI thread
+
+    def watch(self, run_id: int) -> RunData:
+        with self._watch_lock:
+            self._watch_counts[run_id] = self._watch_counts.get(run_id, 0) + 1
+            data = self._watched.get(run_id)
+            if data is None:
+                data = self._watched[run_id] = RunData(run_id)
+            return data
+
+    def unwatch(self, run_id: int) -> None:
+        with self._watch_lock:
+            left = self._watch_counts.get(run_id, 0) - 1
+            if left > 0:
+                self._watch_counts[run_id] = left
+                return
+            self._watch_counts.pop(run_id, None)
+            self._watched.pop(run_id, None)
+
+    def data(self, run_id: int) -> RunData | None:
+        with self._watch_lock:
+            return self._watched.get(run_id)
+
+    @property
+    def active(self) -> bool:
+        return any(r.active for r in self.runs)
+
+    # polling: called from the worker thread
+
+    def _open(self) -> Reader | None:
+        if self.reader is None:
+            try:
+                self.reader = Reader(self.db_file)
+            except StoreError:
+                return None  # no database yet: the first launch creates it
+        return self.reader
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def poll(self) -> PollResult:
+        result = PollResult()
+        reader = self._open()
+        if reader is None:
+            return result
+        try:
+            runs = self._poll_runs(reader)
+            with self._watch_lock:
+                watched = list(self._watched.values())
+            by_id = {r.id: r for r in runs}
+            for data in watched:
+                if self._poll_run(reader, data, by_id.get(data.run_id)):
+                    result.changed.append(data.run_id)
+        except Exception as exc:  # a locked or replaced file: report, reopen next tick
+            message = f"cannot read {self.db_file}: {exc}"
+            self.close()
+            if message != self._last_error:
+                self._last_error = result.error = message
+            return result
+        self._last_error = None
+        if runs != self.runs:
+            self.runs = runs
+            result.runs = runs
+        result.alerts_key = self.alerts_key
+        return result
+
+    def _poll_runs(self, reader: Reader) -> tuple[RunRow, ...]:
+        worst = reader.worst_open_alert()
+        new_alerts = reader.alerts(after_id=self.alerts_key[0] if self.alerts_key else 0)
+        last_id = new_alerts[-1]["id"] if new_alerts else (self.alerts_key[0]
+                                                           if self.alerts_key else 0)
+        self.alerts_key = (last_id, tuple(sorted(worst.items())))
+        rows = []
+        for info in reader.runs():
+            rows.append(row_from_info(info, self._loss(reader, info), worst.get(info.id)))
+        return tuple(rows)
+
+    def _loss(self, reader: Reader, info) -> float | None:
+        """The latest train loss; only runs that changed since the last tick are asked."""
+        key = (info.status, info.last_step, info.row.get("resumed_from_step"))
+        cached = self._loss_cache.get(info.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        name = "ff/goodness_delta" if info.kind == "ternary" else "train/loss"
+        value = reader.last_value(info.id, name)
+        self._loss_cache[info.id] = (key, value)
+        return value
+
+    def _poll_run(self, reader: Reader, data: RunData, row: RunRow | None) -> bool:
+        if row is None:
+            return False
+        before = dict(data.versions)
+        num_resumes = len(reader.resumes(data.run_id))
+        with data.lock:
+            if data.num_resumes is not None and num_resumes != data.num_resumes:
+                data.reset()  # rows after the checkpoint were deleted: refetch from scratch
+            data.num_resumes = num_resumes
+            data.set_row(row)
+            cursor = data.metric_cursor
+        metrics, metric_cursor = reader.metrics_since(data.run_id, cursor, list(MONITOR_METRICS))
+        loads, load_cursor = reader.expert_load_since(data.run_id, data.load_cursor)
+        alerts = reader.alerts(data.run_id)
+        if len(reader.resumes(data.run_id)) != num_resumes:
+            return False  # a resume landed mid-tick: drop this tick, the next one resets
+        lines = self._read_log(data, row)
+        with data.lock:
+            data.add_metrics(metrics)
+            data.metric_cursor = metric_cursor
+            data.add_expert_load(loads)
+            data.load_cursor = load_cursor
+            if alerts != data.alerts:
+                data.set_alerts(alerts)
+            data.add_log(lines)
+        return data.versions != before
+
+    def _read_log(self, data: RunData, row: RunRow) -> list[str]:
+        if not row.run_dir:
+            return []
+        path = Path(row.run_dir) / "train.log"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return []
+        if size < data.log_offset:
+            data.log_offset = 0  # the log was replaced
+        if size == data.log_offset:
+            return []
+        start = max(data.log_offset, size - LOG_CHUNK) if data.log_offset == 0 else data.log_offset
+        with open(path, "rb") as f:
+            f.seek(start)
+            chunk = f.read(size - start)
+        # keep a partial last line for the next tick
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            return []
+        data.log_offset = start + cut + 1
+        text = chunk[:cut].decode("utf-8", "replace")
+        lines = text.split("\n")
+        if start > 0 and data.log_offset - cut - 1 == start and start == size - LOG_CHUNK:
+            lines = lines[1:]  # the first line of a mid-file read is partial
+        return [line.rstrip("\r") for line in lines]
+
+
+def is_child_alive(pid: int) -> bool:
+    """Reap `pid` if it is our finished child (a supervisor we spawned); True while it runs."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return done == 0

@@ -1,0 +1,45 @@
+"""The architecture's import boundaries, checked in fresh interpreters (design.md table)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# part -> modules it may not pull in (directly or transitively)
+FORBIDDEN = {
+    "moedesk.profiles": ["torch", "textual"],
+    "moedesk.store": ["torch", "textual"],
+    "moedesk.health": ["torch", "textual"],
+    "moedesk.health.engine": ["torch", "textual"],
+    "moedesk.runner.launch": ["torch", "textual"],
+    "moedesk.runner.supervise": ["torch", "textual"],
+    "moedesk.loadstats": ["torch", "textual", "numpy"],
+    "moedesk.sizing": ["torch", "textual"],
+    "moedesk.cli": ["torch", "textual"],
+    "moedesk.tui.app": ["torch"],
+    "moedesk.train.loop": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
+    "moedesk.train.moe": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
+    "moedesk.train.ternary.loop": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
+}
+
+
+def _module_exists(name: str) -> bool:
+    path = REPO / Path(*name.split("."))
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+@pytest.mark.parametrize("part", sorted(FORBIDDEN))
+def test_part_does_not_import_forbidden_modules(part):
+    if not _module_exists(part):
+        pytest.fail(f"{part} is listed in the boundaries but does not exist")
+    code = (f"import sys, importlib\nimportlib.import_module({part!r})\n"
+            f"bad = [m for m in {FORBIDDEN[part]!r} if m in sys.modules]\n"
+            "print(','.join(bad))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"{part} imports {result.stdout.strip()}"
