@@ -172,23 +172,22 @@ class Poller:
             data.log_offset = 0  # the log was replaced
         if size == data.log_offset:
             return []
-        start = max(data.log_offset, size - LOG_CHUNK) if data.log_offset == 0 else data.log_offset
+        first = data.log_offset == 0
+        start = max(0, size - LOG_CHUNK) if first else data.log_offset
         with open(path, "rb") as f:
             f.seek(start)
             chunk = f.read(size - start)
-        # keep a partial last line for the next tick
         cut = chunk.rfind(b"\n")
         if cut < 0:
-            return []
+            return []  # no complete line yet: keep the partial one for the next tick
         data.log_offset = start + cut + 1
-        text = chunk[:cut].decode("utf-8", "replace")
-        lines = text.split("\n")
-        if start > 0 and data.log_offset - cut - 1 == start and start == size - LOG_CHUNK:
-            lines = lines[1:]  # the first line of a mid-file read is partial
+        lines = chunk[:cut].decode("utf-8", "replace").split("\n")
+        if first and start > 0:
+            lines = lines[1:]  # a read that starts mid-file starts mid-line
         return [line.rstrip("\r") for line in lines]
 
 
-def is_child_alive(pid: int) -> bool:
+def reap_child(pid: int) -> bool:
     """Reap `pid` if it is our finished child (a supervisor we spawned); True while it runs."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
