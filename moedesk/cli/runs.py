@@ -27,7 +27,10 @@ from moedesk.store import Reader, StoreError
 
 
 def _reader(home) -> Reader:
+    """A read-only reader, after recording crashes of runs whose supervisor died."""
     try:
+        if db_path(home).exists():
+            launch.reconcile_crashed(home)
         return Reader(db_path(home))
     except StoreError as exc:
         fail(str(exc))
