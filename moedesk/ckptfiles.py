@@ -44,9 +44,41 @@ def list_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
     return sorted(out, key=lambda c: c.step)
 
 
-def find_checkpoint(run_dir: Path, step: int | None = None) -> CheckpointInfo:
-    """The checkpoint at `step`, or the newest one; raises CheckpointError when absent."""
+def _truncated(run_dir: Path) -> list[tuple[int, Path, int, int]]:
+    """(step, path, size on disk, recorded size) of checkpoints whose file no longer has the
+    size its sidecar records. The sidecar is written only after the file is complete, so
+    this is damage after the fact (a disk problem, a copy cut short), not a crash."""
+    out = []
+    for meta_path in checkpoint_dir(run_dir).glob("step_*.json"):
+        try:
+            meta = json.loads(meta_path.read_text())
+            path = meta_path.with_suffix(".pt")
+            size = path.stat().st_size
+            if size != meta["size"]:
+                out.append((int(meta["step"]), path, size, int(meta["size"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return out
+
+
+def find_checkpoint(run_dir: Path, step: int | None = None,
+                    at_most: int | None = None) -> CheckpointInfo:
+    """The checkpoint at `step`, or the newest one (the newest at or before `at_most` when
+    there is one); raises CheckpointError when absent, or when the wanted (or a newer)
+    checkpoint is truncated, rather than silently going back to an older one."""
     found = list_checkpoints(run_dir)
+    if step is None and at_most is not None and any(c.step <= at_most for c in found):
+        found = [c for c in found if c.step <= at_most]
+    else:
+        at_most = None
+    newest = found[-1].step if found else -1
+    for bad_step, path, size, recorded in sorted(_truncated(run_dir)):
+        limit = bad_step if at_most is None else at_most
+        if bad_step == step or (step is None and newest < bad_step <= limit):
+            older = [c.step for c in found if c.step < bad_step]
+            hint = f"; resume from an older one with --at {older[-1]}" if older else ""
+            raise CheckpointError(f"checkpoint {path} is truncated: {size} bytes on disk, "
+                                  f"{recorded} recorded{hint}")
     if step is not None:
         found = [c for c in found if c.step == step]
     if not found:

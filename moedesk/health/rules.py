@@ -258,14 +258,16 @@ class RouterZLoss(Rule):
         open_ = self.active_in(active, "unstable")
         hits = above(value, [Level("warning", limit, limit * (1 - HYSTERESIS))], open_)
         note = "seed 001: should remain < 0.01"
-        if not hits and len(self.window) >= max(2, self.window.maxlen // 2):
+        # a rise among values far below the limit (a router still near uniform) is no alarm
+        floor = float(self.params["rise_floor"])
+        if not hits and value > floor and len(self.window) >= max(2, self.window.maxlen // 2):
             mean = sum(self.window) / len(self.window)
             rise = float(self.params["rise_factor"]) * mean
             if mean > 0 and above(value, [Level("warning", rise, rise * (1 - HYSTERESIS))], open_):
                 hits = [("warning", rise)]
                 note = f"{value / mean:.1f}x its mean over the last {len(self.window)} logged steps"
-        if not hits:
-            self.window.append(value)
+        # every value joins the window: "rising fast" ends once the level stops climbing
+        self.window.append(value)
         return Reading("moe/z_loss", value, "unstable", hits, note)
 
 

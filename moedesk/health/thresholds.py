@@ -50,7 +50,7 @@ RULES: dict[str, RuleSpec] = {r.name: r for r in [
              "seed 002 'If routing collapses (one expert gets >80% of tokens)'",
              "Raise moe.aux_loss_weight (seed 002: try 0.05), init the router small "
              "(moe.router_init_std 0.02 or less), use E=4 k=2 rather than E=k (seed 002).",
-             {"enabled": True, "max_token_fraction": 0.8, "patience": 3, "after_step": 10}),
+             {"enabled": True, "max_token_fraction": 0.8, "patience": 3, "after_step": 50}),
     RuleSpec("dead_experts", "dead experts", ("topk", "ternary"), "moe/dead_experts",
              "seed 003 'Issue 4: Dead Experts'; seed 002 'Are some experts dead?'",
              "Raise moe.aux_loss_weight for a while (seed 003: 0.1, then 0.01) or enable "
@@ -70,8 +70,8 @@ RULES: dict[str, RuleSpec] = {r.name: r for r in [
              "seed 001 'Router z-loss: should remain small (<0.01)'; 'Rapidly increasing z-loss "
              "(routing instability)'",
              "Keep moe.z_loss_weight on (seed 003: 0.001), lower train.lr, init the router small.",
-             {"enabled": True, "max": 0.01, "rise_factor": 3.0, "window": 50, "patience": 3,
-              "after_step": 20}),
+             {"enabled": True, "max": 0.01, "rise_factor": 3.0, "rise_floor": 0.001,
+              "window": 50, "patience": 3, "after_step": 20}),
     RuleSpec("goodness_delta", "goodness delta", ("ternary",), "ff/goodness_delta",
              "seed 000 health table: goodness delta healthy > 0.5, concerning < 0.1",
              "Increase the learning rate, check the data (seed 000); 'delta = 0': inputs all "
@@ -81,9 +81,9 @@ RULES: dict[str, RuleSpec] = {r.name: r for r in [
     RuleSpec("load_balance", "load balance", ("ternary",), "moe/imbalance",
              "seed 000 (load balance score healthy 0.2-0.4, concerning > 0.8; uniform utilization "
              "concerning), seed 004 (< 0.1 no specialization, >= 0.5 poor)",
-             "Above the band: reduce ternary.load_balance_alpha (seed 000) or lower it less; "
-             "below 0.1 the experts do not specialize: reduce load_balance_alpha (seed 004: "
-             "0.001).",
+             "Above the band inputs crowd onto a few experts: raise ternary.load_balance_alpha "
+             "(seed 000 'Too weak: all inputs go to same 2-3 experts': 0.1); below 0.1 the "
+             "experts do not specialize: lower it (seed 004: 0.001).",
              {"enabled": True, "uniform": 0.1, "healthy_low": 0.2, "healthy_high": 0.4,
               "poor": 0.5, "concerning": 0.8, "patience": 5, "after_step": 50}),
     RuleSpec("routing_latency", "routing latency", ("topk", "ternary"), "route/latency_us",

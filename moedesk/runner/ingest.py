@@ -7,6 +7,7 @@ engine about each metrics event, and commits at most every `flush_interval` seco
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -59,6 +60,9 @@ class Ingestor:
         elif kind == "checkpoint":
             self.batch.checkpoints.append((step, event["path"], event.get("size"),
                                            event.get("sha256"), wall))
+        elif kind == "analysis":
+            self.batch.analysis.append((step, str(event.get("name") or "analysis"),
+                                        json.dumps(event.get("payload")), wall))
         elif kind == "started":
             self.started = event
             self.flush()

@@ -94,10 +94,11 @@ def stop_run(home: Path, ref: str | int, kill: bool = False) -> RunInfo:
     return info
 
 
-def checkpoint_for(info: RunInfo, step: int | None):
-    """The verified checkpoint of a run at `step` (or its newest); RunError when unusable."""
+def checkpoint_for(info: RunInfo, step: int | None, at_most: int | None = None):
+    """The verified checkpoint of a run at `step` (or its newest, at or before `at_most`
+    when there is one); RunError when unusable."""
     try:
-        found = find_checkpoint(Path(info.row["run_dir"]), step)
+        found = find_checkpoint(Path(info.row["run_dir"]), step, at_most)
         verify_checkpoint(found)
     except CheckpointError as exc:
         raise RunError(str(exc)) from None
@@ -110,7 +111,9 @@ def resume_run(home: Path, ref: str | int, step: int | None = None,
     info = get_run(home, ref)
     if info.status in store_runs.ACTIVE:
         raise RunError(f"run {info.id} ({info.name}) is still {info.status}; stop it first")
-    ckpt = checkpoint_for(info, step)
+    # a supervisor killed mid-batch can leave a checkpoint newer than the last stored row;
+    # resuming from it would leave a gap in the curves, so take the newest one at or before
+    ckpt = checkpoint_for(info, step, at_most=info.last_step)
     db = connect_writer(db_path(home))
     try:
         store_runs.truncate_for_resume(db.conn, info.id, ckpt.step, str(ckpt.path))

@@ -11,6 +11,7 @@ import math
 import sqlite3
 from dataclasses import dataclass, field
 
+from moedesk.store.analysis import insert_rows as insert_analysis_rows
 from moedesk.store.db import transaction
 
 
@@ -19,13 +20,14 @@ class Batch:
     metrics: list[tuple] = field(default_factory=list)  # (step, name, value, wall)
     expert_load: list[tuple] = field(default_factory=list)  # (step, layer, counts_json, wall)
     checkpoints: list[tuple] = field(default_factory=list)  # (step, path, size, sha256, wall)
+    analysis: list[tuple] = field(default_factory=list)  # (step, name, payload_json, wall)
     alerts: list[dict] = field(default_factory=list)
     cleared: list[tuple] = field(default_factory=list)  # (alert_rule, cleared_step)
     last_step: int | None = None
 
     def __len__(self) -> int:
         return (len(self.metrics) + len(self.expert_load) + len(self.checkpoints)
-                + len(self.alerts) + len(self.cleared))
+                + len(self.alerts) + len(self.cleared) + len(self.analysis))
 
     def add_metrics(self, step: int, values: dict[str, float], wall: float) -> None:
         for name, value in values.items():
@@ -55,6 +57,8 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
             conn.executemany("INSERT OR REPLACE INTO checkpoints (run_id, step, path, size,"
                              " sha256, wall) VALUES (?, ?, ?, ?, ?, ?)",
                              [(run_id, *row) for row in batch.checkpoints])
+        if batch.analysis:
+            insert_analysis_rows(conn, run_id, batch.analysis)
         for alert in batch.alerts:
             conn.execute("INSERT INTO alerts (run_id, step, rule, severity, metric, value,"
                          " threshold, message, action, wall) VALUES (?,?,?,?,?,?,?,?,?,?)",

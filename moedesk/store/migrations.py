@@ -43,3 +43,11 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX checkpoints_run_step ON checkpoints(run_id, step)")
     db["resumes"].create({"run_id": int, "from_step": int, "checkpoint": str, "wall": float},
                          not_null={"run_id", "from_step"})
+
+
+@migrations()
+def m002_analysis(db: Database) -> None:
+    """Analysis results the trainer emits (`analysis` events), e.g. routing histograms."""
+    db["analysis"].create({"run_id": int, "step": int, "name": str, "payload": str,
+                           "wall": float}, not_null={"run_id", "step", "name", "payload"})
+    db.execute("CREATE INDEX analysis_run_name_step ON analysis(run_id, name, step)")

@@ -23,6 +23,7 @@ import torch
 
 from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
+from moedesk.train.analysis import RoutingAnalysis, batch_fingerprint
 from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moedesk.train.data import DataError, LMData
 from moedesk.train.emit import Emitter
@@ -99,12 +100,20 @@ def evaluate(model: LM, batches: list, autocast) -> float:
 def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | None = None,
              stop_at: int | None = None, stop: StopFlag | None = None) -> str:
     """Train (or continue) an LM run; returns the finish status (completed|stopped|failed)."""
-    run_dir, tc = Path(run_dir), profile.train
-    stop = stop if stop is not None else StopFlag()
+    threads_before = torch.get_num_threads()
+    if profile.train.threads > 0:
+        torch.set_num_threads(profile.train.threads)
+    try:
+        return _train(profile, Path(run_dir), emitter, resume, stop_at,
+                      stop if stop is not None else StopFlag())
+    finally:  # in-process callers (tests, benchmarks) get their thread count back
+        torch.set_num_threads(threads_before)
 
-    # 1. the process: threads, device, seeds (init depends on the seed alone)
-    if tc.threads > 0:
-        torch.set_num_threads(tc.threads)
+
+def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | None,
+           stop_at: int | None, stop: StopFlag) -> str:
+    tc = profile.train
+    # 1. device and seeds (init depends on the seed alone)
     try:
         device = resolve_device(tc.device)
         seed_everything(profile.seed)
@@ -122,6 +131,9 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     val_batches = data.val_batches(tc.eval_batches)
+    # routing of the validation windows, recorded during each evaluation (topk only)
+    routing = RoutingAnalysis(model, data, tc.eval_batches * tc.batch_size,
+                              profile.model.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
 
     # 3. resume: weights, optimizer, data position, every RNG, the model's extra state
@@ -177,8 +189,10 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
 
         # 4. forward and backward over the micro-batches of this step
         loss_sum = torch.zeros((), device=device)
+        batch_hash = torch.zeros((), dtype=torch.long, device=device)
         for _ in range(tc.grad_accum):
             x_BT, y_BT = data.train_batch()
+            batch_hash = batch_fingerprint(x_BT, batch_hash)
             with autocast():
                 _, loss = model(x_BT, y_BT)
             extra = model.extra_loss()
@@ -191,7 +205,8 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
         if tc.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            grads = [p.grad for p in params if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         model.after_optimizer_step()
@@ -212,7 +227,7 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
         if do_log or bad:
             values = {"train/loss": loss_f, "train/lr": lr, "train/grad_norm": grad_norm_f,
                       "train/tokens_per_s": tokens_per_step / step_s, "sys/step_s": step_s,
-                      "sys/rss_mb": rss_mb()}
+                      "sys/rss_mb": rss_mb(), "data/batch_hash": float(batch_hash)}
             for name, value in model.log_values().items():
                 values[name] = float(value)
             emitter.metrics(step, values)
@@ -228,7 +243,10 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
 
         # 7. evaluate on the fixed validation windows (a signal stop skips it to exit fast)
         if do_eval and not (stop.requested and not is_last):
-            val_loss = evaluate(model, val_batches, autocast)
+            with routing.recording():
+                val_loss = evaluate(model, val_batches, autocast)
+            for name, payload in routing.payloads().items():
+                emitter.emit("analysis", step=step, name=name, payload=payload)
             emitter.metrics(step, {"val/loss": val_loss, "val/ppl": perplexity(val_loss)})
             emitter.log(f"Validation - step {step} | LM Loss: {val_loss:.4f}")
             if not math.isfinite(val_loss):

@@ -51,6 +51,15 @@ class RunRow:
     top_k: int
     num_experts: int
     cluster_size: int
+    health_rules: str = "{}"  # the profile's [health.RULE] overrides, as JSON
+
+    def rule_params(self, rule: str) -> dict:
+        """A health rule's thresholds for this run: the defaults with its overrides."""
+        from moedesk.health.thresholds import RULES
+
+        params = dict(RULES[rule].params) if rule in RULES else {}
+        params.update(json.loads(self.health_rules).get(rule, {}))
+        return params
 
     @property
     def active(self) -> bool:
@@ -77,11 +86,12 @@ def row_from_info(info, loss: float | None, health: str | None) -> RunRow:
     except ValueError:
         config = {}
     top_k, num_experts, cluster = routing_shape(info.kind, config)
+    rules = (config.get("health") or {}).get("rules") or {}
     return RunRow(info.id, info.name, info.kind, info.status, info.last_step, info.total_steps,
                   loss, health, info.created_at, info.started_at, info.ended_at,
                   row.get("profile_path") or "", row.get("run_dir") or "",
                   row.get("params_total"), row.get("params_active"), row.get("error"),
-                  top_k, num_experts, cluster)
+                  top_k, num_experts, cluster, json.dumps(rules, sort_keys=True))
 
 
 class RunData:
@@ -110,6 +120,7 @@ class RunData:
         self.timeline: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=TIMELINE_LEN)
         self.alerts: list[dict] = []
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.log_total = 0  # lines ever added, so a screen can tell which are new
         self.generation += 1
         for part in PARTS:
             self.versions[part] += 1
@@ -170,6 +181,7 @@ class RunData:
     def add_log(self, lines: list[str]) -> None:
         if lines:
             self.log_lines.extend(lines)
+            self.log_total += len(lines)
             self.bump("log")
 
     def set_row(self, row: RunRow) -> None:

@@ -8,7 +8,7 @@ once and shared, so a heatmap update allocates almost nothing.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from rich.color import Color
 from rich.segment import Segment
@@ -32,12 +32,12 @@ def level(ratio: float) -> int:
     return NUM_LEVELS - 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def background(lvl: int) -> Style:
     return Style(bgcolor=COLOURS[lvl])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _text_on(lvl: int) -> Style:
     light = Color.parse(COLOURS[lvl]).get_truecolor()
     luminance = 0.299 * light.red + 0.587 * light.green + 0.114 * light.blue

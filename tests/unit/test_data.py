@@ -11,8 +11,7 @@ import torch
 
 from moedesk.profiles.schema import DataSection
 from moedesk.train import grammar
-from moedesk.train.data import (BYTE_CLASS_LABELS, DataError, LMData, load_corpus,
-                                unigram_entropy)
+from moedesk.train.data import BYTE_CLASS_LABELS, DataError, LMData, load_corpus, unigram_entropy
 from moedesk.train.grammar import LABEL_NAMES, grammar_corpus
 
 

@@ -158,6 +158,30 @@ def test_sigterm_finishes_the_step_checkpoints_and_stops(tmp_path):
     assert max(losses(emitter.events)) == 7
 
 
+def test_stop_flag_restores_handlers_and_a_second_ctrl_c_aborts():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopFlag() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.reason == "received SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_without_clipping_the_gradient_norm_is_still_reported(tmp_path):
+    def first_norm(grad_clip: float) -> float:
+        emitter = ListEmitter()
+        profile = tiny(**{"train.steps": 2, "train.grad_clip": grad_clip})
+        assert loop.train_lm(profile, tmp_path / str(grad_clip), emitter) == "completed"
+        return of_type(emitter.events, "metrics")[0]["values"]["train/grad_norm"]
+
+    # both report the norm before any clipping: same init, same first batch
+    unclipped = first_norm(0.0)
+    assert unclipped > 0 and math.isfinite(unclipped)
+    assert unclipped == pytest.approx(first_norm(1e-3), rel=1e-5)
+
+
 def test_checkpoint_write_failure_fails_and_keeps_the_previous_one(tmp_path, monkeypatch):
     real_write = checkpoint_mod._write_atomic
 

@@ -1,26 +1,29 @@
 """The expert bank: every expert's ternary layers, the grouped forward pass and Hebbian rules.
 
 Each expert is a stack of ternary linear layers (input_dim -> hidden_dim ... ->
-output_dim), weights int8 trits stored as one [E, fan_in, fan_out] tensor per layer.
-A layer's output is the ternary sign of its integer pre-activation with a dead zone:
-y = sign(pre) where |pre| > threshold, else 0 (threshold 0 is the reference's plain
-sign). Goodness is the number of non-zero output trits of the last layer.
+output_dim); one [E, fan_in, fan_out] tensor per layer holds every expert's weight trits
+(float32 holding -1/0/+1, so batched matmuls run on them directly and stay exact; the
+checkpoint stores int8). A layer's output is the ternary sign of its integer
+pre-activation with a dead zone: y = sign(pre) where |pre| > threshold, else 0. With
+`adaptive_threshold` each unit's threshold moves one step per batch towards the target
+activity on positives (homeostasis); threshold 0 and no adaptation is the reference's
+plain sign. Goodness is the number of non-zero output trits of the last layer.
 
-Routing produces (sample, expert) pairs. `group_pairs` sorts them by expert into a
-padded [U, C] layout (U experts in use, C = the busiest one's pair count) so that one
-batched matmul per layer serves every active expert, positives and negatives together;
-padding slots carry zero inputs, produce zero outputs and add nothing to any update.
+Routing produces (sample, expert) pairs. `group_pairs` places them in a padded
+[E, C] layout (row = expert, C = the busiest expert's pair count) so that one batched
+matmul per layer serves every expert, positives and negatives together; padding slots
+carry zero inputs, produce zero outputs and add nothing to any update.
 
-Learning rules (per layer, mini-batch semantics: activations and deltas come from the
+Learning rules (per layer; mini-batch semantics: activations and deltas come from the
 weights at the start of the step):
 - reference: the documented rule. For every pair with delta = g(pos) - g(neg) > 0,
   W_ij <- W_ij (+) x_i for every j, x the positive's input to that layer, in GF(3);
   several pairs on one expert sum in GF(3), exactly as applying them one by one.
 - contrastive: the Forward-Forward goodness rule in trits. H = sum over pairs of
   x_pos (x) y_pos - x_neg (x) y_neg (strengthen the positive's active units, weaken the
-  negative's); the `update_fraction` of weights with the largest |H| take one GF(3)
-  step towards sign(H), except steps that would wrap (+1 -> -1 or -1 -> +1), which
-  would erase what was learnt. Only pairs not yet separated by `margin` contribute.
+  negative's); at most `update_fraction` of each expert's weights, strongest |H| first,
+  take one GF(3) step towards sign(H), skipping steps that would wrap (+1 -> -1 or
+  -1 -> +1) and erase what was learnt. Only pairs with delta <= margin contribute.
 """
 
 from __future__ import annotations
@@ -32,33 +35,25 @@ import torch
 from torch import Tensor
 
 from moedesk.train.ternary.router import random_trits
-from moedesk.train.ternary.trits import gf3_add, gf3_reduce
 
 
 @dataclass
 class PairGroups:
-    """(sample, expert) pairs sorted by expert into a padded [U, C] layout."""
+    """(sample, expert) pairs placed in a padded [E, C] layout."""
 
-    experts_U: Tensor  # int64 [U], the experts in use, ascending
-    group_P: Tensor  # int64 [P], each pair's row in U
-    slot_P: Tensor  # int64 [P], each pair's column in C
+    expert_P: Tensor  # int64 [P], each pair's expert (its row)
+    slot_P: Tensor  # int64 [P], each pair's column
     capacity: int  # C: pairs of the busiest expert
-
-    @property
-    def num_groups(self) -> int:
-        return int(self.experts_U.numel())
+    counts_E: Tensor  # int64 [E], pairs per expert
 
 
 def group_pairs(expert_P: Tensor, num_experts: int) -> PairGroups:
     counts_E = torch.bincount(expert_P, minlength=num_experts)
-    experts_U = torch.nonzero(counts_E).squeeze(1)
-    row_of_E = torch.full((num_experts,), -1, dtype=torch.int64)
-    row_of_E[experts_U] = torch.arange(experts_U.numel())
     order_P = torch.argsort(expert_P, stable=True)
     starts_E = torch.cumsum(counts_E, 0) - counts_E
     slot_P = torch.empty_like(expert_P)
     slot_P[order_P] = torch.arange(expert_P.numel()) - starts_E[expert_P[order_P]]
-    return PairGroups(experts_U, row_of_E[expert_P], slot_P, int(counts_E.max()))
+    return PairGroups(expert_P, slot_P, max(1, int(counts_E.max())), counts_E)
 
 
 def layer_dims(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> list[int]:
@@ -66,12 +61,12 @@ def layer_dims(input_dim: int, hidden_dim: int, output_dim: int, num_layers: int
     return [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
 
 
-def layer_thresholds(dims: list[int], threshold: float) -> list[float]:
-    """Dead zone per layer: `threshold` x the spread of a random trit dot product."""
-    return [threshold * math.sqrt(4.0 / 9.0 * fan_in) for fan_in in dims[:-1]]
+def initial_threshold(fan_in: int, threshold: float) -> float:
+    """`threshold` x the spread of a dot product of fan_in random trits with uniform trits."""
+    return threshold * math.sqrt(4.0 / 9.0 * fan_in)
 
 
-def ternary_activation(pre: Tensor, threshold: float) -> Tensor:
+def ternary_activation(pre: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.where(pre.abs() > threshold, torch.sign(pre), torch.zeros_like(pre))
 
 
@@ -80,8 +75,8 @@ class PairForward:
     """What one grouped forward pass over positives and negatives produced."""
 
     groups: PairGroups
-    inputs: list[Tensor]  # per layer, float [U, 2, C, fan_in]: [:, 0] positives, [:, 1] negatives
-    outputs: list[Tensor]  # per layer, float [U, 2, C, fan_out]
+    inputs: list[Tensor]  # per layer, float [E, 2, C, fan_in]: [:, 0] positives, [:, 1] negatives
+    outputs: list[Tensor]  # per layer, float [E, 2, C, fan_out]
     goodness_pos_P: Tensor  # int64 [P]
     goodness_neg_P: Tensor  # int64 [P]
 
@@ -94,11 +89,11 @@ class ExpertBank:
     def __init__(self, num_experts: int, dims: list[int], threshold: float, seed: int):
         self.num_experts = num_experts
         self.dims = dims
-        self.thresholds = [torch.full((num_experts, fan_out), t) for t, fan_out in
-                           zip(layer_thresholds(dims, threshold), dims[1:], strict=True)]
         generator = torch.Generator().manual_seed(seed)
-        self.weights = [random_trits((num_experts, fan_in, fan_out), generator)
+        self.weights = [random_trits((num_experts, fan_in, fan_out), generator).float()
                         for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True)]
+        self.thresholds = [torch.full((num_experts, fan_out), initial_threshold(fan_in, threshold))
+                           for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True)]
 
     @property
     def weights_per_expert(self) -> int:
@@ -108,90 +103,112 @@ class ExpertBank:
                       ) -> PairForward:
         """Run each pair's expert on its positive and its negative, all pairs at once."""
         groups = group_pairs(expert_P, self.num_experts)
-        num_u, cap, fan_in = groups.num_groups, groups.capacity, self.dims[0]
-        x_U2CD = torch.zeros(num_u, 2, cap, fan_in)
-        x_U2CD[groups.group_P, 0, groups.slot_P] = x_pos_PD[:, :fan_in].float()
-        x_U2CD[groups.group_P, 1, groups.slot_P] = x_neg_PD[:, :fan_in].float()
+        num_e, cap, fan_in = self.num_experts, groups.capacity, self.dims[0]
+        x_E2CD = torch.zeros(num_e, 2, cap, fan_in)
+        x_E2CD[expert_P, 0, groups.slot_P] = x_pos_PD[:, :fan_in].float()
+        x_E2CD[expert_P, 1, groups.slot_P] = x_neg_PD[:, :fan_in].float()
         inputs, outputs = [], []
-        for weight, threshold in zip(self.weights, self.thresholds, strict=True):
-            w_UIO = weight[groups.experts_U].float()
-            pre = torch.bmm(x_U2CD.reshape(num_u, 2 * cap, -1), w_UIO)
-            y_U2CO = ternary_activation(pre, threshold[groups.experts_U].unsqueeze(1)
-                                        ).reshape(num_u, 2, cap, -1)
-            inputs.append(x_U2CD)
-            outputs.append(y_U2CO)
-            x_U2CD = y_U2CO
-        goodness_U2C = (x_U2CD != 0).sum(-1)
-        return PairForward(groups, inputs, outputs,
-                           goodness_U2C[groups.group_P, 0, groups.slot_P],
-                           goodness_U2C[groups.group_P, 1, groups.slot_P])
+        for weight_EIO, threshold_EO in zip(self.weights, self.thresholds, strict=True):
+            pre = torch.bmm(x_E2CD.reshape(num_e, 2 * cap, -1), weight_EIO)
+            y_E2CO = ternary_activation(pre, threshold_EO.unsqueeze(1)).reshape(num_e, 2, cap, -1)
+            inputs.append(x_E2CD)
+            outputs.append(y_E2CO)
+            x_E2CD = y_E2CO
+        goodness_E2C = (x_E2CD != 0).sum(-1)
+        return PairForward(groups, inputs, outputs, goodness_E2C[expert_P, 0, groups.slot_P],
+                           goodness_E2C[expert_P, 1, groups.slot_P])
 
-    def goodness(self, x_PD: Tensor, expert_P: Tensor) -> Tensor:
-        """Goodness of each (sample, expert) pair, int64 [P] (evaluation)."""
-        return self.forward_pairs(x_PD, x_PD, expert_P).goodness_pos_P
-
-    def _pair_mask(self, fwd: PairForward, active_P: Tensor) -> Tensor:
-        """float [U, C, 1]: 1 where a pair takes part in the update."""
-        g = fwd.groups
-        mask_UC = torch.zeros(g.num_groups, g.capacity)
-        mask_UC[g.group_P, g.slot_P] = active_P.float()
-        return mask_UC.unsqueeze(-1)
+    def _pair_mask(self, groups: PairGroups, active_P: Tensor) -> Tensor:
+        """float [E, C, 1]: 1 where a pair takes part in an update."""
+        mask_EC = torch.zeros(self.num_experts, groups.capacity)
+        mask_EC[groups.expert_P, groups.slot_P] = active_P.float()
+        return mask_EC.unsqueeze(-1)
 
     def update_reference(self, fwd: PairForward) -> int:
         """The documented rule; returns how many weight trits changed."""
-        mask_UC1 = self._pair_mask(fwd, fwd.delta_P > 0)
-        experts_U, changed = fwd.groups.experts_U, 0
-        for layer, weight in enumerate(self.weights):
-            x_pos_UCI = fwd.inputs[layer][:, 0]
-            step_UI = gf3_reduce((x_pos_UCI * mask_UC1).sum(1))
-            old_UIO = weight[experts_U]
-            new_UIO = gf3_add(old_UIO, step_UI.unsqueeze(-1).expand_as(old_UIO))
-            changed += int((new_UIO != old_UIO).sum())
-            weight[experts_U] = new_UIO
+        mask_EC1 = self._pair_mask(fwd.groups, fwd.delta_P > 0)
+        changed = 0
+        for layer, weight_EIO in enumerate(self.weights):
+            # GF(3) sum of the gated positives' inputs, as a balanced trit per input unit
+            sum_EI = (fwd.inputs[layer][:, 0] * mask_EC1).sum(1)
+            step_EI1 = (torch.remainder(sum_EI + 1, 3) - 1).unsqueeze(-1)
+            new_EIO = torch.remainder(weight_EIO + step_EI1 + 1, 3) - 1
+            changed += int((new_EIO != weight_EIO).sum())
+            weight_EIO.copy_(new_EIO)
         return changed
 
     def update_contrastive(self, fwd: PairForward, update_fraction: float, margin: int,
                            generator: torch.Generator) -> int:
         """The default rule; returns how many weight trits changed."""
-        mask_UC1 = self._pair_mask(fwd, fwd.delta_P <= margin)
-        experts_U, changed = fwd.groups.experts_U, 0
-        for layer, weight in enumerate(self.weights):
-            x_U2CI, y_U2CO = fwd.inputs[layer], fwd.outputs[layer]
-            hebb_UIO = torch.bmm((x_U2CI[:, 0] * mask_UC1).transpose(1, 2), y_U2CO[:, 0])
-            hebb_UIO -= torch.bmm((x_U2CI[:, 1] * mask_UC1).transpose(1, 2), y_U2CO[:, 1])
-            old_UIO = weight[experts_U]
-            step_UIO = torch.sign(hebb_UIO).to(torch.int8)
+        mask_EC1 = self._pair_mask(fwd.groups, fwd.delta_P <= margin)
+        changed = 0
+        for layer, weight_EIO in enumerate(self.weights):
+            x_E2CI, y_E2CO = fwd.inputs[layer], fwd.outputs[layer]
+            hebb_EIO = torch.bmm((x_E2CI[:, 0] * mask_EC1).transpose(1, 2), y_E2CO[:, 0])
+            hebb_EIO -= torch.bmm((x_E2CI[:, 1] * mask_EC1).transpose(1, 2), y_E2CO[:, 1])
+            step_EIO = torch.sign(hebb_EIO)
             # a step onto a weight already at the target would wrap it to the opposite sign
-            eligible = (step_UIO != 0) & (old_UIO != step_UIO)
-            # strongest evidence first; random jitter < 1 breaks ties between equal |H|
-            key_UN = (hebb_UIO.abs() + 0.5 * torch.rand(hebb_UIO.shape, generator=generator))
-            key_UN = key_UN.masked_fill(~eligible, -1.0).reshape(len(experts_U), -1)
-            budget = max(1, round(update_fraction * key_UN.shape[1]))
-            keys, picked = torch.topk(key_UN, budget, dim=1)
-            chosen_UN = torch.zeros_like(key_UN, dtype=torch.bool)
-            chosen_UN.scatter_(1, picked, keys > 0)
-            chosen_UIO = chosen_UN.reshape(old_UIO.shape)
-            new_UIO = torch.where(chosen_UIO, gf3_add(old_UIO, step_UIO), old_UIO)
-            changed += int(chosen_UIO.sum())
-            weight[experts_U] = new_UIO
+            evidence_EN = hebb_EIO.abs().masked_fill_(step_EIO == weight_EIO, 0).flatten(1)
+            chosen_EN = _strongest(evidence_EN, update_fraction, generator)
+            chosen_EIO = chosen_EN.view_as(weight_EIO)
+            weight_EIO.add_(step_EIO * chosen_EIO)
+            changed += int(chosen_EN.sum())
         return changed
 
     def adapt_thresholds(self, fwd: PairForward, target: float) -> None:
         """Homeostasis: move each used unit's dead zone one step towards `target` activity."""
-        g = fwd.groups
-        real_UC1 = self._pair_mask(fwd, torch.ones_like(fwd.delta_P, dtype=torch.bool))
-        n_U1 = real_UC1.sum(1)
-        for layer, thr in enumerate(self.thresholds):
-            active_UO = ((fwd.outputs[layer][:, 0] != 0).float() * real_UC1).sum(1) / n_U1
-            thr[g.experts_U] = (thr[g.experts_U] + torch.sign(active_UO - target)).clamp_(min=0)
+        real_EC1 = self._pair_mask(fwd.groups, torch.ones_like(fwd.delta_P, dtype=torch.bool))
+        pairs_E1 = real_EC1.sum(1)
+        used_E1 = pairs_E1 > 0
+        for layer, threshold_EO in enumerate(self.thresholds):
+            active_EO = ((fwd.outputs[layer][:, 0] != 0).float() * real_EC1).sum(1)
+            rate_EO = active_EO / pairs_E1.clamp(min=1)
+            step_EO = torch.sign(rate_EO - target) * used_E1
+            threshold_EO.add_(step_EO).clamp_(min=0)
+
+    def int8_weights(self) -> list[Tensor]:
+        return [w.to(torch.int8) for w in self.weights]
 
     def state_dict(self) -> dict:
-        return {"weights": [w.clone() for w in self.weights]}
+        return {"weights": self.int8_weights(), "thresholds": [t.clone() for t in self.thresholds]}
 
     def load_state_dict(self, state: dict) -> None:
-        weights = state["weights"]
-        shapes = [tuple(w.shape) for w in self.weights]
+        weights, thresholds = state["weights"], state["thresholds"]
+        want = [tuple(w.shape) for w in self.weights]
         got = [tuple(w.shape) for w in weights]
-        if got != shapes:
-            raise ValueError(f"expert weights have shapes {got}, the profile needs {shapes}")
-        self.weights = [w.to(torch.int8).clone() for w in weights]
+        if got != want or [tuple(t.shape) for t in thresholds] != [
+                tuple(t.shape) for t in self.thresholds]:
+            raise ValueError(f"expert weights have shapes {got}, the profile needs {want}")
+        self.weights = [w.float().clone() for w in weights]
+        self.thresholds = [t.float().clone() for t in thresholds]
+
+
+def _strongest(evidence_EN: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
+    """bool [E, N]: per row at most fraction*N entries with evidence > 0, largest first.
+
+    Evidence is a small integer, so each row's cut-off level comes from a histogram, not a
+    sort: every entry above the level is taken, entries at the level are taken at random
+    with the probability that fills the budget in expectation.
+    """
+    num_e, n = evidence_EN.shape
+    budget = max(1, round(fraction * n))
+    levels_EN = evidence_EN.long()
+    top = int(levels_EN.max()) if levels_EN.numel() else 0
+    if top == 0:
+        return torch.zeros_like(evidence_EN, dtype=torch.bool)
+    hist_EL = torch.zeros(num_e, top + 1).scatter_add_(1, levels_EN, torch.ones_like(evidence_EN))
+    hist_EL[:, 0] = 0
+    # at_or_above[l] = entries with level >= l
+    at_or_above_EL = hist_EL.flip(1).cumsum(1).flip(1)
+    above_EL = at_or_above_EL - hist_EL
+    # the cut-off: the lowest level whose strictly-higher entries still fit in the budget
+    fits_EL = above_EL < budget
+    fits_EL[:, 0] = False
+    cut_E = fits_EL.float().argmax(1)
+    cut_E = torch.where(fits_EL.any(1), cut_E, torch.full_like(cut_E, top + 1))
+    at_cut_E = hist_EL.gather(1, cut_E.clamp(max=top).unsqueeze(1)).squeeze(1)
+    room_E = budget - above_EL.gather(1, cut_E.clamp(max=top).unsqueeze(1)).squeeze(1)
+    take_prob_E = (room_E / at_cut_E.clamp(min=1)).clamp(max=1)
+    cut_E1, prob_E1 = cut_E.unsqueeze(1), take_prob_E.unsqueeze(1)
+    lucky_EN = torch.rand(evidence_EN.shape, generator=generator) < prob_E1
+    return (levels_EN > cut_E1) | ((levels_EN == cut_E1) & lucky_EN & (levels_EN > 0))

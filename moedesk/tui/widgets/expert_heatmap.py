@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from rich.segment import Segment
 from rich.style import Style
+from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -50,7 +51,10 @@ class ExpertHeatmap(Widget):
             return
         packed = self._packed()
         for y in list(self._lines):
-            rows = (2 * y, 2 * y + 1) if packed else (y,)
+            if y == 0:
+                continue
+            grid_line = y - 1  # line 0 is the caption
+            rows = (2 * grid_line, 2 * grid_line + 1) if packed else (grid_line,)
             if any(r < len(levels) and levels[r] != old_levels[r] for r in rows):
                 del self._lines[y]
                 self.refresh_line(y)
@@ -62,7 +66,7 @@ class ExpertHeatmap(Widget):
         self.set_grid([], [], caption)
 
     def refresh_line(self, y: int) -> None:
-        self.refresh(self.region.__class__(0, y, self.size.width, 1))
+        self.refresh(Region(0, y, self.size.width, 1))
 
     # geometry
 

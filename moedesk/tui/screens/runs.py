@@ -1,0 +1,127 @@
+"""RunsScreen: the front door. Every run; filter, sort, select; open, stop, resume, compare."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from moedesk.tui.model import RunRow
+from moedesk.tui.widgets.run_table import RunTable
+
+AGE_REFRESH_S = 5.0
+
+
+class RunsScreen(Screen):
+    BINDINGS = [
+        Binding("space", "toggle_select", "Select", id="select"),
+        Binding("slash", "filter", "Filter", key_display="/", id="filter"),
+        Binding("o", "cycle_sort", "Sort", id="sort"),
+        Binding("s", "stop", "Stop", id="stop"),
+        Binding("r", "resume", "Resume", id="resume"),
+        Binding("c", "compare", "Compare", id="compare"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear-filter"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(placeholder="filter runs by name, kind or status", id="runs-filter")
+        yield RunTable(self.app.clock, id="runs-table")
+        yield Static(id="runs-status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.title = "moedesk"
+        self.sub_title = "runs"
+        self.query_one("#runs-filter").display = False
+        self.runs_refreshed(self.app.runs)
+        self.set_interval(AGE_REFRESH_S, self._tick_ages)
+
+    def on_screen_resume(self) -> None:
+        self.runs_refreshed(self.app.runs)
+        self.table.focus()
+
+    @property
+    def table(self) -> RunTable:
+        return self.query_one(RunTable)
+
+    def runs_refreshed(self, runs: tuple[RunRow, ...]) -> None:
+        self.table.show_runs(runs)
+        self._update_status()
+
+    def _tick_ages(self) -> None:
+        self.table.refresh_ages()
+
+    def _update_status(self) -> None:
+        table = self.table
+        runs = list(table.rows_by_id.values())
+        active = sum(1 for r in runs if r.active)
+        parts = [f"{len(runs)} runs", f"{active} active", f"sort: {table.sort}"]
+        if table.selected:
+            parts.append(f"{len(table.selected)} selected")
+        if table.filter_text:
+            parts.append(f"filter: {table.filter_text!r} ({table.row_count} shown)")
+        if not runs:
+            parts = [f"no runs yet in {self.app.home}: press n to start one from a profile"]
+        self.query_one("#runs-status", Static).update("  ·  ".join(parts))
+
+    # keys
+
+    def action_open_run(self) -> None:
+        row = self.table.current_row()
+        if row:
+            self.app.open_monitor(row.id)
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _row_chosen(self, event: DataTable.RowSelected) -> None:
+        self.action_open_run()
+
+    def action_toggle_select(self) -> None:
+        self.table.toggle_selected()
+        self._update_status()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#runs-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.table.set_filter(event.value)
+        self._update_status()
+
+    @on(Input.Submitted, "#runs-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self.table.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.value = ""
+        box.display = False
+        self.table.set_filter("")
+        self.table.focus()
+        self._update_status()
+
+    def action_cycle_sort(self) -> None:
+        self.table.cycle_sort()
+        self._update_status()
+
+    def action_stop(self) -> None:
+        row = self.table.current_row()
+        if row:
+            self.app.request_stop(row)
+
+    def action_resume(self) -> None:
+        row = self.table.current_row()
+        if row:
+            self.app.request_resume(row)
+
+    def action_compare(self) -> None:
+        rows = self.table.chosen()
+        if len(rows) < 2:
+            self.app.notify("Select two or more runs with space, then press c.",
+                            title="compare", severity="warning")
+            return
+        self.app.open_compare([r.id for r in rows])

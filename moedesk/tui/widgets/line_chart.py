@@ -1,0 +1,149 @@
+"""LineChart: plotext line charts drawn into a Textual widget (no textual-plotext needed).
+
+plotext builds the chart as ANSI text at the widget's size; `ansi_to_strips` turns it
+into Strips (only the foreground codes of the "simple" theme occur: one per series,
+remapped to our colours). The result is cached until the data key or the size
+changes, so a chart costs nothing on ticks where its series did not move. Callers pass
+points already downsampled to the plot width (`SeriesBuffer.envelope`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Hashable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import plotext
+from rich.color import Color
+from rich.segment import Segment
+from rich.style import Style
+from textual.strip import Strip
+from textual.widget import Widget
+
+# plotext colours its n-th signal with the n-th code of its default sequence
+PLOTEXT_SEQUENCE = (12, 10, 9, 14, 13, 11)
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
+Y_AXIS_WIDTH = 8  # room plotext leaves for y tick labels, in cells (approximately)
+
+
+@dataclass(frozen=True)
+class Line:
+    label: str
+    xs: list[float]
+    ys: list[float]
+    colour: str
+
+
+@lru_cache(maxsize=64)
+def _style(colour: str | None, base: Style) -> Style:
+    return base + (Style(color=colour) if colour else Style(dim=True))
+
+
+def ansi_to_strips(text: str, colours: dict[int, str], base: Style) -> list[Strip]:
+    """plotext's ANSI output -> one Strip per line; 256-colour codes mapped by `colours`."""
+    strips = []
+    for raw in text.rstrip("\n").split("\n"):
+        segments = []
+        fg: str | None = None
+        pos = 0
+        for match in _SGR.finditer(raw):
+            if match.start() > pos:
+                segments.append(Segment(raw[pos:match.start()], _style(fg, base)))
+            pos = match.end()
+            codes = match.group(1).split(";")
+            if codes == ["0"] or codes == [""]:
+                fg = None
+            elif codes[:2] == ["38", "5"]:
+                n = int(codes[2])
+                fg = colours.get(n) or Color.from_ansi(n).name
+        if pos < len(raw):
+            segments.append(Segment(raw[pos:], _style(fg, base)))
+        strips.append(Strip(segments))
+    return strips
+
+
+def nice_ticks(lo: float, hi: float, max_ticks: int) -> list[int]:
+    """Round step numbers (1, 2 or 5 times a power of ten apart) to label an x axis."""
+    span = max(hi - lo, 1)
+    raw = span / max(1, max_ticks)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = min((m * mag for m in (1, 2, 5, 10)), key=lambda c: abs(math.log(c / raw)))
+    step = max(1, int(step))
+    first = int(math.ceil(lo / step) * step)
+    ticks = list(range(first, int(hi) + 1, step))
+    return ticks if len(ticks) >= 2 else [int(lo), int(hi)]
+
+
+class LineChart(Widget):
+    DEFAULT_CSS = "LineChart { height: 1fr; min-height: 4; }"
+
+    def __init__(self, title: str, *, id: str | None = None, classes: str | None = None):
+        super().__init__(id=id, classes=classes)
+        self.title = title
+        self.lines: list[Line] = []
+        self.x_range: tuple[float, float] | None = None
+        self.empty_text = "waiting for data"
+        self._key: Hashable = None
+        self._built_for: tuple = ()
+        self._strips: list[Strip] = []
+        self.builds = 0  # how many times plotext ran (tests and the benchmark read it)
+
+    def plot_columns(self) -> int:
+        """Braille pixel columns available to the data: points worth sending."""
+        return max(8, (self.size.width - Y_AXIS_WIDTH) * 2)
+
+    def set_lines(self, lines: list[Line], key: Hashable,
+                  x_range: tuple[float, float] | None = None) -> None:
+        """New series to draw; `key` names the data, so an unchanged key does no work."""
+        if key == self._key:
+            return
+        self._key = key
+        self.lines = lines
+        self.x_range = x_range
+        self._built_for = ()
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        size = (self.size.width, self.size.height)
+        if self._built_for != (self._key, size):
+            self._strips = self._build(*size)
+            self._built_for = (self._key, size)
+        if y < len(self._strips):
+            return self._strips[y].adjust_cell_length(self.size.width, self.rich_style)
+        return Strip.blank(self.size.width, self.rich_style)
+
+    def _header(self, width: int, base: Style) -> Strip:
+        segments = [Segment(self.title, base + Style(bold=True))]
+        for line in self.lines:
+            if line.xs:
+                last = line.ys[-1] if line.ys else math.nan
+                segments.append(Segment("  ━ ", base + Style(color=line.colour)))
+                segments.append(Segment(f"{line.label} {last:.4g}", base))
+        return Strip(segments).adjust_cell_length(width, base)
+
+    def _build(self, width: int, height: int) -> list[Strip]:
+        base = self.rich_style
+        header = self._header(width, base)
+        drawn = [line for line in self.lines if line.xs]
+        if height < 4 or width < 16 or not drawn:
+            note = Strip([Segment(f"  {self.empty_text}", base + Style(dim=True))])
+            return [header, note] if height > 1 else [header]
+        self.builds += 1
+        fig = plotext.figure
+        fig.clear()
+        plotext.terminal.limit(False, False)
+        fig.plot_size(width, height - 1)
+        fig.theme("simple")
+        colours = {}
+        for i, line in enumerate(drawn[:len(PLOTEXT_SEQUENCE)]):
+            fig.draw(fig.signal(line.xs, line.ys, marker="braille").lines())
+            colours[PLOTEXT_SEQUENCE[i]] = line.colour
+        lo, hi = self.x_range or (min(min(ln.xs) for ln in drawn), max(max(ln.xs) for ln in drawn))
+        if hi <= lo:
+            hi = lo + 1
+        fig.ruler("x").lim(lo, hi)
+        ticks = nice_ticks(lo, hi, max(2, min(6, width // 12)))
+        fig.ruler("x").ticks(ticks, [str(t) for t in ticks])
+        return [header] + ansi_to_strips(fig.build().string(), colours, base)

@@ -1,0 +1,112 @@
+"""The poller reads incrementally with cursors and starts over when a resume truncated a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moedesk.paths import db_path
+from moedesk.store import connect_writer
+from moedesk.store import runs as store_runs
+from moedesk.store.ingest import Batch, write_batch
+from moedesk.tui.poller import Poller
+from tests.tui.fixtures import FIXED_NOW, TOPK_EXPERTS, TOPK_LAYERS
+
+
+def spy_metrics(poller: Poller, calls: list):
+    real = poller.reader.metrics_since
+
+    def metrics_since(run_id, after_rowid=0, names=None):
+        rows, cursor = real(run_id, after_rowid, names)
+        calls.append((run_id, after_rowid, len(rows)))
+        return rows, cursor
+
+    poller.reader.metrics_since = metrics_since
+
+
+def append_steps(home: Path, run_id: int, steps: range, loss: float) -> None:
+    db = connect_writer(db_path(home))
+    batch = Batch()
+    for step in steps:
+        batch.add_metrics(step, {"train/loss": loss, "train/lr": 1e-3}, FIXED_NOW + step)
+        batch.add_expert_load(step, {str(layer): [10] * TOPK_EXPERTS
+                                     for layer in range(TOPK_LAYERS)}, FIXED_NOW + step)
+    write_batch(db.conn, run_id, batch)
+    db.close()
+
+
+def test_runs_list_has_effective_status_loss_and_health(canned):
+    poller = Poller(canned.path)
+    result = poller.poll()
+    rows = {r.id: r for r in result.runs}
+    assert rows[canned.crashed].status == "crashed"  # row says running; supervisor is dead
+    assert rows[canned.topk].status == "running"  # our own pid plays its supervisor
+    assert rows[canned.topk].health == "warning"
+    assert rows[canned.ternary].health == "critical"  # the cleared warning no longer counts
+    assert rows[canned.dense].health is None
+    assert rows[canned.dense].loss is not None and rows[canned.failed].loss is None
+    assert rows[canned.topk].top_k == 2 and rows[canned.topk].num_experts == 8
+    assert rows[canned.ternary].num_experts == 243 and rows[canned.ternary].cluster_size == 16
+    # nothing changed: the next tick reports no new list and no changed run
+    again = poller.poll()
+    assert again.runs is None and again.changed == []
+
+
+def test_watched_run_fetches_only_new_rows(canned):
+    poller = Poller(canned.path)
+    data = poller.watch(canned.topk)
+    poller.poll()
+    assert data.series["train/loss"].count == 60
+    assert data.load_step == 60 and sorted(data.load_layers) == [0, 1]
+    assert data.load_layers[1][7] == 0.0  # the starved expert, as a load ratio
+    assert data.log_total == 2
+    first_cursor = data.metric_cursor
+    calls: list = []
+    spy_metrics(poller, calls)
+
+    assert poller.poll().changed == []  # an idle tick reads nothing new
+    assert calls == [(canned.topk, first_cursor, 0)]
+
+    append_steps(canned.path, canned.topk, range(61, 66), loss=1.5)
+    with open(Path(canned.path) / str(canned.topk) / "train.log", "a") as log:
+        log.write("12:11:00 Step 65/200\n12:11:01 partial line without newline")
+    result = poller.poll()
+    assert result.changed == [canned.topk]
+    # the second fetch started at the old cursor and got exactly the 10 new rows
+    assert calls[-1] == (canned.topk, first_cursor, 10)
+    assert data.series["train/loss"].count == 65
+    assert data.series["train/loss"].last == (65, 1.5)
+    assert data.load_step == 65 and data.load_layers[0] == [1.0] * TOPK_EXPERTS
+    assert list(data.log_lines)[-1] == "12:11:00 Step 65/200"  # the partial line waits
+    assert len(data.timeline) == 65
+
+
+def test_resume_truncation_resets_the_cached_series(canned):
+    poller = Poller(canned.path)
+    data = poller.watch(canned.topk)
+    poller.poll()
+    generation = data.generation
+    db = connect_writer(db_path(canned.path))
+    store_runs.truncate_for_resume(db.conn, canned.topk, 30, "ckpt-30.pt")
+    db.close()
+    append_steps(canned.path, canned.topk, range(31, 41), loss=9.0)
+    poller.poll()
+    buf = data.series["train/loss"]
+    assert data.generation > generation
+    assert buf.count == 40  # 30 kept + 10 relogged; nothing from the old 31..60 remains
+    assert buf.last == (40, 9.0)
+    xs, ys = buf.envelope(400)
+    assert xs == sorted(set(xs)) and xs[-1] == 40
+    assert ys[-10:] == [9.0] * 10
+    assert data.load_step == 40 and len(data.timeline) == 40
+
+
+def test_unwatch_forgets_and_missing_database_is_not_an_error(tmp_path):
+    poller = Poller(tmp_path / "empty")
+    result = poller.poll()
+    assert result.runs is None and result.error is None
+    poller.watch(3)
+    poller.watch(3)
+    poller.unwatch(3)
+    assert poller.data(3) is not None  # one watcher left
+    poller.unwatch(3)
+    assert poller.data(3) is None

@@ -1,0 +1,222 @@
+"""Each health rule on synthetic metric streams: thresholds, scaling, patience, hysteresis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moedesk.health.engine import HealthEngine
+from moedesk.health.thresholds import RULES
+
+
+def config(kind="topk", num_experts=8, top_k=2, stop_on="critical", **rules) -> dict:
+    return {"kind": kind, "moe": {"num_experts": num_experts, "top_k": top_k},
+            "ternary": {"num_experts": 243, "active_experts": 16},
+            "health": {"stop_on": stop_on, "rules": rules}}
+
+
+def feed(engine, stream, start=1):
+    """Observe `stream` (a list of value dicts) at steps start, start+1, ...; collect events."""
+    fired, cleared = [], []
+    for i, values in enumerate(stream):
+        f, c = engine.observe(start + i, values, float(start + i))
+        fired += f
+        cleared += c
+    return fired, cleared
+
+
+def only(engine_rules, name):
+    return [a for a in engine_rules if a["rule"] == name]
+
+
+def test_every_rule_in_the_table_cites_a_source_and_an_action():
+    for spec in RULES.values():
+        assert spec.source and spec.action and spec.kinds
+        assert "enabled" in spec.params
+
+
+def test_rules_only_run_for_their_kinds():
+    dense = HealthEngine.from_config(config("dense")).rule_names
+    topk = HealthEngine.from_config(config("topk")).rule_names
+    ternary = HealthEngine.from_config(config("ternary")).rule_names
+    assert set(dense) == {"nonfinite_loss", "loss_spike", "stalled"}
+    assert {"routing_collapse", "usage_entropy", "router_z_loss", "expert_underused"} <= set(topk)
+    assert "goodness_delta" not in topk and "load_balance" not in topk
+    assert set(ternary) == {"dead_experts", "goodness_delta", "load_balance", "routing_latency",
+                            "stalled"}
+
+
+def test_nan_loss_is_critical_at_once_and_stops_unless_never():
+    for stop_on, stops in (("critical", True), ("warning", True), ("never", False)):
+        engine = HealthEngine.from_config(config("dense", stop_on=stop_on))
+        fired, _ = feed(engine, [{"train/loss": 2.0}] * 3 + [{"train/loss": math.nan}])
+        (alert,) = fired
+        assert alert["rule"] == "nonfinite_loss" and alert["severity"] == "critical"
+        assert alert["step"] == 4 and alert["stops"] is stops
+        assert "train/loss is nan" in alert["message"] and alert["action"]
+
+
+def test_infinite_grad_norm_counts_as_non_finite():
+    engine = HealthEngine.from_config(config("dense"))
+    fired, _ = feed(engine, [{"train/loss": 2.0, "train/grad_norm": math.inf}])
+    assert fired[0]["metric"] == "train/grad_norm" and fired[0]["value"] == math.inf
+
+
+def test_loss_spike_needs_patience_and_its_own_history():
+    engine = HealthEngine.from_config(config("dense"))
+    steady = [{"train/loss": 2.0 + 0.05 * (i % 3)} for i in range(30)]
+    fired, _ = feed(engine, steady + [{"train/loss": 5.0}] * 3 + steady[:5])
+    assert not fired  # three outliers are below patience 4
+    fired, cleared = feed(engine, [{"train/loss": 5.0}] * 6 + steady[:6], start=100)
+    (alert,) = fired
+    assert alert["rule"] == "loss_spike" and alert["step"] == 103 and alert["severity"] == "warning"
+    assert alert["threshold"] == pytest.approx(2 * 2.05, rel=0.02)
+    assert cleared == [("loss_spike", 109)]  # four healthy readings after the spike
+
+
+def test_a_long_spike_does_not_raise_its_own_bar():
+    engine = HealthEngine.from_config(config("dense"))
+    fired, cleared = feed(engine, [{"train/loss": 2.0}] * 30 + [{"train/loss": 4.5}] * 200)
+    assert len(fired) == 1 and not cleared
+
+
+def test_falling_loss_early_in_training_is_no_spike():
+    engine = HealthEngine.from_config(config("dense"))
+    fired, _ = feed(engine, [{"train/loss": 5.5 * math.exp(-i / 40) + 1.5} for i in range(300)])
+    assert not fired
+
+
+def test_routing_collapse_watches_the_worst_layer_after_warmup():
+    engine = HealthEngine.from_config(config(num_experts=4, top_k=2))
+    # layer 1 collapsed, layer 0 fine: the layer mean (0.75) would hide it
+    collapsed = {"moe/max_token_fraction": 0.75, "moe/L0/max_token_fraction": 0.55,
+                 "moe/L1/max_token_fraction": 0.95}
+    fired, _ = feed(engine, [collapsed] * 60)
+    (alert,) = only(fired, "routing_collapse")
+    assert alert["step"] == 52  # after_step 50, patience 3
+    assert alert["metric"] == "moe/L1/max_token_fraction" and alert["severity"] == "critical"
+    assert alert["stops"] is True and "95% of the tokens" in alert["message"]
+
+
+def test_routing_collapse_cannot_happen_when_every_token_goes_everywhere():
+    assert "routing_collapse" not in HealthEngine.from_config(config(num_experts=2, top_k=2)).rule_names
+
+
+def test_hysteresis_and_patience_keep_a_hovering_metric_quiet():
+    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    hover = [{"moe/max_token_fraction": 0.79 if i % 2 else 0.81} for i in range(100)]
+    fired, _ = feed(engine, hover)
+    assert not only(fired, "routing_collapse")
+    # once open, 0.75 (between leave 0.72 and enter 0.8) keeps it open; 0.7 clears it
+    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    stream = ([{"moe/max_token_fraction": 0.3}] * 50 + [{"moe/max_token_fraction": 0.9}] * 3
+              + [{"moe/max_token_fraction": 0.75}] * 20 + [{"moe/max_token_fraction": 0.7}] * 3)
+    fired, cleared = feed(engine, stream)
+    assert len(only(fired, "routing_collapse")) == 1
+    assert cleared == [("routing_collapse", 76)]
+
+
+def test_expert_share_threshold_scales_with_the_number_of_experts():
+    # seed 001: 5% at 8 experts = 0.4 x the fair share; at 16 experts that is 2.5%
+    for share, fires in ((0.03, False), (0.02, True)):
+        engine = HealthEngine.from_config(config(num_experts=16, top_k=2))
+        fired, _ = feed(engine, [{"moe/min_share": share}] * 60)
+        assert bool(only(fired, "expert_underused")) is fires
+    engine = HealthEngine.from_config(config(num_experts=16, top_k=2))
+    fired, _ = feed(engine, [{"moe/min_share": 0.02}] * 60)
+    assert only(fired, "expert_underused")[0]["threshold"] == pytest.approx(0.025)
+
+
+def test_usage_entropy_is_normalized_for_other_expert_counts():
+    # 1.5 nats of ln 8 is 72.1% of the maximum; the same share of ln 16 at 16 experts
+    limit = 1.5 / math.log(8)
+    for norm, fires in ((limit + 0.01, False), (limit - 0.01, True)):
+        engine = HealthEngine.from_config(config(num_experts=16, top_k=2))
+        fired, _ = feed(engine, [{"moe/entropy_norm": norm}] * 60)
+        assert bool(only(fired, "usage_entropy")) is fires
+    assert f"of ln 16 = {math.log(16):.2f}" in only(fired, "usage_entropy")[0]["message"]
+
+
+def test_usage_std_info_then_warning_scaled_by_expert_count():
+    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    fired, _ = feed(engine, [{"moe/usage_std": 0.04}] * 60 + [{"moe/usage_std": 0.06}] * 10)
+    assert [(a["severity"], a["step"]) for a in fired] == [("info", 54), ("warning", 65)]
+    engine = HealthEngine.from_config(config(num_experts=4, top_k=2))  # thresholds x2
+    fired, _ = feed(engine, [{"moe/usage_std": 0.07}] * 60)
+    assert [a["severity"] for a in fired] == ["info"]
+
+
+def test_dead_experts_fire_when_any_expert_is_dead_after_warmup():
+    engine = HealthEngine.from_config(config("ternary"))
+    fired, cleared = feed(engine, [{"moe/dead_experts": 3.0}] * 55 + [{"moe/dead_experts": 0.0}] * 2)
+    (alert,) = fired
+    assert alert["rule"] == "dead_experts" and alert["step"] == 51
+    assert cleared == [("dead_experts", 57)]
+
+
+def test_router_z_loss_level_and_fast_rise():
+    engine = HealthEngine.from_config(config())
+    fired, _ = feed(engine, [{"moe/z_loss": 0.02}] * 25)
+    assert [a["step"] for a in only(fired, "router_z_loss")] == [22]
+    assert "< 0.01" in fired[0]["message"]
+    # below the limit but tripling within a few steps: "rapidly increasing z-loss"
+    engine = HealthEngine.from_config(config())
+    fired, _ = feed(engine, [{"moe/z_loss": 0.002}] * 60 + [{"moe/z_loss": 0.008}] * 3)
+    (alert,) = only(fired, "router_z_loss")
+    assert alert["step"] == 63 and "x its mean" in alert["message"]
+    # a rise among tiny values (a router still near uniform) is not an alarm
+    engine = HealthEngine.from_config(config())
+    fired, _ = feed(engine, [{"moe/z_loss": 0.0001}] * 40 + [{"moe/z_loss": 0.0009}] * 5)
+    assert not fired
+
+
+def test_goodness_delta_info_below_healthy_warning_below_concerning():
+    engine = HealthEngine.from_config(config("ternary"))
+    fired, cleared = feed(engine, [{"ff/goodness_delta": 0.3}] * 60
+                          + [{"ff/goodness_delta": 0.05}] * 5 + [{"ff/goodness_delta": 0.8}] * 5)
+    assert [(a["severity"], a["step"]) for a in fired] == [("info", 54), ("warning", 65)]
+    assert cleared == [("goodness_delta", 70)]
+
+
+def test_load_balance_band_escalates_and_clears_only_back_inside_the_band():
+    engine = HealthEngine.from_config(config("ternary"))
+    stream = ([{"moe/imbalance": 0.3}] * 50 + [{"moe/imbalance": 0.6}] * 5
+              + [{"moe/imbalance": 0.9}] * 5 + [{"moe/imbalance": 0.45}] * 10
+              + [{"moe/imbalance": 0.35}] * 5)
+    fired, cleared = feed(engine, stream)
+    assert [(a["severity"], a["step"]) for a in fired] == [("warning", 55), ("critical", 60)]
+    assert fired[1]["stops"] is True
+    assert cleared == [("load_balance", 75)]  # 0.45 is still above the healthy band
+
+
+def test_load_balance_uniform_then_imbalanced_clears_before_it_fires_again():
+    engine = HealthEngine.from_config(config("ternary"))
+    fired, cleared = feed(engine, [{"moe/imbalance": 0.05}] * 60 + [{"moe/imbalance": 0.6}] * 6)
+    assert fired[0]["step"] == 54
+    assert "no specialization" in fired[0]["message"] and "poor balance" in fired[1]["message"]
+    assert cleared == [("load_balance", 61)] and fired[1]["step"] == 66 > 61
+
+
+def test_routing_latency_uses_a_median_so_one_slow_step_is_quiet():
+    engine = HealthEngine.from_config(config("ternary"))
+    spiky = [{"route/latency_us": 5000.0 if i % 4 == 0 else 40.0} for i in range(100)]
+    fired, _ = feed(engine, spiky)
+    assert not fired
+    fired, _ = feed(engine, [{"route/latency_us": 800.0}] * 20, start=200)
+    assert [a["severity"] for a in fired] == ["info", "warning"]
+
+
+def test_before_after_step_nothing_counts():
+    engine = HealthEngine.from_config(config("ternary"))
+    fired, _ = feed(engine, [{"ff/goodness_delta": 0.0}] * 49)
+    assert not fired
+
+
+def test_profile_overrides_change_thresholds_and_disable_rules():
+    off = HealthEngine.from_config(config("ternary", goodness_delta={"enabled": False}))
+    assert "goodness_delta" not in off.rule_names
+    strict = HealthEngine.from_config(config("ternary", load_balance={"poor": 0.25,
+                                                                      "after_step": 0}))
+    fired, _ = feed(strict, [{"moe/imbalance": 0.3}] * 5)
+    assert [a["step"] for a in fired] == [5]
