@@ -10,7 +10,7 @@ load and thermal drift out of the comparison; medians keep outliers out.
 
 A second measurement times the emission alone (µs per event) for a sanity check.
 
-    .venv/bin/python bench/overhead.py [--profile profiles/tiny_dense.toml] [--steps 600]
+    .venv/bin/python bench/overhead.py [--profile P] [--steps 600] [--block 5] [--sink pipe]
 """
 
 from __future__ import annotations
@@ -81,20 +81,26 @@ def main() -> None:
     parser.add_argument("--profile", default=str(REPO / "profiles" / "tiny_dense.toml"))
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--block", type=int, default=5, help="steps per interleaved block")
+    parser.add_argument("--sink", choices=("pipe", "file"), default="pipe",
+                        help="pipe = a reader process drains the events; file = a temp file")
     args = parser.parse_args()
     profile = load_profile(args.profile, {"train.steps": args.steps, "train.log_every": 1,
                                           "train.eval_every": 0, "train.eval_batches": 1,
                                           "checkpoint.every": 0, "train.warmup_steps": 1})
 
-    # the reader is another process, like the supervisor; it discards what it reads
-    reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    pipe = io.TextIOWrapper(reader.stdin, encoding="utf-8")
     with open(os.devnull, "w") as log, tempfile.TemporaryDirectory() as run_dir:
-        emitter = SwitchingEmitter(pipe, log, args.block)
+        if args.sink == "pipe":
+            # the reader is another process, like the supervisor; it discards what it reads
+            reader = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            sink = io.TextIOWrapper(reader.stdin, encoding="utf-8")
+        else:
+            sink = open(Path(run_dir) / "events.jsonl", "w")  # noqa: SIM115 - closed below
+        emitter = SwitchingEmitter(sink, log, args.block)
         assert train_lm(profile, Path(run_dir), emitter) == "completed"
-        per_event_us = emission_cost_us(pipe, log)
-        pipe.close()
-        reader.wait()
+        per_event_us = emission_cost_us(sink, log)
+        sink.close()
+        if args.sink == "pipe":
+            reader.wait()
 
     null_blocks, real_blocks = emitter.medians(False), emitter.medians(True)
     null = statistics.median(null_blocks.values())
@@ -106,7 +112,7 @@ def main() -> None:
           f"{profile.train.threads or 'default'}")
     print(f"{'emitter':<22}{'median step ms':>16}{'steps/s':>10}{'blocks':>8}")
     for label, value, blocks in (("NullEmitter (drop)", null, null_blocks),
-                                 ("Emitter -> pipe", real, real_blocks)):
+                                 (f"Emitter -> {args.sink}", real, real_blocks)):
         print(f"{label:<22}{value * 1e3:>16.3f}{1 / value:>10.1f}{len(blocks):>8}")
     print(f"step time real/null, each real block against its two null neighbours: median "
           f"{ratio:.4f} (quartiles {q1:.4f}..{q3:.4f}, {len(ratios)} blocks)")

@@ -129,8 +129,8 @@ class DeadExpertTracker:
         return [i for i, streak in enumerate(self.zero_streaks) if streak >= self.window]
 
     def state_dict(self) -> dict:
-        return {"window": self.window, "zero_streaks": list(self.zero_streaks)}
+        return {"zero_streaks": list(self.zero_streaks)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.window = int(state["window"])
+        # the window comes from the (possibly edited) config, the streaks from the run
         self.zero_streaks = [int(s) for s in state["zero_streaks"]]

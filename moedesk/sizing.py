@@ -153,8 +153,10 @@ def topk_size(profile: Profile) -> SizeReport:
 
 
 def ternary_size(profile: Profile) -> SizeReport:
-    """HOOK for the ternary engineer: the 243-expert ternary model's sizes."""
-    raise NotImplementedError("ternary sizing is provided by the ternary model's owner")
+    """The ternary model's trits and bytes (int8, packed 5/byte): `moedesk.ternary_size`."""
+    from moedesk.ternary_size import ternary_size as _ternary_size  # it imports this module
+
+    return _ternary_size(profile)
 
 
 def model_size(profile: Profile) -> SizeReport:

@@ -14,6 +14,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -123,7 +124,7 @@ def analysis(
         info = reader.run(ref)
         found = latest_routing(reader, info.id, step)
     except StoreError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     if layer is not None:
         found = {k: v for k, v in found.items() if k == layer}
     if not found:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -52,7 +53,7 @@ def compare(
     profile_a: Annotated[str, typer.Argument(
         help="Baseline profile, e.g. profiles/lab_dense.toml.", show_default=False)],
     profile_b: Annotated[str, typer.Argument(
-        help="Variant profile, e.g. profiles/lab_moe.toml; only kind, [model] and [moe] may "
+        help="Variant profile, e.g. profiles/lab_moe.toml; only kind, \\[model] and \\[moe] may "
              "differ from the baseline.", show_default=False)],
     seeds: Annotated[int, typer.Option(
         min=1, help="Seeds per model: seed i runs both profiles with seed = base + i.")] = 3,
@@ -73,7 +74,7 @@ def compare(
     try:
         plan = make_plan(profile_a, profile_b, seeds=seeds, steps=steps, jobs=jobs)
     except CompareError as exc:
-        fail(str(exc).splitlines())
+        fail([escape(line) for line in str(exc).splitlines()])
     for note in plan.notes:
         console.print(f"[dim]note:[/] {note}", highlight=False)
     n_runs = 2 * len(plan.seeds)
@@ -86,12 +87,12 @@ def compare(
     except KeyboardInterrupt:
         fail("interrupted: the runs still training were asked to stop", code=EXIT_STOPPED)
     except (CompareError, RunError, StoreError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     baseline_ids, variant_ids = run_ids(slots)
     try:
         manifest = compare_runs(home, baseline_ids, variant_ids, extra=plan.describe())
     except (CompareError, StoreError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     manifest_path, findings_path = write_outputs(
         manifest, out or default_out(home, profile_a, profile_b))
     if as_json:

@@ -12,6 +12,9 @@ from moedesk.compare.routing import SPECIALIZATION_THRESHOLD
 from moedesk.compare.verdict import NOISE_MULTIPLIER, PARAM_TOLERANCE, TIME_TOLERANCE
 from moedesk.health.thresholds import rule_params
 
+# a step time within this share of the active-parameter estimate counts as explained
+EXPLAINED_SHARE = 0.05
+
 
 def _num(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}g}"
@@ -208,11 +211,21 @@ def q5_time(m: dict) -> list[str]:
                  "included).")
     if base.get("params_active") and var.get("params_active"):
         active = var["params_active"] / base["params_active"]
-        lines.append(f"The variant does {active:.2f}x the active parameters' work per token "
-                     "(matrix multiplies scale with it)" + (
-                         "; the time grew more than that: the rest is routing and dispatch "
-                         "(scoring, top-k, sorting tokens by expert, gathering and scattering "
-                         "them), which a dense FFN does not do." if vt / bt > active else "."))
+        expected = bt * active
+        excess = vt - expected
+        lines.append(f"The variant uses {active:.2f}x the active parameters per token; if time "
+                     f"scaled with them it would take {expected * 1e3:.2f} ms per step.")
+        if abs(excess) <= EXPLAINED_SHARE * vt:
+            lines.append(f"It took {vt * 1e3:.2f} ms, within {EXPLAINED_SHARE:.0%}: the extra "
+                         "time is the extra expert compute of the two active experts.")
+        elif excess > 0:
+            lines.append(f"It took {excess * 1e3:.2f} ms more ({excess / vt:.1%} of its step): "
+                         "overhead the parameter count does not explain, i.e. routing and "
+                         "dispatch (scoring, top-k, sorting tokens by expert, gathering and "
+                         "scattering them), which a dense FFN does not do.")
+        else:
+            lines.append(f"It took {-excess * 1e3:.2f} ms less: time does not scale with "
+                         "parameters here (attention and per-step overheads dominate).")
     latency = var.get("route_latency_us") or {}
     if latency.get("mean") is not None:
         tokens = m["tokens_per_step"]

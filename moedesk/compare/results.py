@@ -248,6 +248,7 @@ def build_manifest(reader: Reader, baseline_ids: list[int], variant_ids: list[in
                      _cost(manifest["baseline"]), _cost(manifest["variant"]))
     manifest["verdict"] = verdict.decision
     manifest["verdict_detail"] = verdict.to_dict()
+    # findings renders manifests (and imports this module), so it is imported late
     from moedesk.compare.findings import bottom_line
 
     manifest["lesson_notes"] = bottom_line(manifest)

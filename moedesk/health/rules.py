@@ -191,16 +191,23 @@ class RoutingCollapse(Rule):
 
 
 class DeadExperts(Rule):
+    """More than `max_dead_fraction` of a layer's experts got no token over the trainer's
+    dead window (the worst layer; 1 of 8 experts fires at the default 10%)."""
+
     name = "dead_experts"
 
     def read(self, values, active):
-        value = values.get("moe/dead_experts")
-        if not finite(value):
+        found = worst_of(values, "dead_experts")
+        if found is None:
             return None
-        limit = float(self.params["max_dead"])
-        hits = above(value, [Level("warning", limit, limit)], self.active_in(active, "high"))
-        return Reading("moe/dead_experts", float(value), "high", hits,
-                       "experts with zero tokens over the trainer's dead window")
+        limit = float(self.params["max_dead_fraction"]) * self.ctx.num_experts
+        hits = above(found[1], [Level("warning", limit, limit)], self.active_in(active, "high"))
+        return Reading(*found, "high", hits)
+
+    def message(self, reading, severity, threshold):
+        return (f"{self.spec.title}: {reading.value:.0f} of {self.ctx.num_experts} experts "
+                f"({reading.metric}) got no token over the trainer's dead window, more than "
+                f"{float(self.params['max_dead_fraction']):.0%}")
 
 
 class UsageStd(Rule):

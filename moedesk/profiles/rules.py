@@ -56,23 +56,45 @@ def _ternary_problems(p: Profile) -> list[Problem]:
     if t.active_experts > t.num_experts:
         out.append(Problem("ternary.active_experts", f"got {t.active_experts}; must be <= "
                                                      f"ternary.num_experts ({t.num_experts})"))
+    # Validate243Config: 243 experts need two-level selection (K <= 32 is the schema's range)
     if t.num_experts == 243 and t.topology != "hierarchical":
-        out.append(Problem("ternary.topology", f"got {t.topology!r}; 243 experts need 'hierarchical' "
-                                               "selection (Validate243Config)"))
+        out.append(Problem("ternary.topology", f"got {t.topology!r}; 243 experts need "
+                                               "'hierarchical' selection (Validate243Config)"))
     if t.topology == "hierarchical":
+        # clusters are consecutive runs of cluster_size ids, so they cover every expert;
+        # only the last one may be short, and the K experts must fit in any chosen clusters
         num_clusters = math.ceil(t.num_experts / t.cluster_size)
+        last = t.num_experts - (num_clusters - 1) * t.cluster_size
         if t.cluster_size > t.num_experts:
             out.append(Problem("ternary.cluster_size", f"got {t.cluster_size}; must be <= "
                                                        f"ternary.num_experts ({t.num_experts})"))
-        elif t.active_clusters > num_clusters:
-            out.append(Problem("ternary.active_clusters", f"got {t.active_clusters}; there are only "
-                                                          f"{num_clusters} clusters"))
-        elif t.active_clusters * t.cluster_size < t.active_experts:
+        elif num_clusters < 2:
+            out.append(Problem("ternary.cluster_size", f"got {t.cluster_size}; makes a single "
+                                                       "cluster, use topology = 'flat'"))
+        elif t.active_clusters >= num_clusters:
             out.append(Problem("ternary.active_clusters",
-                               f"got {t.active_clusters}; {t.active_clusters} clusters of "
-                               f"{t.cluster_size} cannot hold {t.active_experts} active experts"))
+                               f"got {t.active_clusters}; must be < the {num_clusters} clusters "
+                               f"(ceil({t.num_experts} / {t.cluster_size})), else level 1 keeps "
+                               "every cluster"))
+        else:
+            smallest = min(last + (t.active_clusters - 1) * t.cluster_size,
+                           t.active_clusters * t.cluster_size)
+            if smallest < t.active_experts:
+                out.append(Problem("ternary.active_clusters",
+                                   f"got {t.active_clusters}; the smallest {t.active_clusters} "
+                                   f"clusters hold {smallest} experts (cluster_size "
+                                   f"{t.cluster_size}, last cluster {last}), fewer than "
+                                   f"active_experts ({t.active_experts})"))
     if p.data.source == "tokens":
-        out.append(Problem("data.source", "got 'tokens'; ternary runs read 'grammar', 'text' or 'trits'"))
+        out.append(Problem("data.source", "got 'tokens'; ternary runs read 'grammar', 'text' or "
+                                          "'trits'"))
+    if p.train.device == "cuda":
+        out.append(Problem("train.device", "got 'cuda'; ternary runs are CPU-only (use 'auto' "
+                                           "or 'cpu')"))
+    if p.train.grad_accum != 1:
+        out.append(Problem("train.grad_accum", f"got {p.train.grad_accum}; a ternary step is "
+                                               "one batch (Hebbian updates have no gradients "
+                                               "to accumulate); use 1"))
     return out
 
 

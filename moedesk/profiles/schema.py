@@ -84,30 +84,45 @@ class TernarySection:
     topology: str = knob("hierarchical", "flat = top-K over all experts; hierarchical = top "
                                          "clusters, then top-K inside them.",
                          choices=("flat", "hierarchical"))
-    cluster_size: int = knob(16, "Experts per cluster (hierarchical).", min=2, max=1024)
-    active_clusters: int = knob(4, "Clusters chosen per sample (hierarchical).", min=1, max=1024)
+    cluster_size: int = knob(16, "Experts per cluster (hierarchical only).", min=2, max=1024)
+    active_clusters: int = knob(4, "Clusters chosen per sample (hierarchical only).", min=1,
+                                max=1024)
     input_dim: int = knob(64, "Trits per sample fed to the experts.", min=4, max=4096)
     hidden_dim: int = knob(128, "Width of the hidden ternary layers.", min=4, max=4096)
-    expert_layers: int = knob(2, "Ternary layers per expert.", min=1, max=8)
+    expert_layers: int = knob(3, "Ternary linear layers per expert (3 = the reference's "
+                                 "input->hidden->hidden->output).", min=1, max=8)
     output_dim: int = knob(64, "Output trits per expert (goodness counts their non-zeros).",
                            min=4, max=4096)
-    hebbian_rule: str = knob("contrastive", "contrastive = reinforce the positive and weaken the "
-                                            "negative pattern (learns); reference = the documented "
-                                            "sign-only rule on the positive.",
+    activation_threshold: float = knob(1.0, "Initial dead zone of the ternary sign, in units of "
+                                            "a random trit dot product's spread "
+                                            "(sqrt(4/9 * fan_in)); 0 = the reference's plain "
+                                            "sign.", min=0.0, max=100.0)
+    target_activity: float = knob(0.5, "Share of units a positive should activate; each "
+                                       "unit's dead zone moves one step per batch towards it. "
+                                       "0 = fixed dead zones (the reference).", min=0.0,
+                                  max=1.0)
+    hebbian_rule: str = knob("contrastive", "contrastive = reinforce the positive's and weaken "
+                                            "the negative's active patterns (learns); reference "
+                                            "= the documented sign-only rule on the positive.",
                              choices=("contrastive", "reference"))
-    learning_rate: int = knob(1, "GF(3) step size: 1 or -1 (2 acts as -1 in GF(3)).", min=-1, max=1)
-    update_fraction: float = knob(0.05, "Share of weights a Hebbian step may touch per layer and "
-                                        "expert (keeps GF(3) wrap-around from erasing learning).",
+    update_fraction: float = knob(0.05, "Share of each expert's weights a contrastive step "
+                                        "considers, drawn at random (a learning rate for "
+                                        "trits; contrastive only).",
                                   min=0.0, max=1.0, min_exclusive=True)
-    corruption: float = knob(0.1, "Share of positions corrupted to make a negative sample.",
-                             min=0.0, max=1.0, min_exclusive=True)
+    margin: int = knob(0, "Contrastive only: pairs whose goodness delta is already above "
+                          "margin do not drive the update.", min=-4096, max=4096)
+    corruption: float = knob(0.1, "Share of the expert input positions changed to make a "
+                                  "negative sample.", min=0.0, max=1.0, min_exclusive=True)
     encoding: str = knob("balanced", "Bytes to trits: balanced = lossless 6-trit balanced ternary "
                                      "per byte; letters = the seeds' A-M/N-Z mapping.",
                          choices=("balanced", "letters"))
-    load_balance_alpha: float = knob(0.01, "Weight of the load penalty on routing scores; 0 = off.",
+    load_balance_alpha: float = knob(0.1, "Load penalty on routing scores, in score spreads "
+                                           "per unit of excess load; 0 = off.",
                                      min=0.0, max=10.0)
     rebalance_interval: int = knob(100, "Batches between decays (halving) of the utilization "
                                         "counters.", min=1, max=1_000_000)
+    dead_window: int = knob(20, "Logged steps an expert must get no samples to count as dead.",
+                            min=1, max=100000)
     early_stopping_patience: int = knob(10, "Epochs without a better held-out accuracy before "
                                             "stopping; 0 = never.", min=0, max=100000)
     checkpoint_every_epochs: int = knob(5, "Also checkpoint every N epochs; 0 = only on "

@@ -2,7 +2,9 @@
 
 Reads top to bottom: set up, build, maybe resume, then per step forward/backward over
 micro-batches, clip, step, and at their intervals log, evaluate and checkpoint. Every
-result leaves through the `Emitter` (events on stdout, human lines on stderr).
+result leaves through the `Emitter` (events on stdout, human lines on stderr): metrics
+(with `data/batch_hash`, a checksum of the logged step's batches), expert loads and
+routing `analysis` events for MoE models, checkpoints, and one `finished`.
 
 Telemetry is kept off the hot path: loss and gradient norm stay on the device and are
 read back (one sync) only on log, eval and checkpoint steps. A non-finite value seen in
@@ -220,14 +222,16 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         do_ckpt = (profile.checkpoint.every > 0 and step % profile.checkpoint.every == 0) or is_last
         if not (do_log or do_eval or do_ckpt or stop.requested):
             continue
-        loss_f, grad_norm_f, bad = torch.stack(
-            [train_loss, grad_norm.to(train_loss.device), nonfinite.float()]).tolist()
+        # one host sync for everything; float64 keeps the int batch hash exact
+        loss_f, grad_norm_f, bad, batch_hash_f = torch.stack(
+            [train_loss.double(), grad_norm.to(device).double(), nonfinite.double(),
+             batch_hash.double()]).tolist()
         now = time.perf_counter()
         step_s = (now - t_last) / steps_since_sync
         if do_log or bad:
             values = {"train/loss": loss_f, "train/lr": lr, "train/grad_norm": grad_norm_f,
                       "train/tokens_per_s": tokens_per_step / step_s, "sys/step_s": step_s,
-                      "sys/rss_mb": rss_mb(), "data/batch_hash": float(batch_hash)}
+                      "sys/rss_mb": rss_mb(), "data/batch_hash": batch_hash_f}
             for name, value in model.log_values().items():
                 values[name] = float(value)
             emitter.metrics(step, values)

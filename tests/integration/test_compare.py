@@ -141,4 +141,5 @@ def test_an_unfair_pair_is_refused_before_anything_runs(tmp_path):
     result = moedesk("compare", DENSE, str(variant), "--steps", "5", home=home)
     assert result.returncode == 2
     assert "train.lr: 0.003 vs 0.001" in result.stderr
+    assert "outside [model], [moe] and kind" in result.stderr
     assert not (Path(home) / "moedesk.db").exists()

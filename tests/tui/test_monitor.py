@@ -20,8 +20,9 @@ async def open_monitor(pilot, run_id: int) -> MonitorScreen:
     await loaded(pilot)
     pilot.app.open_monitor(run_id)
     screen = await until(pilot, lambda: isinstance(pilot.app.screen, MonitorScreen)
-                         and pilot.app.screen.applies > 0 and pilot.app.screen)
-    await until(pilot, lambda: screen.data.log_total > 0, what="the first data")
+                         and pilot.app.screen)
+    await until(pilot, lambda: screen.caught_up and screen.data.log_total > 0,
+                what="the first data")
     await pilot.pause()
     return screen
 

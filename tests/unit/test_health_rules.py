@@ -147,12 +147,20 @@ def test_usage_std_info_then_warning_scaled_by_expert_count():
     assert [a["severity"] for a in fired] == ["info"]
 
 
-def test_dead_experts_fire_when_any_expert_is_dead_after_warmup():
-    engine = HealthEngine.from_config(config("ternary"))
-    fired, cleared = feed(engine, [{"moe/dead_experts": 3.0}] * 55 + [{"moe/dead_experts": 0.0}] * 2)
-    (alert,) = fired
-    assert alert["rule"] == "dead_experts" and alert["step"] == 51
+def test_dead_experts_one_of_eight_fires_a_few_of_243_do_not():
+    # seed 003's "Dead!" example is one expert of 8; the worst layer counts
+    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    dead = {"moe/dead_experts": 1.0, "moe/L0/dead_experts": 0.0, "moe/L1/dead_experts": 1.0}
+    fired, cleared = feed(engine, [dead] * 55 + [{"moe/L1/dead_experts": 0.0}] * 2)
+    (alert,) = only(fired, "dead_experts")
+    assert alert["step"] == 51 and alert["metric"] == "moe/L1/dead_experts"
+    assert "1 of 8 experts" in alert["message"]
     assert cleared == [("dead_experts", 57)]
+    # 243 experts: rare-pattern experts may idle (seed 004); past 10% it is a finding
+    for count, fires in ((20.0, False), (30.0, True)):
+        engine = HealthEngine.from_config(config("ternary"))
+        fired, _ = feed(engine, [{"moe/dead_experts": count}] * 55)
+        assert bool(fired) is fires
 
 
 def test_router_z_loss_level_and_fast_rise():

@@ -21,9 +21,11 @@ weights at the start of the step):
   several pairs on one expert sum in GF(3), exactly as applying them one by one.
 - contrastive: the Forward-Forward goodness rule in trits. H = sum over pairs of
   x_pos (x) y_pos - x_neg (x) y_neg (strengthen the positive's active units, weaken the
-  negative's); at most `update_fraction` of each expert's weights, strongest |H| first,
-  take one GF(3) step towards sign(H), skipping steps that would wrap (+1 -> -1 or
-  -1 -> +1) and erase what was learnt. Only pairs with delta <= margin contribute.
+  negative's). Each step every expert draws `update_fraction` of its weight positions
+  at random; there the weight takes one GF(3) step towards sign(H), except a step that
+  would wrap (+1 -> -1 or -1 -> +1) and erase what was learnt. Only pairs with
+  delta <= margin contribute. (Taking the strongest |H| first instead learnt less and
+  cost a histogram over every weight; docs/ternary.md has the comparison.)
 """
 
 from __future__ import annotations
@@ -144,15 +146,24 @@ class ExpertBank:
         changed = 0
         for layer, weight_EIO in enumerate(self.weights):
             x_E2CI, y_E2CO = fwd.inputs[layer], fwd.outputs[layer]
-            hebb_EIO = torch.bmm((x_E2CI[:, 0] * mask_EC1).transpose(1, 2), y_E2CO[:, 0])
-            hebb_EIO -= torch.bmm((x_E2CI[:, 1] * mask_EC1).transpose(1, 2), y_E2CO[:, 1])
-            step_EIO = torch.sign(hebb_EIO)
+            # one matmul for both phases: the negatives' inputs enter with a minus sign
+            signed_E2C1 = mask_EC1.unsqueeze(1) * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)
+            x_IM = (x_E2CI * signed_E2C1).flatten(1, 2).transpose(1, 2)
+            hebb_EIO = torch.bmm(x_IM, y_E2CO.flatten(1, 2))
+            # each expert considers a random `update_fraction` of its positions (with
+            # replacement, so duplicates just repeat the same write)
+            num_e, n = weight_EIO.shape[0], weight_EIO.shape[1] * weight_EIO.shape[2]
+            budget = max(1, round(update_fraction * n))
+            where_EK = torch.randint(n, (num_e, budget), generator=generator)
+            weight_EN = weight_EIO.view(num_e, n)
+            current_EK = weight_EN.gather(1, where_EK)
+            step_EK = torch.sign(hebb_EIO.reshape(num_e, n).gather(1, where_EK))
             # a step onto a weight already at the target would wrap it to the opposite sign
-            evidence_EN = hebb_EIO.abs().masked_fill_(step_EIO == weight_EIO, 0).flatten(1)
-            chosen_EN = _strongest(evidence_EN, update_fraction, generator)
-            chosen_EIO = chosen_EN.view_as(weight_EIO)
-            weight_EIO.add_(step_EIO * chosen_EIO)
-            changed += int(chosen_EN.sum())
+            moves_EK = (step_EK != 0) & (step_EK != current_EK)
+            weight_EN.scatter_(1, where_EK, current_EK + step_EK * moves_EK)
+            # a position drawn twice moved once: count positions, not draws
+            moved_EN = torch.zeros(weight_EN.shape, dtype=torch.bool)
+            changed += int(moved_EN.scatter_(1, where_EK, moves_EK).sum())
         return changed
 
     def adapt_thresholds(self, fwd: PairForward, target: float) -> None:
@@ -182,33 +193,3 @@ class ExpertBank:
         self.weights = [w.float().clone() for w in weights]
         self.thresholds = [t.float().clone() for t in thresholds]
 
-
-def _strongest(evidence_EN: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
-    """bool [E, N]: per row at most fraction*N entries with evidence > 0, largest first.
-
-    Evidence is a small integer, so each row's cut-off level comes from a histogram, not a
-    sort: every entry above the level is taken, entries at the level are taken at random
-    with the probability that fills the budget in expectation.
-    """
-    num_e, n = evidence_EN.shape
-    budget = max(1, round(fraction * n))
-    levels_EN = evidence_EN.long()
-    top = int(levels_EN.max()) if levels_EN.numel() else 0
-    if top == 0:
-        return torch.zeros_like(evidence_EN, dtype=torch.bool)
-    hist_EL = torch.zeros(num_e, top + 1).scatter_add_(1, levels_EN, torch.ones_like(evidence_EN))
-    hist_EL[:, 0] = 0
-    # at_or_above[l] = entries with level >= l
-    at_or_above_EL = hist_EL.flip(1).cumsum(1).flip(1)
-    above_EL = at_or_above_EL - hist_EL
-    # the cut-off: the lowest level whose strictly-higher entries still fit in the budget
-    fits_EL = above_EL < budget
-    fits_EL[:, 0] = False
-    cut_E = fits_EL.float().argmax(1)
-    cut_E = torch.where(fits_EL.any(1), cut_E, torch.full_like(cut_E, top + 1))
-    at_cut_E = hist_EL.gather(1, cut_E.clamp(max=top).unsqueeze(1)).squeeze(1)
-    room_E = budget - above_EL.gather(1, cut_E.clamp(max=top).unsqueeze(1)).squeeze(1)
-    take_prob_E = (room_E / at_cut_E.clamp(min=1)).clamp(max=1)
-    cut_E1, prob_E1 = cut_E.unsqueeze(1), take_prob_E.unsqueeze(1)
-    lucky_EN = torch.rand(evidence_EN.shape, generator=generator) < prob_E1
-    return (levels_EN > cut_E1) | ((levels_EN == cut_E1) & lucky_EN & (levels_EN > 0))

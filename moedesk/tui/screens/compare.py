@@ -190,8 +190,10 @@ class CompareScreen(Screen):
         columns = chart.plot_columns()
         lines, key = [], [columns]
         for i, s in enumerate(self.summaries):
+            if not len(s.loss):
+                continue  # a ternary run has no LM loss; a failed one has no steps
             xs, ys = s.loss.envelope(columns, x_range)
-            lines.append(Line(f"{s.row.id}", xs, ys, RUN_COLOURS[i % len(RUN_COLOURS)]))
+            lines.append(Line(s.row.name, xs, ys, RUN_COLOURS[i % len(RUN_COLOURS)]))
             key.append((s.row.id, s.loss.count, s.loss.last))
         chart.set_lines(lines, tuple(key), x_range)
 

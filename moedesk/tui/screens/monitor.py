@@ -85,6 +85,15 @@ class MonitorScreen(Screen):
     def on_resize(self) -> None:
         self.apply(force=True)  # the charts' point budget follows their width
 
+    @property
+    def caught_up(self) -> bool:
+        """True once everything fetched so far is on screen (tests and benchmarks wait on it)."""
+        data = self.data
+        if data is None or data.row is None:
+            return False
+        with data.lock:
+            return self.applied == data.versions and self._generation == data.generation
+
     # applying new data
 
     def apply(self, force: bool = False) -> None:

@@ -55,7 +55,7 @@ class ProfilesScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = "moedesk"
-        self.sub_title = f"profiles · {self.folder}"
+        self.sub_title = f"profiles · {self.folder.name}/"
         if self.paths:
             self.open_profile(self.paths[0])
             self.query_one("#profile-list", OptionList).highlighted = 0

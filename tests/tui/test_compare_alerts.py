@@ -1,0 +1,62 @@
+"""Compare view (side by side, best values marked, curves overlaid) and the alerts view."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable
+
+from moedesk.tui.screens.alerts import AlertsScreen
+from moedesk.tui.screens.compare import CompareScreen
+from moedesk.tui.screens.monitor import MonitorScreen
+from moedesk.tui.widgets.line_chart import LineChart
+from tests.tui.conftest import loaded, make_app, screen_text, until
+
+
+def column(table: DataTable, run_id: int) -> dict[str, str]:
+    return {str(table.get_cell(label, "quantity")): str(table.get_cell(label, str(run_id)))
+            for label in [row.value for row in table.rows]}
+
+
+async def test_compare_side_by_side(canned):
+    app = make_app(canned.path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        app.open_compare([canned.dense, canned.topk, canned.ternary])
+        screen = await until(pilot, lambda: isinstance(app.screen, CompareScreen)
+                             and app.screen.loads and app.screen)
+        table = screen.query_one("#compare-table", DataTable)
+        dense, topk = column(table, canned.dense), column(table, canned.topk)
+        assert dense["kind"] == "dense" and topk["kind"] == "topk"
+        assert dense["final train loss"] == "2.235" and topk["final train loss"] == "2.484"
+        assert dense["final val ppl"] != "-"
+        assert dense["params total"] == "115.0k" and topk["params active"] == "160.0k"
+        assert dense["wall time"] == "2m00s"  # started 7200 s, ended 7080 s before FIXED_NOW
+        assert topk["wall time"] == "2m00s"  # still running: measured to the app's clock
+        assert topk["usage std"] == "0.011" and topk["dead experts"] == "0"
+        assert dense["usage std"] == "-"
+        best = table.get_cell("final train loss", str(canned.dense))
+        assert "bold" in str(best.style)  # the lower loss is highlighted
+        chart = screen.query_one("#compare-chart", LineChart)
+        assert [line.label for line in chart.lines] == ["dense-a", "topk-b"]  # ternary: no loss
+        assert chart.x_range == (1, 100)
+        assert "━ dense-a" in screen_text(app)
+
+
+async def test_alerts_view_lists_every_run_and_filters_open(canned):
+    app = make_app(canned.path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await loaded(pilot)
+        await pilot.press("a")
+        screen = await until(pilot, lambda: isinstance(app.screen, AlertsScreen)
+                             and app.screen.loads and app.screen)
+        table = screen.query_one("#alerts-table", DataTable)
+        assert table.row_count == 3
+        assert "3 total, 2 open" in screen.sub_title
+        text = screen_text(app)
+        assert "cleared @55" in text and "routing_latency" in text and "usage_std" in text
+        assert "→ Enable hierarchical selection" in text  # the newest alert's action
+        await pilot.press("o")
+        assert table.row_count == 2
+        assert "cleared" not in screen_text(app)
+        await pilot.press("enter")  # the newest open alert: tern-c's latency
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="monitor")
+        assert app.screen.run_id == canned.ternary

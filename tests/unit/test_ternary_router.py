@@ -1,0 +1,138 @@
+"""The ternary router: exactly K distinct experts, real clusters, load penalty, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from moedesk.profiles.schema import TernarySection
+from moedesk.train.ternary.router import (TernaryRouter, majority_centroids, random_trits,
+                                          top_k_stable)
+
+
+def _inputs(batch: int, dim: int = 128, seed: int = 5) -> torch.Tensor:
+    return random_trits((batch, dim), torch.Generator().manual_seed(seed))
+
+
+def _router(**kw) -> TernaryRouter:
+    return TernaryRouter(TernarySection(**kw), seed=3)
+
+
+def test_flat_and_hierarchical_pick_exactly_k_distinct_experts():
+    x = _inputs(64)
+    for topology in ("flat", "hierarchical"):
+        experts = _router(topology=topology).route(x)
+        assert experts.shape == (64, 16) and experts.dtype == torch.int64
+        assert all(len(set(row)) == 16 for row in experts.tolist())
+        assert int(experts.min()) >= 0 and int(experts.max()) < 243
+
+
+def test_flat_routing_is_the_top_k_of_the_integer_dot_products():
+    router = _router(topology="flat", load_balance_alpha=0.0)
+    x = _inputs(8)
+    scores = x.int() @ router.spec_ED.int().t()  # exact integer dot products
+    experts = router.route(x)
+    for b in range(8):
+        chosen = scores[b, experts[b]]
+        others = scores[b][~torch.isin(torch.arange(243), experts[b])]
+        assert int(chosen.min()) >= int(others.max())
+        assert chosen.tolist() == sorted(chosen.tolist(), reverse=True)
+
+
+def test_hierarchical_picks_only_from_the_chosen_clusters():
+    router = _router(load_balance_alpha=0.0)
+    x = _inputs(32)
+    clusters = router.chosen_clusters(x)
+    experts = router.route(x)
+    assert clusters.shape == (32, 4)
+    for b in range(32):
+        allowed = set(clusters[b].tolist())
+        assert {e // 16 for e in experts[b].tolist()} <= allowed
+        # within the allowed experts it is still the top 16 by score
+        scores = router.scores(x[b:b + 1])[0]
+        candidates = [e for e in range(243) if e // 16 in allowed]
+        best = sorted(candidates, key=lambda e: (-float(scores[e]), e))[:16]
+        assert experts[b].tolist() == best
+
+
+def test_centroids_are_majority_votes_and_discriminate():
+    router = _router()
+    spec = router.spec_ED.int()
+    for c in range(router.num_clusters):
+        members = spec[c * 16:(c + 1) * 16]
+        assert torch.equal(router.centroid_CD[c].int(), torch.sign(members.sum(0)))
+    # the reference's truncating division would leave every full cluster all-zero
+    assert int((router.centroid_CD != 0).sum(1).min()) > 64
+    # and different clusters score a sample differently, so level 1 is a real choice
+    cluster_scores = _inputs(64).float() @ router.centroid_CD.float().t()
+    assert int(cluster_scores.std(1).min()) > 1
+    assert len({tuple(r) for r in router.chosen_clusters(_inputs(64)).tolist()}) > 10
+
+
+def test_majority_centroid_ties_give_zero():
+    spec = torch.tensor([[1, 1, -1], [1, -1, 0]], dtype=torch.int8)
+    centroids = majority_centroids(spec, torch.tensor([0, 0]), 1)
+    assert centroids.tolist() == [[1, 0, -1]]
+
+
+def test_ties_break_towards_the_lower_index():
+    scores = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
+    assert top_k_stable(scores, 3).tolist() == [[1, 2, 4]]
+    router = _router(topology="flat", load_balance_alpha=0.0)
+    x = torch.zeros(2, 128, dtype=torch.int8)  # every score is 0
+    assert router.route(x).tolist() == [list(range(16))] * 2
+
+
+def test_routing_is_deterministic_in_the_seed():
+    x = _inputs(16)
+    assert torch.equal(_router().route(x), _router().route(x))
+    other = TernaryRouter(TernarySection(), seed=4)
+    assert not torch.equal(_router().spec_ED, other.spec_ED)
+
+
+def test_load_penalty_spreads_a_collapsed_routing():
+    # every sample identical: without a penalty the same 16 experts win every time
+    x = _inputs(1).repeat(64, 1)
+    plain = _router(topology="flat", load_balance_alpha=0.0)
+    balanced = _router(topology="flat", load_balance_alpha=1.0)
+    for _ in range(20):
+        plain.route(x)
+        balanced.route(x)
+    assert int((plain.counts_E > 0).sum()) == 16
+    assert int((balanced.counts_E > 0).sum()) > 16
+    # the penalty is alpha * score_std * (load - 1): zero mean over experts
+    penalty = balanced.load_penalty_E()
+    assert abs(float(penalty.mean())) < 1e-4
+    assert math.isclose(balanced.score_std, math.sqrt(2 / 3 * 128))
+
+
+def test_counters_halve_every_rebalance_interval_batches_and_eval_does_not_count():
+    router = _router(rebalance_interval=3)
+    x = _inputs(10)
+    router.route(x, update=False)
+    assert float(router.counts_E.sum()) == 0
+    router.route(x)
+    router.route(x)
+    assert float(router.counts_E.sum()) == 2 * 10 * 16
+    router.route(x)  # third batch: counted, then halved
+    assert float(router.counts_E.sum()) == 3 * 10 * 16 / 2
+    assert router.batches_since_decay == 0
+
+
+def test_state_round_trip_restores_counters_and_specializations():
+    router = _router()
+    router.route(_inputs(20))
+    state = router.state_dict()
+    fresh = TernaryRouter(TernarySection(), seed=99)
+    fresh.load_state_dict(state)
+    x = _inputs(20, seed=8)
+    assert torch.equal(fresh.route(x), router.route(x))
+    assert torch.equal(fresh.centroid_CD, router.centroid_CD)
+
+
+def test_short_inputs_are_zero_padded():
+    router = _router(topology="flat", load_balance_alpha=0.0)
+    x = _inputs(4, dim=40)
+    padded = torch.nn.functional.pad(x, (0, 88))
+    assert torch.equal(router.route(x, update=False), router.route(padded, update=False))
