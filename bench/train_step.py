@@ -5,7 +5,7 @@ same data, width, depth and active parameters). A step is what the training loop
 forward, LM loss + routing losses, backward, gradient clip, AdamW step, bias update.
 Steps alternate between the two models and the medians are compared. Target: <= 1.2x.
 
-    .venv/bin/python bench/train_step.py [--reps 7] [--threads 1] [--batch 8]
+    .venv/bin/python bench/train_step.py [--reps 7] [--threads 1] [--batch 16]
         [--clock cpu|wall] [--precision fp32|bf16|both]
 """
 
@@ -50,7 +50,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=8, help="sequences per step (x 128 tokens)")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="sequences per step (x 128 tokens; 16 as in the profiles)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     args = parser.parse_args()

@@ -6,7 +6,8 @@
     (b only decides *which* experts, never how much they weigh)
   - experts: stacked SwiGLU tensors w1, w3 [E, F, D] and w2 [E, D, F]
   - dispatch "sorted": one stable argsort of the T*K expert ids, one gather, F.linear per
-    expert on contiguous slices, gate multiply in fp32, one index_add_ back;
+    expert on contiguous slices, gate multiply in fp32, one index_add_ back (under CPU
+    bf16 autocast each group is padded to 32 rows so oneDNN reuses its kernels);
     "eager": a per-expert mask loop kept as the numerical reference
   - losses: Switch aux alpha*E*sum_i f_i*P_i (alpha when balanced) and router z-loss
     beta*mean(logsumexp^2), both already weighted; `MoELM.extra_loss` averages them over
@@ -31,10 +32,10 @@ from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.sizing import expert_hidden, moe_layer_indices
 from moedesk.train.model import LM
 
-# per-layer load statistics emitted as metrics (moe/<key> and moe/L<i>/<key>)
 # expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)
 BF16_ROW_MULTIPLE = 32
 
+# per-layer load statistics emitted as metrics (moe/<key> and moe/L<i>/<key>)
 STAT_KEYS = ("imbalance", "cv", "max_vio", "entropy_norm", "usage_std", "min_share",
              "max_share", "max_token_fraction")
 

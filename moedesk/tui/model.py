@@ -99,7 +99,7 @@ class RunData:
 
     def __init__(self, run_id: int):
         self.run_id = run_id
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # the UI re-enters it while drawing charts
         self.versions = dict.fromkeys(PARTS, 0)
         self.generation = 0  # moves when a resume truncated the run and caches were reset
         self.row: RunRow | None = None

@@ -70,8 +70,11 @@ async def test_timeline_keeps_the_newest_columns_that_fit():
         await pilot.pause()
         assert timeline.size.height == 1 + 2
         shown = timeline.visible_columns()
-        assert timeline.columns[-1][0] == 200 and timeline.columns[0][0] == 200 - shown + 1
+        assert 0 < shown < 200
         assert f"steps {200 - shown + 1}..200" in timeline.render_line(0).text
+        assert len(timeline.render_line(1).text) == timeline.size.width
+        timeline.set_columns([(step, (1.0,) * 4) for step in range(1, 2001)], "expert")
+        assert len(timeline.columns) == 512 and timeline.columns[-1][0] == 2000
 
 
 async def test_gauge_names_the_band_and_marks_the_value():

@@ -16,7 +16,7 @@ from moedesk.train.checkpoint import list_checkpoints, load_checkpoint
 from moedesk.train.data import LMData, unigram_entropy
 from moedesk.train.emit import ListEmitter
 from moedesk.train.model import LM, SwiGLU
-from moedesk.train.moe import MoEFFN, MoELM
+from moedesk.train.moe import MoEFFN, MoELM, pad_groups
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TOPK = REPO / "profiles" / "tiny_topk.toml"
@@ -153,6 +153,30 @@ def test_sorted_dispatch_equals_the_eager_reference_forward_and_backward(capacit
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert drop_sorted == drop_eager
     assert (drop_sorted > 0) == (capacity_factor > 0)  # 1.0 drops something on random routing
+
+
+def test_padded_expert_groups_add_exactly_nothing(monkeypatch):
+    # under CPU bf16 autocast groups are padded to 32 rows; force it in fp32 to compare
+    x_BTD = torch.randn(2, 30, DIM)
+    results = []
+    for multiple in (1, 32):
+        ffn = make_ffn(seed=4, capacity_factor=1.5)
+        monkeypatch.setattr(ffn, "row_multiple", lambda x_TD, m=multiple: m)
+        x = x_BTD.clone().requires_grad_(True)
+        y = ffn(x)
+        y.square().sum().backward()
+        results.append([y.detach(), x.grad, ffn.router.weight.grad, ffn.experts.w1.grad,
+                        ffn.experts.w2.grad])
+    for plain, padded in zip(*results, strict=True):
+        torch.testing.assert_close(padded, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_pad_groups_layout():
+    token_idx, gates_S = torch.tensor([5, 6, 7, 8, 9]), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
+    tokens, gates, counts = pad_groups(token_idx, gates_S, [3, 0, 2], multiple=4)
+    assert counts == [4, 0, 4]
+    assert tokens.tolist() == [5, 6, 7, 0, 8, 9, 0, 0]
+    torch.testing.assert_close(gates, torch.tensor([0.1, 0.2, 0.3, 0, 0.4, 0.5, 0, 0]))
 
 
 @pytest.mark.parametrize("dispatch", ["sorted", "eager"])

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from moedesk.train.ternary.experts import (ExpertBank, group_pairs, initial_threshold,
-                                           layer_dims, ternary_activation)
+from moedesk.train.ternary.experts import (
+    ExpertBank,
+    group_pairs,
+    initial_threshold,
+    layer_dims,
+    ternary_activation,
+)
 from moedesk.train.ternary.router import random_trits
 from moedesk.train.ternary.trits import gf3_add
 

@@ -10,6 +10,7 @@ import torch
 from moedesk.profiles import load_profile, parse_overrides
 from moedesk.train.checkpoint import list_checkpoints, load_checkpoint
 from moedesk.train.emit import ListEmitter
+from moedesk.train.grammar import grammar_corpus
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.ternary.data import encode_windows, load_samples
 from moedesk.train.ternary.loop import train_ternary
@@ -165,7 +166,7 @@ def test_epochs_early_stopping_and_epoch_checkpoints(tmp_path):
 
 
 def test_trit_file_and_text_sources(tmp_path):
-    text = (REPO / "docs" / "ternary.md").read_bytes() * 3
+    text = grammar_corpus(7, 300)[0].tobytes()
     samples = list(encode_windows(text, 48, "balanced"))
     write_trit_samples(tmp_path / "s.bin", [s[:40] for s in samples])  # short: zero-padded
     status, emitter = _run(_profile("data.source=trits", f"data.path={tmp_path / 's.bin'}",

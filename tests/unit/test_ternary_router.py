@@ -7,8 +7,7 @@ import math
 import torch
 
 from moedesk.profiles.schema import TernarySection
-from moedesk.train.ternary.router import (TernaryRouter, majority_centroids, random_trits,
-                                          top_k_stable)
+from moedesk.train.ternary.router import TernaryRouter, majority_centroids, random_trits, top_k_stable
 
 
 def _inputs(batch: int, dim: int = 128, seed: int = 5) -> torch.Tensor:

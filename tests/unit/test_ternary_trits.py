@@ -9,9 +9,17 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from moedesk.train.ternary.trits import (TritFileError, decode_balanced, encode_balanced,
-                                         encode_letters, gf3_add, gf3_mul, gf3_reduce,
-                                         read_trit_samples, write_trit_samples)
+from moedesk.train.ternary.trits import (
+    TritFileError,
+    decode_balanced,
+    encode_balanced,
+    encode_letters,
+    gf3_add,
+    gf3_mul,
+    gf3_reduce,
+    read_trit_samples,
+    write_trit_samples,
+)
 
 # balanced GF(3): the residues {0, 1, 2} written as {0, 1, -1}
 ADD = {(-1, -1): 1, (-1, 0): -1, (-1, 1): 0, (0, -1): -1, (0, 0): 0, (0, 1): 1,

@@ -23,8 +23,7 @@ from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_chec
 from moedesk.train.emit import Emitter
 from moedesk.train.loop import rss_mb
 from moedesk.train.stopflag import StopFlag
-from moedesk.train.ternary.data import (EpochBatches, TernaryDataError, corrupt, derived_seed,
-                                        load_samples)
+from moedesk.train.ternary.data import EpochBatches, TernaryDataError, corrupt, derived_seed, load_samples
 from moedesk.train.ternary.model import StepStats, TernaryMoE
 
 CHECKPOINT_FORMAT = "moedesk-ternary-1"

@@ -25,7 +25,7 @@ from moedesk.store import Reader, StoreError
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunRow
 from moedesk.tui.series import SeriesBuffer
-from moedesk.tui.widgets.line_chart import Line, LineChart
+from moedesk.tui.widgets.line_chart import LineChart, series_source
 
 RELOAD_S = 2.0
 RUN_COLOURS = ("#5fafff", "#ffaf5f", "#87d787", "#ff87af", "#d7d75f", "#af87ff")
@@ -184,22 +184,12 @@ class CompareScreen(Screen):
         return fmt.number(x)
 
     def _fill_chart(self) -> None:
-        chart = self.query_one("#compare-chart", LineChart)
-        ranges = [s.loss.step_range() for s in self.summaries if len(s.loss)]
-        x_range = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-        columns = chart.plot_columns()
-        lines, key = [], [columns]
-        for i, s in enumerate(self.summaries):
-            if not len(s.loss):
-                continue  # a ternary run has no LM loss; a failed one has no steps
-            xs, ys = s.loss.envelope(columns, x_range)
-            lines.append(Line(s.row.name, xs, ys, RUN_COLOURS[i % len(RUN_COLOURS)]))
-            key.append((s.row.id, s.loss.count, s.loss.last))
-        chart.set_lines(lines, tuple(key), x_range)
+        # a ternary run has no LM loss and a failed one no steps: they draw no line
+        entries = [(s.row.name, s.loss, RUN_COLOURS[i % len(RUN_COLOURS)])
+                   for i, s in enumerate(self.summaries)]
+        key = tuple((s.row.id, s.loss.count, s.loss.last) for s in self.summaries)
+        self.query_one("#compare-chart", LineChart).set_source(series_source(entries), key)
 
-    def on_resize(self) -> None:
-        if self.summaries:
-            self._fill_chart()
 
 
 # ---- verdict hook (owned by moedesk.compare, see docs/compare.md) ---------------------------

@@ -25,7 +25,7 @@ from moedesk.tui.widgets.alert_list import AlertList
 from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
-from moedesk.tui.widgets.line_chart import Line, LineChart
+from moedesk.tui.widgets.line_chart import LineChart, series_source
 
 TRAIN, VAL, OTHER = "#5fafff", "#ffaf5f", "#af87ff"
 
@@ -82,9 +82,6 @@ class MonitorScreen(Screen):
     def on_screen_resume(self) -> None:
         self.apply()
 
-    def on_resize(self) -> None:
-        self.apply(force=True)  # the charts' point budget follows their width
-
     @property
     def caught_up(self) -> bool:
         """True once everything fetched so far is on screen (tests and benchmarks wait on it)."""
@@ -137,19 +134,10 @@ class MonitorScreen(Screen):
 
     def _series_lines(self, data: RunData, chart: LineChart,
                       wanted: list[tuple[str, str, str]]) -> None:
-        present = [(name, label, colour) for name, label, colour in wanted
-                   if name in data.series and len(data.series[name])]
-        ranges = [data.series[name].step_range() for name, _, _ in present]
-        x_range = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-        columns = chart.plot_columns()
-        lines = []
-        key = [data.generation, columns]
-        for name, label, colour in present:
-            buf = data.series[name]
-            xs, ys = buf.envelope(columns, x_range)
-            lines.append(Line(label, xs, ys, colour))
-            key.append((name, buf.count, buf.last))
-        chart.set_lines(lines, tuple(key), x_range)
+        entries = [(label, data.series[name], colour) for name, label, colour in wanted
+                   if name in data.series]
+        key = (data.generation, *((label, buf.count, buf.last) for label, buf, _ in entries))
+        chart.set_source(series_source(entries, data.lock), key)
 
     def _apply_curves(self, data: RunData, row: RunRow) -> None:
         loss_chart = self.query_one("#loss-chart", LineChart)

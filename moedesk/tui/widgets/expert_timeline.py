@@ -14,6 +14,8 @@ from textual.widget import Widget
 
 from moedesk.tui import palette
 
+MAX_COLUMNS = 512
+
 
 class ExpertTimeline(Widget):
     DEFAULT_CSS = "ExpertTimeline { height: auto; }"
@@ -32,13 +34,14 @@ class ExpertTimeline(Widget):
                     generation: int = 0) -> None:
         """Show the history: (step, load ratio per expert or cluster) per column, oldest first.
 
-        Only the columns that fit are levelled, each once (cached by step until the
-        run's `generation` moves, i.e. a resume replaced the steps).
+        At most `MAX_COLUMNS` columns are kept (the widest screen shows fewer); each is
+        levelled once, cached by step until the run's `generation` moves (a resume
+        replaced the steps). Drawing takes as many of the newest as the width allows.
         """
         if generation != self._generation:
             self._level_cache.clear()
             self._generation = generation
-        keep = max(1, self.visible_columns() or 400)
+        keep = MAX_COLUMNS
         shown = []
         for step, ratios in columns[-keep:]:
             levels = self._level_cache.get(step)

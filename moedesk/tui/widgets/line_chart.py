@@ -3,15 +3,18 @@
 plotext builds the chart as ANSI text at the widget's size; `ansi_to_strips` turns it
 into Strips (only the foreground codes of the "simple" theme occur: one per series,
 remapped to our colours). The result is cached until the data key or the size
-changes, so a chart costs nothing on ticks where its series did not move. Callers pass
-points already downsampled to the plot width (`SeriesBuffer.envelope`).
+changes, so a chart costs nothing on ticks where its series did not move. Callers give
+a source: a function from the plot width in braille columns to the lines to draw
+(downsampled with `SeriesBuffer.envelope`); it runs again whenever the width changes,
+so the points always match the pixels they land on.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,6 +24,8 @@ from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
 from textual.widget import Widget
+
+from moedesk.tui.series import SeriesBuffer
 
 # plotext colours its n-th signal with the n-th code of its default sequence
 PLOTEXT_SEQUENCE = (12, 10, 9, 14, 13, 11)
@@ -34,6 +39,26 @@ class Line:
     xs: list[float]
     ys: list[float]
     colour: str
+
+
+# plot columns -> (lines, shared x range or None)
+Source = Callable[[int], tuple[list[Line], tuple[float, float] | None]]
+
+
+def series_source(entries: list[tuple[str, SeriesBuffer, str]], lock=None) -> Source:
+    """A chart source over live buffers: (label, buffer, colour), one shared x axis.
+
+    `lock` guards the buffers while they are read (the poller thread appends to them).
+    """
+    def source(columns: int) -> tuple[list[Line], tuple[float, float] | None]:
+        with lock if lock is not None else nullcontext():
+            present = [(label, buf, colour) for label, buf, colour in entries if len(buf)]
+            ranges = [buf.step_range() for _, buf, _ in present]
+            x_range = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
+            lines = [Line(label, *buf.envelope(columns, x_range), colour)
+                     for label, buf, colour in present]
+        return lines, x_range
+    return source
 
 
 @lru_cache(maxsize=64)
@@ -85,29 +110,41 @@ class LineChart(Widget):
         self.lines: list[Line] = []
         self.x_range: tuple[float, float] | None = None
         self.empty_text = "waiting for data"
+        self._source: Source | None = None
         self._key: Hashable = None
+        self._lines_width = -1
         self._built_for: tuple = ()
         self._strips: list[Strip] = []
         self.builds = 0  # how many times plotext ran (tests and the benchmark read it)
 
-    def plot_columns(self) -> int:
-        """Braille pixel columns available to the data: points worth sending."""
-        return max(8, (self.size.width - Y_AXIS_WIDTH) * 2)
+    @staticmethod
+    def columns_for(width: int) -> int:
+        """Braille pixel columns a chart `width` cells wide gives its data."""
+        return max(8, (width - Y_AXIS_WIDTH) * 2)
 
-    def set_lines(self, lines: list[Line], key: Hashable,
-                  x_range: tuple[float, float] | None = None) -> None:
-        """New series to draw; `key` names the data, so an unchanged key does no work."""
+    def plot_columns(self) -> int:
+        return self.columns_for(self.size.width)
+
+    def set_source(self, source: Source, key: Hashable) -> None:
+        """Draw what `source` returns; `key` names the data, so an unchanged key is free."""
         if key == self._key:
             return
         self._key = key
-        self.lines = lines
-        self.x_range = x_range
+        self._source = source
+        self._take_lines(self.size.width)
         self._built_for = ()
         self.refresh()
+
+    def _take_lines(self, width: int) -> None:
+        if self._source is not None:
+            self.lines, self.x_range = self._source(self.columns_for(width))
+        self._lines_width = width
 
     def render_line(self, y: int) -> Strip:
         size = (self.size.width, self.size.height)
         if self._built_for != (self._key, size):
+            if self._lines_width != size[0]:
+                self._take_lines(size[0])  # resized: points for the new width
             self._strips = self._build(*size)
             self._built_for = (self._key, size)
         if y < len(self._strips):

@@ -1,0 +1,102 @@
+"""Benchmark: training throughput of the default ternary profile (profiles/ternary243.toml).
+
+Times `TernaryMoE.train_step` (route, negatives, grouped forward of pos and neg through
+the 16 routed experts of 64 samples, Hebbian update, threshold step) on real grammar
+batches, for the contrastive (default) and the documented reference rule, at 1 and 2
+torch threads. Cases run interleaved, `--reps` rounds of `--steps` steps each, medians
+compared, wall clock (threads > 1 make CPU time misleading). A phase breakdown of the
+default case follows, timed the same way.
+
+    .venv/bin/python bench/ternary_train.py [--reps 5] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from moedesk.profiles import load_profile, parse_overrides
+from moedesk.train.ternary.data import EpochBatches, corrupt, load_samples
+from moedesk.train.ternary.model import TernaryMoE
+
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "ternary243.toml"
+CASES = [("contrastive", 1), ("contrastive", 2), ("reference", 1), ("reference", 2)]
+
+
+def samples_per_s(model: TernaryMoE, batches: EpochBatches, steps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    samples = 0
+    for _ in range(steps):
+        x_BL, _ = batches.next_batch()
+        model.train_step(x_BL)
+        samples += len(x_BL)
+    return samples / (time.perf_counter() - start)
+
+
+def phase_breakdown(model: TernaryMoE, batches: EpochBatches, steps: int) -> dict[str, float]:
+    """Milliseconds per step of each phase of the default step, one thread."""
+    torch.set_num_threads(1)
+    cfg, spent = model.cfg, {"route": 0.0, "negatives": 0.0, "forward": 0.0, "update": 0.0,
+                             "thresholds": 0.0}
+    for _ in range(steps):
+        x_BL, _ = batches.next_batch()
+        t0 = time.perf_counter()
+        experts_BK = model.router.route(x_BL)
+        t1 = time.perf_counter()
+        x_neg_BL = corrupt(x_BL, cfg.input_dim, cfg.corruption, model.generator)
+        t2 = time.perf_counter()
+        fwd = model.bank.forward_pairs(*model._pairs(x_BL, x_neg_BL, experts_BK))
+        t3 = time.perf_counter()
+        model.bank.update_contrastive(fwd, cfg.update_fraction, cfg.margin, model.generator)
+        t4 = time.perf_counter()
+        model.bank.adapt_thresholds(fwd, cfg.target_activity)
+        t5 = time.perf_counter()
+        for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            spent[name] += dt
+    return {name: 1e3 * total / steps for name, total in spent.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    profile = load_profile(PROFILE)
+    train, _ = load_samples(profile)
+    models, batches = {}, {}
+    for rule, _ in CASES:
+        if rule not in models:
+            rule_profile = load_profile(PROFILE, parse_overrides([f"ternary.hebbian_rule={rule}"]))
+            models[rule] = TernaryMoE(rule_profile)
+            batches[rule] = EpochBatches(train, profile.train.batch_size, profile.seed)
+    for rule, threads in CASES:  # warm-up
+        samples_per_s(models[rule], batches[rule], 2, threads)
+    runs: dict[tuple[str, int], list[float]] = {case: [] for case in CASES}
+    for _ in range(args.reps):
+        for rule, threads in CASES:
+            runs[(rule, threads)].append(samples_per_s(models[rule], batches[rule], args.steps,
+                                                       threads))
+    rate = {case: statistics.median(v) for case, v in runs.items()}
+    t = profile.ternary
+    print(f"{PROFILE.name}: {t.num_experts} experts, top-{t.active_experts} {t.topology}, "
+          f"{t.input_dim}->{t.hidden_dim}x{t.expert_layers - 1}->{t.output_dim}, batch "
+          f"{profile.train.batch_size}; median of {args.reps} x {args.steps} steps, wall clock")
+    print(f"{'rule':>12}  {'1 thread':>10}  {'2 threads':>10}  {'2t/1t':>6}   samples/s")
+    for rule in ("contrastive", "reference"):
+        one, two = rate[(rule, 1)], rate[(rule, 2)]
+        print(f"{rule:>12}  {one:>10.0f}  {two:>10.0f}  {two / one:>6.2f}")
+    ratio = rate[("contrastive", 1)] / rate[("reference", 1)]
+    print(f"contrastive / reference at 1 thread: {ratio:.2f}")
+    phases = phase_breakdown(models["contrastive"], batches["contrastive"], args.steps * 2)
+    total = sum(phases.values())
+    print("default step, 1 thread: " + ", ".join(
+        f"{name} {ms:.1f} ms ({ms / total:.0%})" for name, ms in phases.items()))
+
+
+if __name__ == "__main__":
+    main()
