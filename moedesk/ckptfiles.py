@@ -63,24 +63,26 @@ def _truncated(run_dir: Path) -> list[tuple[int, Path, int, int]]:
 
 def find_checkpoint(run_dir: Path, step: int | None = None,
                     at_most: int | None = None) -> CheckpointInfo:
-    """The checkpoint at `step`, or the newest one (the newest at or before `at_most` when
-    there is one); raises CheckpointError when absent, or when the wanted (or a newer)
-    checkpoint is truncated, rather than silently going back to an older one."""
+    """The checkpoint at `step`, or the newest one. With `at_most` (the last step a run's
+    stored rows reach): the newest at or before it, else the oldest, so a resume leaves
+    the smallest gap in the curves. Raises CheckpointError when there is none, or when
+    the wanted (or a newer) checkpoint is truncated, rather than silently going back."""
     found = list_checkpoints(run_dir)
-    if step is None and at_most is not None and any(c.step <= at_most for c in found):
-        found = [c for c in found if c.step <= at_most]
-    else:
-        at_most = None
-    newest = found[-1].step if found else -1
+    limit = step if step is not None else at_most
+    if step is not None:
+        found = [c for c in found if c.step == step]
+    elif at_most is not None and found:
+        # the newest at or before at_most; when every one is newer, the oldest (least lost)
+        reach = [c for c in found if c.step <= at_most]
+        found = reach or found[:1]
+        limit = found[-1].step if not reach else at_most
+    chosen = found[-1].step if found else -1
     for bad_step, path, size, recorded in sorted(_truncated(run_dir)):
-        limit = bad_step if at_most is None else at_most
-        if bad_step == step or (step is None and newest < bad_step <= limit):
-            older = [c.step for c in found if c.step < bad_step]
+        if chosen < bad_step <= (bad_step if limit is None else limit):
+            older = [c.step for c in list_checkpoints(run_dir) if c.step < bad_step]
             hint = f"; resume from an older one with --at {older[-1]}" if older else ""
             raise CheckpointError(f"checkpoint {path} is truncated: {size} bytes on disk, "
                                   f"{recorded} recorded{hint}")
-    if step is not None:
-        found = [c for c in found if c.step == step]
     if not found:
         which = f"at step {step}" if step is not None else "at all"
         raise CheckpointError(f"no complete checkpoint {which} in {checkpoint_dir(run_dir)}")

@@ -38,12 +38,14 @@ def stops_at(severity: str, stop_on: str) -> bool:
 
 def run_context(config: dict) -> RunContext:
     kind = config.get("kind", "dense")
+    warmup = int((config.get("train") or {}).get("warmup_steps", 0))
     if kind == "ternary":
         section = config.get("ternary") or {}
         return RunContext(kind, int(section.get("num_experts", 243)),
                           int(section.get("active_experts", 16)))
     section = config.get("moe") or {}
-    return RunContext(kind, int(section.get("num_experts", 8)), int(section.get("top_k", 2)))
+    return RunContext(kind, int(section.get("num_experts", 8)), int(section.get("top_k", 2)),
+                      warmup)
 
 
 class HealthEngine:
@@ -65,7 +67,8 @@ class HealthEngine:
         health = config.get("health") or {}
         overrides = health.get("rules") or {}
         ctx = run_context(config)
-        rules = [c(rule_params(c.name, overrides), ctx) for c in RULE_CLASSES]
+        rules = [c(rule_params(c.name, overrides), ctx, frozenset(overrides.get(c.name) or {}))
+                 for c in RULE_CLASSES]
         stalled = Stalled(rule_params("stalled", overrides), ctx)
         return cls([r for r in rules if r.applies()], stalled if stalled.applies() else None,
                    stop_on or health.get("stop_on") or "critical")

@@ -46,6 +46,7 @@ class RunContext:
     kind: str
     num_experts: int = 8
     top_k: int = 2
+    warmup_steps: int = 0  # the LR warmup (dense, topk): routers settle during it
 
 
 def above(value: float, levels: list[Level], active: str | None) -> list[tuple[str, float]]:
@@ -82,13 +83,18 @@ class Rule:
     """Base: parameters from the table (+ overrides); `read` is the per-rule logic."""
 
     name = ""
+    # routing-balance rules wait for the router to settle: at least twice the LR warmup
+    settles = False
 
-    def __init__(self, params: dict, ctx: RunContext):
+    def __init__(self, params: dict, ctx: RunContext, explicit: frozenset = frozenset()):
         self.spec = RULES[self.name]
         self.params = params
         self.ctx = ctx
         self.patience = max(1, int(params.get("patience", 1)))
         self.after_step = int(params.get("after_step", 0))
+        # a profile that sets after_step itself means exactly that step
+        if self.settles and ctx.kind in ("dense", "topk") and "after_step" not in explicit:
+            self.after_step = max(self.after_step, 2 * ctx.warmup_steps)
 
     def applies(self) -> bool:
         return self.ctx.kind in self.spec.kinds and bool(self.params.get("enabled", True))
@@ -137,8 +143,8 @@ class LossSpike(Rule):
 
     name = "loss_spike"
 
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
+    def __init__(self, params, ctx, explicit=frozenset()):
+        super().__init__(params, ctx, explicit)
         self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
 
     def read(self, values, active):
@@ -160,6 +166,7 @@ class LossSpike(Rule):
 
 class ExpertUnderused(Rule):
     name = "expert_underused"
+    settles = True
 
     def read(self, values, active):
         found = worst_of(values, "min_share", pick=min)
@@ -173,6 +180,7 @@ class ExpertUnderused(Rule):
 
 class RoutingCollapse(Rule):
     name = "routing_collapse"
+    settles = True
 
     def applies(self):
         # with k >= E every token goes to every expert: nothing can collapse (seed 002)
@@ -195,6 +203,7 @@ class DeadExperts(Rule):
     dead window (the worst layer; 1 of 8 experts fires at the default 10%)."""
 
     name = "dead_experts"
+    settles = True
 
     def read(self, values, active):
         found = worst_of(values, "dead_experts")
@@ -215,6 +224,7 @@ class UsageStd(Rule):
     share is 1/8, so they scale by 8/E (the same coefficient of variation)."""
 
     name = "usage_std"
+    settles = True
 
     def read(self, values, active):
         found = worst_of(values, "usage_std")
@@ -231,6 +241,7 @@ class UsageEntropy(Rule):
     """Entropy below 1.5 nats of ln 8 = 2.08; compared as the share of ln E it is."""
 
     name = "usage_entropy"
+    settles = True
 
     def applies(self):
         return super().applies() and self.ctx.num_experts > 1
@@ -253,8 +264,8 @@ class RouterZLoss(Rule):
 
     name = "router_z_loss"
 
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
+    def __init__(self, params, ctx, explicit=frozenset()):
+        super().__init__(params, ctx, explicit)
         self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
 
     def read(self, values, active):
@@ -321,8 +332,8 @@ class RoutingLatency(Rule):
 
     name = "routing_latency"
 
-    def __init__(self, params, ctx):
-        super().__init__(params, ctx)
+    def __init__(self, params, ctx, explicit=frozenset()):
+        super().__init__(params, ctx, explicit)
         self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
 
     def read(self, values, active):

@@ -60,6 +60,9 @@ class Ingestor:
         elif kind == "checkpoint":
             self.batch.checkpoints.append((step, event["path"], event.get("size"),
                                            event.get("sha256"), wall))
+            # commit at once: a resume starts from a checkpoint the stored rows reach, so
+            # the store should never lag far behind the checkpoints on disk
+            self.flush()
         elif kind == "analysis":
             self.batch.analysis.append((step, str(event.get("name") or "analysis"),
                                         json.dumps(event.get("payload")), wall))

@@ -8,6 +8,7 @@ the run resumes from its last good checkpoint, re-logging the lost steps identic
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
@@ -20,13 +21,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from moedesk.ckptfiles import list_checkpoints, verify_checkpoint
+from moedesk.ckptfiles import CheckpointError, find_checkpoint, list_checkpoints, verify_checkpoint
 from moedesk.store import Reader
 from tests.conftest import REPO, moedesk, wait_for
 
 TINY = "profiles/tiny_dense.toml"
+# a checkpoint every 2 steps makes kills mid-checkpoint likely; keeping 4 covers the few
+# steps a killed supervisor may not have committed yet
 LONG = ["--set", "train.steps=100000", "--set", "train.threads=1", "--set",
-        "checkpoint.every=2", "--set", "checkpoint.keep=2"]
+        "checkpoint.every=2", "--set", "checkpoint.keep=4"]
 
 
 def reader(home: Path) -> Reader:
@@ -107,7 +110,9 @@ def test_random_sigkills_leave_a_consistent_store_and_an_exact_resume(home):
         assert all(now[s] == v for s, v in lost.items() if s in now), "resume was not exact"
         # a supervisor killed mid-batch can leave a checkpoint newer than the stored rows:
         # resume takes the newest one the curves reach, so they get no gap
-        newest = max(c.step for c in list_checkpoints(home / "1") if c.step <= max(now))
+        reach = [c.step for c in list_checkpoints(home / "1") if c.step <= max(now)]
+        assert reach, "every kept checkpoint is newer than the stored rows"
+        newest = max(reach)
         lost = {s: v for s, v in now.items() if s > newest}
         resumed = moedesk("resume", "1", "--detach", home=home)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -211,3 +216,21 @@ def test_full_disk_while_checkpointing_fails_clearly_and_keeps_the_previous_one(
         assert not list(folder.glob("*.tmp"))  # the failed write cleaned up after itself
     finally:
         subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_resume_picks_a_checkpoint_the_stored_rows_reach(tmp_path):
+    """A supervisor killed before committing can leave checkpoints newer than the rows."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for step in (4, 6, 8):
+        data = bytes([step]) * 100
+        (folder / f"step_{step:08d}.pt").write_bytes(data)
+        (folder / f"step_{step:08d}.json").write_text(
+            f'{{"step": {step}, "size": 100, "sha256": "{hashlib.sha256(data).hexdigest()}"}}')
+    assert find_checkpoint(tmp_path).step == 8
+    assert find_checkpoint(tmp_path, at_most=7).step == 6  # 7 and 8 are re-logged
+    assert find_checkpoint(tmp_path, at_most=2).step == 4  # the smallest gap there is
+    (folder / "step_00000006.pt").write_bytes(b"x" * 50)
+    with pytest.raises(CheckpointError, match=r"step_00000006.pt is truncated.*--at 4"):
+        find_checkpoint(tmp_path, at_most=7)
+    assert find_checkpoint(tmp_path, step=4).step == 4

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -31,7 +33,9 @@ def runs(tmp_path_factory):
     home = tmp_path_factory.mktemp("health") / "home"
     home.mkdir()
     started = {}
-    plan = [("collapse", "profiles/topk_collapse.toml", [])]
+    # long enough to pass the balance rules' warm-up (after_step 100): a collapse that
+    # lasts past it is real, not a router still settling
+    plan = [("collapse", "profiles/topk_collapse.toml", ["--set", "train.steps=150"])]
     plan += [("diverging", "profiles/tiny_dense.toml", DIVERGING)]
     plan += [(name, f"profiles/{name}.toml", []) for name in HEALTHY]
     for label, profile, extra in plan:
@@ -94,3 +98,25 @@ def test_healthy_tiny_runs_raise_no_warning_or_critical_alert(runs, profile):
     watched = {"dense": "train/loss", "topk": "moe/max_token_fraction",
                "ternary": "ff/goodness_delta"}[info.kind]
     assert watched in latest and math.isfinite(latest[watched][1])
+
+
+def test_a_frozen_trainer_fires_stalled_and_clears_when_it_moves_again(home):
+    moedesk("run", "profiles/tiny_dense.toml", "--set", "train.steps=100000", "--set",
+            "train.threads=1", "--set", "health.stalled.min_seconds=2", "--set",
+            "health.stalled.factor=5", "--detach", home=home, check=True)
+    reader = Reader(home / "moedesk.db")
+    wait_for(lambda: reader.run(1).last_step >= 25, timeout=120, what="steps")
+    trainer = reader.run(1).row["trainer_pid"]
+    os.kill(trainer, signal.SIGSTOP)  # hung: alive, but no step comes
+    try:
+        (alert,) = wait_for(lambda: alerts_of(home, 1, "warning"), timeout=30, what="stalled")
+        assert alert["rule"] == "stalled" and alert["step"] == reader.run(1).last_step
+        assert "no new step for" in alert["message"] and alert["cleared_step"] is None
+        assert reader.run(1).status == "running"  # a warning does not stop the run
+    finally:
+        os.kill(trainer, signal.SIGCONT)
+    wait_for(lambda: alerts_of(home, 1)[0]["cleared_step"] is not None, timeout=30,
+             what="the stall to clear")
+    moedesk("stop", "1", home=home, check=True)
+    wait_for(lambda: reader.run(1).status == "stopped", timeout=60, what="stop")
+    assert len(alerts_of(home, 1)) == 1  # one stall, one alert

@@ -1,0 +1,77 @@
+"""`moedesk alerts` over a real store, and `[health.RULE]` overrides from profile to engine."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from typer.testing import CliRunner
+
+from moedesk.cli import app
+from moedesk.health.engine import HealthEngine
+from moedesk.profiles import load_profile, parse_overrides, profile_to_dict
+from moedesk.runner.ingest import Ingestor
+from moedesk.store import connect_writer
+from moedesk.store import runs as store_runs
+from tests.conftest import PROFILES
+
+
+def make_alerts(home) -> None:
+    """Run 1: a NaN loss (open critical); run 2: a load-balance warning that cleared."""
+    db = connect_writer(home / "moedesk.db")
+    for name, kind, stream in (("tiny_dense", "dense", [{"train/loss": 2.0},
+                                                        {"train/loss": math.inf}]),
+                               ("tiny_ternary", "ternary", [{"moe/imbalance": 0.9}] * 60
+                                + [{"moe/imbalance": 0.3}] * 5)):
+        config = profile_to_dict(load_profile(PROFILES / f"{name}.toml"))
+        assert config["kind"] == kind
+        run_id = store_runs.create_run(db.conn, config=config, profile_path=name, home=home)
+        ingestor = Ingestor(db.conn, run_id, HealthEngine.from_config(config))
+        for step, values in enumerate(stream, start=1):
+            ingestor.feed({"type": "metrics", "step": step, "wall": float(step),
+                           "values": values})
+        ingestor.flush()
+    db.close()
+
+
+def test_alerts_lists_every_runs_alerts_with_state_and_action(home):
+    make_alerts(home)
+    result = CliRunner().invoke(app, ["alerts", "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    text = result.output.replace("\n", " ")
+    assert "run 1 step 2 critical nonfinite_loss (open)" in text
+    assert "train/loss is inf" in text
+    assert "run 2 step 54 critical load_balance (cleared at step 65)" in text
+    assert "suggested actions:" in text and "Lower train.lr" in text
+
+
+def test_alerts_of_one_run_open_only_and_json(home):
+    make_alerts(home)
+    runner = CliRunner()
+    result = runner.invoke(app, ["alerts", "2", "--json", "--home", str(home)])
+    rows = json.loads(result.output)
+    # straight to 0.9: one critical alert, not a warning and then a critical
+    assert [(a["run_id"], a["rule"], a["severity"], a["cleared_step"]) for a in rows] == [
+        (2, "load_balance", "critical", 65)]
+    result = runner.invoke(app, ["alerts", "--open", "--json", "--home", str(home)])
+    (alert,) = json.loads(result.output)
+    assert alert["rule"] == "nonfinite_loss" and alert["value"] == "inf"  # valid JSON
+    result = runner.invoke(app, ["alerts", "2", "--open", "--home", str(home)])
+    assert "no alerts open" in result.output
+
+
+def test_alerts_of_an_unknown_run_is_a_clear_error(home):
+    make_alerts(home)
+    result = CliRunner().invoke(app, ["alerts", "nope", "--home", str(home)])
+    assert result.exit_code == 2 and "no run 'nope'" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_set_overrides_reach_the_engine():
+    profile = load_profile(PROFILES / "tiny_topk.toml", parse_overrides([
+        "health.routing_collapse.after_step=0", "health.routing_collapse.patience=1",
+        "health.usage_entropy.enabled=false", "health.stop_on=never"]))
+    engine = HealthEngine.from_config(profile_to_dict(profile))
+    assert "usage_entropy" not in engine.rule_names and engine.stop_on == "never"
+    fired, _ = engine.observe(1, {"moe/max_token_fraction": 0.95}, 1.0)
+    assert [(a["rule"], a["stops"]) for a in fired] == [("routing_collapse", False)]
