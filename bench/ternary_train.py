@@ -5,7 +5,10 @@ the 16 routed experts of 64 samples, Hebbian update, threshold step) on real gra
 batches, for the contrastive (default) and the documented reference rule, at 1 and 2
 torch threads. Cases run interleaved, `--reps` rounds of `--steps` steps each, medians
 compared, wall clock (threads > 1 make CPU time misleading). A phase breakdown of the
-default case follows, timed the same way.
+default case follows, timed the same way, then the held-out accuracy of two non-learned
+scorers on the exact pairs the trainer evaluates (what ff/accuracy should be read
+against): a mean-trit template (score = x . mean of the training samples) and
+per-position trit frequencies (score = sum_i log p_i(x_i)).
 
     .venv/bin/python bench/ternary_train.py [--reps 5] [--steps 10]
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 from moedesk.profiles import load_profile, parse_overrides
-from moedesk.train.ternary.data import EpochBatches, corrupt, load_samples
+from moedesk.train.ternary.data import EpochBatches, corrupt, held_out_pairs, load_samples
 from moedesk.train.ternary.model import TernaryMoE
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "ternary243.toml"
@@ -61,13 +64,36 @@ def phase_breakdown(model: TernaryMoE, batches: EpochBatches, steps: int) -> dic
     return {name: 1e3 * total / steps for name, total in spent.items()}
 
 
+def pair_accuracy(score_pos: torch.Tensor, score_neg: torch.Tensor) -> float:
+    """Share of pairs whose positive scores higher, ties counting half (as the trainer)."""
+    return float(((score_pos > score_neg).float() + 0.5 * (score_pos == score_neg).float()).mean())
+
+
+def baselines(profile, train: torch.Tensor, held_out: torch.Tensor) -> dict[str, float]:
+    dim = profile.ternary.input_dim
+    x_NL, x_neg_NL = held_out_pairs(profile, held_out)
+    pos, neg = x_NL[:, :dim], x_neg_NL[:, :dim]
+    template_D = train[:, :dim].float().mean(0)
+    # per-position frequency of each trit value, +1 smoothing
+    counts_VD = torch.stack([(train[:, :dim] == v).sum(0) for v in (-1, 0, 1)]).float() + 1
+    log_p_VD = (counts_VD / counts_VD.sum(0)).log()
+
+    def log_likelihood(x_ND: torch.Tensor) -> torch.Tensor:
+        return log_p_VD.gather(0, x_ND.long() + 1).sum(1)
+
+    return {"mean-trit template": pair_accuracy(pos.float() @ template_D,
+                                                neg.float() @ template_D),
+            "per-position trit frequencies": pair_accuracy(log_likelihood(pos),
+                                                           log_likelihood(neg))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     profile = load_profile(PROFILE)
-    train, _ = load_samples(profile)
+    train, held_out = load_samples(profile)
     models, batches = {}, {}
     for rule, _ in CASES:
         if rule not in models:
@@ -96,6 +122,8 @@ def main() -> None:
     total = sum(phases.values())
     print("default step, 1 thread: " + ", ".join(
         f"{name} {ms:.1f} ms ({ms / total:.0%})" for name, ms in phases.items()))
+    print("non-learned scorers on the trainer's held-out pairs: " + ", ".join(
+        f"{name} {acc:.3f}" for name, acc in baselines(profile, train, held_out).items()))
 
 
 if __name__ == "__main__":

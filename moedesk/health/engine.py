@@ -5,6 +5,9 @@ The supervisor builds one with `HealthEngine.from_config(config, stop_on=...)`, 
 return `(fired, cleared)`: alert dicts to store, and `(rule, step)` pairs of states that
 ended. An alert whose severity reaches the run's `stop_on` carries `stops=True`.
 
+The metric rules live in `rules.py`; here are what they share: `Latch` (fire once per
+state, patience, clearing) and the clock-driven `Stalled` rule.
+
 A resumed run replays its stored history up to the checkpoint step (`replay`), so the
 engine's windows and open states are what an uninterrupted run would have had: an
 alert still open in the store is not fired twice and clears when its state ends.
@@ -13,17 +16,12 @@ alert still open in the store is not fired twice and clears when its state ends.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from moedesk.health.rules import (
-    RANK,
-    RULE_CLASSES,
-    Latch,
-    Reading,
-    Rule,
-    RunContext,
-    Stalled,
-)
+from moedesk.health.rules import RANK, RULE_CLASSES, Reading, Rule, RunContext
 from moedesk.health.thresholds import RULES, STOP_ON, rule_params
 
 Result = tuple[list[dict], list[tuple[str, int]]]
@@ -44,8 +42,105 @@ def run_context(config: dict) -> RunContext:
         return RunContext(kind, int(section.get("num_experts", 243)),
                           int(section.get("active_experts", 16)))
     section = config.get("moe") or {}
+    balanced = bool(section.get("bias_balancing", True)) or \
+        float(section.get("aux_loss_weight", 0.01)) > 0
     return RunContext(kind, int(section.get("num_experts", 8)), int(section.get("top_k", 2)),
-                      warmup)
+                      warmup, balanced)
+
+
+class Stalled:
+    """No new step for `factor` x the usual interval between steps (median of the last
+    `window`), and at least `min_seconds`. Driven by the clock through `check`."""
+
+    name = "stalled"
+
+    def __init__(self, params: dict, ctx: RunContext):
+        self.spec = RULES[self.name]
+        self.params = params
+        self.ctx = ctx
+        self.intervals: deque[float] = deque(maxlen=max(1, int(params["window"])))
+        self.last_step: int | None = None
+        self.last_wall: float | None = None
+
+    def applies(self) -> bool:
+        return self.ctx.kind in self.spec.kinds and bool(self.params.get("enabled", True))
+
+    def saw_step(self, step: int, wall: float) -> bool:
+        """Record a step's arrival; True when it is a new step (the run is moving)."""
+        if self.last_step is not None and step <= self.last_step:
+            return False
+        if self.last_wall is not None and wall >= self.last_wall:
+            self.intervals.append(wall - self.last_wall)
+        self.last_step, self.last_wall = step, wall
+        return True
+
+    def restart_clock(self, now: float) -> None:
+        """After a replay: the time spent stopped is not a stall."""
+        if self.last_wall is not None:
+            self.last_wall = now
+
+    def limit(self) -> float | None:
+        if not self.intervals:
+            return None  # no usual step time yet (startup can legitimately take long)
+        usual = statistics.median(self.intervals)
+        return max(float(self.params["min_seconds"]), float(self.params["factor"]) * usual)
+
+    def check(self, now: float) -> Reading | None:
+        limit = self.limit()
+        if limit is None or self.last_wall is None:
+            return None
+        waited = now - self.last_wall
+        usual = statistics.median(self.intervals)
+        hits = [("warning", limit)] if waited > limit else []
+        return Reading("sys/step_s", waited, "stalled", hits,
+                       f"usual step interval {usual:.3g} s")
+
+    def message(self, reading: Reading, severity: str, threshold: float | None) -> str:
+        return (f"stalled: no new step for {reading.value:.0f} s after step {self.last_step} "
+                f"(limit {threshold:.0f} s; {reading.note})")
+
+
+@dataclass
+class Latch:
+    """Fire when a state is entered (after `patience` readings), again only after it cleared.
+
+    A higher severity of the same state fires once more (warning -> critical); lower
+    ones never re-fire while the state lasts. A state clears after `patience` healthy
+    readings on a later step than it fired. A change of condition ("low" -> "high")
+    clears the old state, and the new one needs its own `patience` readings.
+    """
+
+    patience: int
+    fired: tuple[str, str] | None = None  # (condition, severity) of the open alert
+    fired_step: int = -1
+    condition: str = ""
+    streaks: dict[str, int] = field(default_factory=dict)  # severity -> consecutive readings
+    healthy: int = 0
+
+    def update(self, step: int, reading: Reading) -> tuple[tuple[str, float] | None, bool]:
+        """(severity and threshold to fire, or None; whether the open state cleared)."""
+        cleared = False
+        if not reading.hits:
+            self.streaks.clear()
+            self.healthy += 1
+            if self.fired is not None and self.healthy >= self.patience and step > self.fired_step:
+                self.fired, cleared = None, True
+            return None, cleared
+        self.healthy = 0
+        if reading.condition != self.condition:
+            self.condition = reading.condition
+            self.streaks.clear()
+            if self.fired is not None and step > self.fired_step:
+                self.fired, cleared = None, True
+                return None, cleared
+        met = {sev for sev, _ in reading.hits}
+        self.streaks = {sev: self.streaks.get(sev, 0) + 1 for sev in met}
+        floor = RANK[self.fired[1]] if self.fired is not None else -1
+        for severity, threshold in reversed(reading.hits):
+            if RANK[severity] > floor and self.streaks[severity] >= self.patience:
+                self.fired, self.fired_step = (reading.condition, severity), step
+                return (severity, threshold), cleared
+        return None, cleared
 
 
 class HealthEngine:

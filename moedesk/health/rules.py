@@ -3,7 +3,7 @@
 Each rule looks at one metrics event and says which severity levels its metric meets
 right now (`Reading.hits`), or None when the event carries no evidence (metric absent,
 NaN statistics of an empty step, before `after_step`). Turning readings into alerts
-(patience, fire once per state, clearing) is `Latch`'s job, shared by every rule.
+(patience, fire once per state, clearing) is the engine's `Latch`, shared by every rule.
 
 Hysteresis: a level is entered at its threshold but left only past its `leave` value
 (10% on the healthy side unless the seeds give a band), so a metric hovering at a
@@ -47,19 +47,20 @@ class RunContext:
     num_experts: int = 8
     top_k: int = 2
     warmup_steps: int = 0  # the LR warmup (dense, topk): routers settle during it
+    balanced: bool = True  # topk: bias balancing or an aux loss can undo an early collapse
 
 
-def above(value: float, levels: list[Level], active: str | None) -> list[tuple[str, float]]:
-    """Levels met by a value that is bad when high; `active` = severity already fired."""
+def above(value: float, levels: list[Level], active: str | None,
+          sign: float = 1.0) -> list[tuple[str, float]]:
+    """Levels met by a value that is bad when high (`below`: when low); `active` = the
+    severity already fired, whose levels (and lower ones) hold until `leave`."""
     return [(lv.severity, lv.enter) for lv in levels
-            if value > lv.enter or (active is not None and RANK[lv.severity] <= RANK[active]
-                                    and value > lv.leave)]
+            if sign * (value - lv.enter) > 0 or (active is not None and sign * (value - lv.leave) > 0
+                                                 and RANK[lv.severity] <= RANK[active])]
 
 
 def below(value: float, levels: list[Level], active: str | None) -> list[tuple[str, float]]:
-    return [(lv.severity, lv.enter) for lv in levels
-            if value < lv.enter or (active is not None and RANK[lv.severity] <= RANK[active]
-                                    and value < lv.leave)]
+    return above(value, levels, active, sign=-1.0)
 
 
 def finite(value) -> bool:
@@ -67,10 +68,8 @@ def finite(value) -> bool:
 
 
 def worst_of(values: dict, key: str, prefix: str = "moe", pick=max) -> tuple[str, float] | None:
-    """(metric, value) of the worst layer (`prefix/L<i>/key`), else the overall `prefix/key`.
-
-    Per-layer values matter: one collapsed layer of two would hide in the layer mean.
-    """
+    """(metric, value) of the worst layer (`prefix/L<i>/key`), else the overall `prefix/key`:
+    one collapsed layer of two would hide in the layer mean."""
     layer = [(name, v) for name, v in values.items()
              if name.startswith(f"{prefix}/L") and name.endswith(f"/{key}") and finite(v)]
     if layer:
@@ -83,8 +82,7 @@ class Rule:
     """Base: parameters from the table (+ overrides); `read` is the per-rule logic."""
 
     name = ""
-    # routing-balance rules wait for the router to settle: at least twice the LR warmup
-    settles = False
+    settles = False  # a routing-balance rule (see __init__)
 
     def __init__(self, params: dict, ctx: RunContext, explicit: frozenset = frozenset()):
         self.spec = RULES[self.name]
@@ -92,9 +90,14 @@ class Rule:
         self.ctx = ctx
         self.patience = max(1, int(params.get("patience", 1)))
         self.after_step = int(params.get("after_step", 0))
-        # a profile that sets after_step itself means exactly that step
-        if self.settles and ctx.kind in ("dense", "topk") and "after_step" not in explicit:
-            self.after_step = max(self.after_step, 2 * ctx.warmup_steps)
+        # routing-balance rules wait for a balanced router to settle (at least twice the LR
+        # warmup); with no balancing nothing undoes a collapse, so there is no point waiting.
+        # A profile that sets after_step itself means exactly that step.
+        if self.settles and ctx.kind == "topk" and "after_step" not in explicit:
+            if ctx.balanced:
+                self.after_step = max(self.after_step, 2 * ctx.warmup_steps)
+            else:
+                self.after_step = int(params["after_step_unbalanced"])
 
     def applies(self) -> bool:
         return self.ctx.kind in self.spec.kinds and bool(self.params.get("enabled", True))
@@ -351,101 +354,6 @@ class RoutingLatency(Rule):
                        "routed token or sample")
 
 
-class Stalled:
-    """No new step for `factor` x the usual interval between steps (median of the last
-    `window`), and at least `min_seconds`. Driven by the clock through `check`."""
-
-    name = "stalled"
-
-    def __init__(self, params: dict, ctx: RunContext):
-        self.spec = RULES[self.name]
-        self.params = params
-        self.ctx = ctx
-        self.intervals: deque[float] = deque(maxlen=max(1, int(params["window"])))
-        self.last_step: int | None = None
-        self.last_wall: float | None = None
-
-    def applies(self) -> bool:
-        return self.ctx.kind in self.spec.kinds and bool(self.params.get("enabled", True))
-
-    def saw_step(self, step: int, wall: float) -> bool:
-        """Record a step's arrival; True when it is a new step (the run is moving)."""
-        if self.last_step is not None and step <= self.last_step:
-            return False
-        if self.last_wall is not None and wall >= self.last_wall:
-            self.intervals.append(wall - self.last_wall)
-        self.last_step, self.last_wall = step, wall
-        return True
-
-    def restart_clock(self, now: float) -> None:
-        """After a replay: the time spent stopped is not a stall."""
-        if self.last_wall is not None:
-            self.last_wall = now
-
-    def limit(self) -> float | None:
-        if not self.intervals:
-            return None  # no usual step time yet (startup can legitimately take long)
-        usual = statistics.median(self.intervals)
-        return max(float(self.params["min_seconds"]), float(self.params["factor"]) * usual)
-
-    def check(self, now: float) -> Reading | None:
-        limit = self.limit()
-        if limit is None or self.last_wall is None:
-            return None
-        waited = now - self.last_wall
-        usual = statistics.median(self.intervals)
-        hits = [("warning", limit)] if waited > limit else []
-        return Reading("sys/step_s", waited, "stalled", hits,
-                       f"usual step interval {usual:.3g} s")
-
-    def message(self, reading: Reading, severity: str, threshold: float | None) -> str:
-        return (f"stalled: no new step for {reading.value:.0f} s after step {self.last_step} "
-                f"(limit {threshold:.0f} s; {reading.note})")
-
-
 RULE_CLASSES: tuple[type[Rule], ...] = (NonFiniteLoss, LossSpike, ExpertUnderused,
                                         RoutingCollapse, DeadExperts, UsageStd, UsageEntropy,
                                         RouterZLoss, GoodnessDelta, LoadBalance, RoutingLatency)
-
-
-@dataclass
-class Latch:
-    """Fire when a state is entered (after `patience` readings), again only after it cleared.
-
-    A higher severity of the same state fires once more (warning -> critical); lower
-    ones never re-fire while the state lasts. A state clears after `patience` healthy
-    readings on a later step than it fired. A change of condition ("low" -> "high")
-    clears the old state, and the new one needs its own `patience` readings.
-    """
-
-    patience: int
-    fired: tuple[str, str] | None = None  # (condition, severity) of the open alert
-    fired_step: int = -1
-    condition: str = ""
-    streaks: dict[str, int] = field(default_factory=dict)  # severity -> consecutive readings
-    healthy: int = 0
-
-    def update(self, step: int, reading: Reading) -> tuple[tuple[str, float] | None, bool]:
-        """(severity and threshold to fire, or None; whether the open state cleared)."""
-        cleared = False
-        if not reading.hits:
-            self.streaks.clear()
-            self.healthy += 1
-            if self.fired is not None and self.healthy >= self.patience and step > self.fired_step:
-                self.fired, cleared = None, True
-            return None, cleared
-        self.healthy = 0
-        if reading.condition != self.condition:
-            self.condition = reading.condition
-            self.streaks.clear()
-            if self.fired is not None and step > self.fired_step:
-                self.fired, cleared = None, True
-                return None, cleared
-        met = {sev for sev, _ in reading.hits}
-        self.streaks = {sev: self.streaks.get(sev, 0) + 1 for sev in met}
-        floor = RANK[self.fired[1]] if self.fired is not None else -1
-        for severity, threshold in reversed(reading.hits):
-            if RANK[severity] > floor and self.streaks[severity] >= self.patience:
-                self.fired, self.fired_step = (reading.condition, severity), step
-                return (severity, threshold), cleared
-        return None, cleared

@@ -45,12 +45,14 @@ RULES: dict[str, RuleSpec] = {r.name: r for r in [
              "seed 001 'Any expert utilized <5% (indicates routing collapse)', for 8 experts",
              "Check moe.bias_balancing is on (or raise moe.bias_update_speed), or raise "
              "moe.aux_loss_weight (seed 003: 0.01 -> 0.05).",
-             {"enabled": True, "min_share_at_8": 0.05, "patience": 5, "after_step": 100}),
+             {"enabled": True, "min_share_at_8": 0.05, "patience": 5, "after_step": 100,
+              "after_step_unbalanced": 20}),
     RuleSpec("routing_collapse", "routing collapse", ("topk",), "moe/max_token_fraction",
              "seed 002 'If routing collapses (one expert gets >80% of tokens)'",
              "Raise moe.aux_loss_weight (seed 002: try 0.05), init the router small "
              "(moe.router_init_std 0.02 or less), use E=4 k=2 rather than E=k (seed 002).",
-             {"enabled": True, "max_token_fraction": 0.8, "patience": 3, "after_step": 100}),
+             {"enabled": True, "max_token_fraction": 0.8, "patience": 3, "after_step": 100,
+              "after_step_unbalanced": 20}),
     # seed 003's example is one dead expert of 8 (12.5%); seed 004 calls experts at
     # 0.5-1% "rare patterns" of a healthy 243-expert model, so a few idle ones are no alarm
     RuleSpec("dead_experts", "dead experts", ("topk", "ternary"), "moe/dead_experts",
@@ -58,17 +60,19 @@ RULES: dict[str, RuleSpec] = {r.name: r for r in [
              "seed 004 (rare-pattern experts at 0.5-1% are healthy)",
              "Raise moe.aux_loss_weight for a while (seed 003: 0.1, then 0.01) or enable "
              "balancing (moe.bias_balancing, ternary.load_balance_alpha); try another seed.",
-             {"enabled": True, "max_dead_fraction": 0.1, "patience": 5, "after_step": 50}),
+             {"enabled": True, "max_dead_fraction": 0.1, "patience": 5, "after_step": 50,
+              "after_step_unbalanced": 20}),
     RuleSpec("usage_std", "expert usage std", ("topk",), "moe/usage_std",
              "seed 003 'expert_usage_std: < 0.01 excellent, 0.01-0.03 good, > 0.05 poor "
              "(increase aux_loss_weight)', for 8 experts",
              "Increase moe.aux_loss_weight (seed 003: 0.01 -> 0.05) or enable moe.bias_balancing.",
              {"enabled": True, "good_at_8": 0.03, "poor_at_8": 0.05, "patience": 5,
-              "after_step": 100}),
+              "after_step": 100, "after_step_unbalanced": 20}),
     RuleSpec("usage_entropy", "expert usage entropy", ("topk",), "moe/entropy_norm",
              "seed 003 'expert_entropy: maximum log(8) = 2.08; < 1.5: poorly balanced'",
              "Increase moe.aux_loss_weight or enable moe.bias_balancing (seed 003).",
-             {"enabled": True, "min_nats_at_8": 1.5, "patience": 5, "after_step": 100}),
+             {"enabled": True, "min_nats_at_8": 1.5, "patience": 5, "after_step": 100,
+              "after_step_unbalanced": 20}),
     RuleSpec("router_z_loss", "router z-loss", ("topk",), "moe/z_loss",
              "seed 001 'Router z-loss: should remain small (<0.01)'; 'Rapidly increasing z-loss "
              "(routing instability)'",

@@ -90,3 +90,26 @@ def test_resuming_a_completed_run_from_an_older_checkpoint_drops_the_later_rows(
     assert after == before[:30]  # 11..30 logged again, identical; 31..40 gone
     assert duplicate_rows(reader, 1) == []
     assert [c["step"] for c in reader.checkpoints(1)] == [10, 20, 30]
+
+
+def test_alerts_after_a_resume_match_the_uninterrupted_run(home):
+    """An alert open at the checkpoint is neither fired again nor left dangling: the
+    resumed supervisor replays the stored history into its health engine."""
+    path = "profiles/topk_collapse.toml"
+    common = ["--set", "train.steps=40", "--set", "train.threads=1", "--stop-on", "never"]
+    moedesk("run", path, *common, "--detach", home=home, check=True)
+    first = moedesk("run", path, *common, "--stop-at", "30", home=home)
+    assert first.returncode == 4, first.stdout + first.stderr
+    resumed = moedesk("resume", "2", home=home)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    wait_for(lambda: Reader(home / "moedesk.db").run(1).status == "completed", timeout=120,
+             what="the uninterrupted run")
+    reader = Reader(home / "moedesk.db")
+
+    def alerts(run_id):
+        return [(a["step"], a["rule"], a["severity"], a["cleared_step"])
+                for a in reader.alerts(run_id)]
+
+    assert ("routing_collapse" in {a[1] for a in alerts(1)})
+    assert [a for a in alerts(2) if a[0] <= 30 and a[3] is None]  # open across the resume
+    assert alerts(2) == alerts(1)

@@ -232,6 +232,11 @@ def test_balance_rules_wait_for_the_router_to_settle_after_the_lr_warmup():
     assert not fired
     fired, _ = feed(engine, [collapsed] * 5, start=200)
     assert {a["rule"] for a in fired} == {"routing_collapse", "expert_underused"}
+    # with no balancing (no bias, no aux loss) nothing undoes a collapse: no waiting
+    cfg["moe"].update(bias_balancing=False, aux_loss_weight=0.0)
+    fired, _ = feed(HealthEngine.from_config(cfg), [collapsed] * 30)
+    assert [(a["rule"], a["step"]) for a in only(fired, "routing_collapse")] == [
+        ("routing_collapse", 22)]
     # the ternary kind has no LR schedule: its rules keep their own after_step
     cfg = config("ternary")
     cfg["train"] = {"warmup_steps": 500}

@@ -104,6 +104,14 @@ def corrupt(x_BL: Tensor, input_dim: int, corruption: float, generator: torch.Ge
     return out
 
 
+def held_out_pairs(profile: Profile, held_out: Tensor) -> tuple[Tensor, Tensor]:
+    """The evaluation set: the first eval_batches x batch_size held-out samples and their
+    negatives, drawn from a fixed seed so every run over the same data sees the same pairs."""
+    x_NL = held_out[:profile.train.eval_batches * profile.train.batch_size]
+    generator = torch.Generator().manual_seed(derived_seed(0, 3))
+    return x_NL, corrupt(x_NL, profile.ternary.input_dim, profile.ternary.corruption, generator)
+
+
 @dataclass
 class DataPosition:
     epoch: int = 0  # epochs completed

@@ -23,7 +23,7 @@ from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_chec
 from moedesk.train.emit import Emitter
 from moedesk.train.loop import rss_mb
 from moedesk.train.stopflag import StopFlag
-from moedesk.train.ternary.data import EpochBatches, TernaryDataError, corrupt, derived_seed, load_samples
+from moedesk.train.ternary.data import EpochBatches, TernaryDataError, held_out_pairs, load_samples
 from moedesk.train.ternary.model import StepStats, TernaryMoE
 
 CHECKPOINT_FORMAT = "moedesk-ternary-1"
@@ -90,9 +90,7 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
     except TernaryDataError as exc:
         return finish("failed", str(exc))
     batches = EpochBatches(train, tc.batch_size, profile.seed)
-    eval_x = held_out[:tc.eval_batches * tc.batch_size]
-    eval_neg = corrupt(eval_x, cfg.input_dim, cfg.corruption,
-                       torch.Generator().manual_seed(derived_seed(0, 3)))
+    eval_x, eval_neg = held_out_pairs(profile, held_out)
     model = TernaryMoE(profile)
     window = LogWindow(cfg.num_experts)
     dead = DeadExpertTracker(cfg.dead_window)
