@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,5 +92,10 @@ def profile_from_dict(data: dict) -> Profile:
     """Rebuild a `Profile` from `profile_to_dict` output (already validated once)."""
     data = dict(data)
     path = data.pop("path", "")
-    sections = {name: cls(**data[name]) for name, cls in SECTIONS.items()}
+    sections = {}
+    for name, cls in SECTIONS.items():
+        # keys a newer schema dropped are ignored and new keys take their defaults, so a
+        # run created by an older moedesk can still be resumed
+        known = {f.name for f in fields(cls)}
+        sections[name] = cls(**{k: v for k, v in data.get(name, {}).items() if k in known})
     return Profile(name=data["name"], kind=data["kind"], seed=data["seed"], path=path, **sections)

@@ -67,8 +67,12 @@ def connect_reader(path: Path) -> sqlite3.Connection:
                                timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
         _tune(conn)
         conn.execute("PRAGMA query_only = ON")
+        ready = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path} read-only: {exc}") from None
+    if not ready:  # a writer is creating it right now
+        conn.close()
+        raise StoreError(f"no moedesk database at {path} yet (it is being created)")
     conn.row_factory = sqlite3.Row
     return conn
 

@@ -6,6 +6,7 @@ step as soon as it happens. `NullEmitter` discards events (tests, benchmarks).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import IO, Any
@@ -20,8 +21,14 @@ class Emitter:
 
     def emit(self, type: str, **fields: Any) -> None:
         fields.setdefault("wall", time.time())
-        self.stream.write(encode({"type": type, **fields}) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(encode({"type": type, **fields}) + "\n")
+            self.stream.flush()
+        except BrokenPipeError:
+            # the supervisor is gone: nobody records this run any more, so stop quietly
+            # (the run reads as crashed; resume continues from the last checkpoint)
+            self.log("supervisor is gone (stdout closed); stopping the trainer")
+            os._exit(3)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         self.emit("metrics", step=step, values=values)

@@ -173,3 +173,11 @@ def test_docs_profiles_lists_every_key():
             if section == "health" and name == "rules":
                 continue
             assert f"`{section}.{name}`" in text, f"docs/profiles.md misses {section}.{name}"
+
+
+def test_config_from_an_older_schema_still_loads(tmp_path):
+    data = profile_to_dict(load_profile(write(tmp_path, BASE)))
+    data["ternary"]["removed_knob"] = 3  # a key a newer moedesk dropped
+    del data["train"]["eval_batches"]  # a key an older moedesk did not have
+    profile = profile_from_dict(data)
+    assert profile.train.eval_batches == 4 and not hasattr(profile.ternary, "removed_knob")

@@ -139,3 +139,9 @@ def test_schema_doc_lists_every_column(db):
         assert section, f"docs/schema.md has no section for {table}"
         for col in db[table].columns:
             assert f"`{col.name}`" in section.group(1), f"{table}.{col.name} undocumented"
+
+
+def test_half_created_database_reads_as_absent(tmp_path):
+    sqlite3.connect(tmp_path / "moedesk.db").close()  # the file exists, the schema not yet
+    with pytest.raises(StoreError, match="being created"):
+        Reader(tmp_path / "moedesk.db")
