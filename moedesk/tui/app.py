@@ -37,6 +37,7 @@ from moedesk.tui.poller import Poller, reap_child
 
 POLL_ACTIVE_S = 0.2  # the supervisor commits at most every 0.2 s
 POLL_IDLE_S = 1.0
+WAKE_CHECK_S = 0.1
 
 
 class MoedeskApp(App):
@@ -96,8 +97,14 @@ class MoedeskApp(App):
                     if not reap_child(pid):
                         self._children.discard(pid)
                 busy = poller.active or bool(result.changed)
-                self._wake.wait(self.poll_interval if busy else max(self.poll_interval,
-                                                                     POLL_IDLE_S))
+                interval = self.poll_interval if busy else max(self.poll_interval, POLL_IDLE_S)
+                deadline = time.monotonic() + interval
+                # short waits, so a cancelled worker (the app quitting) ends promptly
+                while not worker.is_cancelled and not self._wake.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(min(left, WAKE_CHECK_S))
                 self._wake.clear()
         finally:
             poller.close()

@@ -3,9 +3,10 @@
 Appends are O(1) amortised: each bucket holds `bucket_size` consecutive points as
 (first step, last step, min, max, sum, count, last value); when there are more than
 `max_buckets` buckets, neighbours merge and the bucket size doubles. Charts ask for
-`envelope(columns)`: per screen column the min and max of the points in it, so a spike
-one step wide still shows (TensorBoard's latest-value sampling hides it). Full
-resolution stays in SQLite; this is only what the screen needs.
+`envelope(columns)`: per screen column the min and max of the points in it, drawn as
+the upper and lower edge of a band, so a spike one step wide still shows (TensorBoard's
+latest-value sampling hides it). Full resolution stays in SQLite; this is only what
+the screen needs.
 """
 
 from __future__ import annotations
@@ -74,20 +75,21 @@ class SeriesBuffer:
         return min(b[LO] for b in self.buckets), max(b[HI] for b in self.buckets)
 
     def envelope(self, columns: int, x_range: tuple[float, float] | None = None
-                 ) -> tuple[list[float], list[float]]:
-        """(xs, ys) with at most two points per column: its max then its min.
+                 ) -> tuple[list[float], list[float], list[float]]:
+        """(xs, lows, highs): per screen column the min and max of the points in it.
 
-        A smooth series gives one point per column (min == max); a noisy one a band.
+        A series with fewer points than columns comes back exactly (lows == highs).
         `x_range` fixes the columns' span so several series share one x axis.
         """
         if not self.buckets or columns < 1:
-            return [], []
+            return [], [], []
         if x_range is None:
             lo_x, hi_x = self.buckets[0][FIRST], self.buckets[-1][LAST]
         else:
             lo_x, hi_x = x_range
         if len(self.buckets) <= columns and self.bucket_size == 1:
-            return [b[FIRST] for b in self.buckets], [b[TAIL] for b in self.buckets]
+            values = [b[TAIL] for b in self.buckets]
+            return [b[FIRST] for b in self.buckets], values, values
         span = max(hi_x - lo_x, 1e-9)
         cols: dict[int, list[float]] = {}
         for b in self.buckets:
@@ -99,13 +101,5 @@ class SeriesBuffer:
             else:
                 cell[1] = min(cell[1], b[LO])
                 cell[2] = max(cell[2], b[HI])
-        xs: list[float] = []
-        ys: list[float] = []
-        for col in sorted(cols):
-            mid, low, high = cols[col]
-            xs.append(mid)
-            ys.append(high)
-            if high != low:
-                xs.append(mid)
-                ys.append(low)
-        return xs, ys
+        ordered = [cols[col] for col in sorted(cols)]
+        return [c[0] for c in ordered], [c[1] for c in ordered], [c[2] for c in ordered]

@@ -94,9 +94,9 @@ def test_resume_truncation_resets_the_cached_series(canned):
     assert data.generation > generation
     assert buf.count == 40  # 30 kept + 10 relogged; nothing from the old 31..60 remains
     assert buf.last == (40, 9.0)
-    xs, ys = buf.envelope(400)
+    xs, lows, highs = buf.envelope(400)
     assert xs == sorted(set(xs)) and xs[-1] == 40
-    assert ys[-10:] == [9.0] * 10
+    assert highs[-10:] == lows[-10:] == [9.0] * 10
     assert data.load_step == 40 and len(data.timeline) == 40
 
 

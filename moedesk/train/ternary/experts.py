@@ -24,8 +24,8 @@ weights at the start of the step):
   negative's). Each step every expert draws `update_fraction` of its weight positions
   at random; there the weight takes one GF(3) step towards sign(H), except a step that
   would wrap (+1 -> -1 or -1 -> +1) and erase what was learnt. Only pairs with
-  delta <= margin contribute. (Taking the strongest |H| first instead learnt less and
-  cost a histogram over every weight; docs/ternary.md has the comparison.)
+  delta <= margin contribute. (Taking the strongest |H| first instead learnt more slowly,
+  made all-or-nothing experts and needed a histogram over every weight; docs/ternary.md.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable, Hashable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -28,17 +29,22 @@ from textual.widget import Widget
 from moedesk.tui.series import SeriesBuffer
 
 # plotext colours its n-th signal with the n-th code of its default sequence
-PLOTEXT_SEQUENCE = (12, 10, 9, 14, 13, 11)
+PLOTEXT_SEQUENCE = (12, 10, 9, 14, 13, 11, 0, 15, 8, 7, 1, 2)
+MIN_BUILD_INTERVAL_S = 0.3  # with the 0.2 s poll, new points still show within 0.5 s
 _SGR = re.compile(r"\x1b\[([0-9;]*)m")
 Y_AXIS_WIDTH = 8  # room plotext leaves for y tick labels, in cells (approximately)
 
 
 @dataclass(frozen=True)
 class Line:
+    """One series: its upper edge `ys` and, for a band, its lower edge `lows`."""
+
     label: str
     xs: list[float]
     ys: list[float]
     colour: str
+    lows: list[float] | None = None
+    last: float | None = None  # the newest value, for the legend
 
 
 # plot columns -> (lines, shared x range or None)
@@ -55,8 +61,11 @@ def series_source(entries: list[tuple[str, SeriesBuffer, str]], lock=None) -> So
             present = [(label, buf, colour) for label, buf, colour in entries if len(buf)]
             ranges = [buf.step_range() for _, buf, _ in present]
             x_range = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None
-            lines = [Line(label, *buf.envelope(columns, x_range), colour)
-                     for label, buf, colour in present]
+            lines = []
+            for label, buf, colour in present:
+                xs, lows, highs = buf.envelope(columns, x_range)
+                lines.append(Line(label, xs, highs, colour, None if lows == highs else lows,
+                                  buf.last[1] if buf.last else None))
         return lines, x_range
     return source
 
@@ -115,6 +124,8 @@ class LineChart(Widget):
         self._lines_width = -1
         self._built_for: tuple = ()
         self._strips: list[Strip] = []
+        self._last_build = 0.0
+        self._pending = None
         self.builds = 0  # how many times plotext ran (tests and the benchmark read it)
 
     @staticmethod
@@ -126,11 +137,24 @@ class LineChart(Widget):
         return self.columns_for(self.size.width)
 
     def set_source(self, source: Source, key: Hashable) -> None:
-        """Draw what `source` returns; `key` names the data, so an unchanged key is free."""
+        """Draw what `source` returns; `key` names the data, so an unchanged key is free.
+
+        Rebuilds are at most one per `MIN_BUILD_INTERVAL_S`: a change arriving sooner is
+        drawn when that interval ends (plotext is the costliest part of a live update).
+        """
         if key == self._key:
             return
         self._key = key
         self._source = source
+        wait = self._last_build + MIN_BUILD_INTERVAL_S - time.monotonic()
+        if wait > 0 and self._built_for:
+            if self._pending is None:
+                self._pending = self.set_timer(wait, self._redraw)
+            return
+        self._redraw()
+
+    def _redraw(self) -> None:
+        self._pending = None
         self._take_lines(self.size.width)
         self._built_for = ()
         self.refresh()
@@ -155,7 +179,7 @@ class LineChart(Widget):
         segments = [Segment(self.title, base + Style(bold=True))]
         for line in self.lines:
             if line.xs:
-                last = line.ys[-1] if line.ys else math.nan
+                last = line.last if line.last is not None else line.ys[-1]
                 segments.append(Segment("  ━ ", base + Style(color=line.colour)))
                 segments.append(Segment(f"{line.label} {last:.4g}", base))
         return Strip(segments).adjust_cell_length(width, base)
@@ -168,15 +192,23 @@ class LineChart(Widget):
             note = Strip([Segment(f"  {self.empty_text}", base + Style(dim=True))])
             return [header, note] if height > 1 else [header]
         self.builds += 1
+        self._last_build = time.monotonic()
         fig = plotext.figure
         fig.clear()
         plotext.terminal.limit(False, False)
         fig.plot_size(width, height - 1)
         fig.theme("simple")
         colours = {}
-        for i, line in enumerate(drawn[:len(PLOTEXT_SEQUENCE)]):
-            fig.draw(fig.signal(line.xs, line.ys, marker="braille").lines())
-            colours[PLOTEXT_SEQUENCE[i]] = line.colour
+        codes = iter(PLOTEXT_SEQUENCE)
+        for line in drawn:
+            # a band is its upper and lower edge; a zigzag between them would cost plotext
+            # a full-height segment per column
+            for ys in (line.ys, line.lows) if line.lows is not None else (line.ys,):
+                code = next(codes, None)
+                if code is None:
+                    break
+                fig.draw(fig.signal(line.xs, ys, marker="braille").lines())
+                colours[code] = line.colour
         lo, hi = self.x_range or (min(min(ln.xs) for ln in drawn), max(max(ln.xs) for ln in drawn))
         if hi <= lo:
             hi = lo + 1
