@@ -64,8 +64,9 @@ def render() -> str:
             if section == "health" and name == "rules":
                 continue
             shown = f"`{default!r}`".replace("'", '"') if default != "" else '`""`'
+            only = f" ({', '.join(meta['kinds'])} only)" if meta.get("kinds") else ""
             out.append(f"| `{section}.{name}` | {type_name} | {shown} | {_range(meta)} | "
-                       f"{meta['help']} |")
+                       f"{meta['help']}{only} |")
     out += ["", "### [health.RULE]", "",
             "Each health rule's thresholds can be overridden in its own table, e.g.",
             "`[health.loss_spike]` `factor = 2.0`; `enabled = false` turns a rule off. Rules",

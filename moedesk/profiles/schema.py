@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 KINDS = ("dense", "topk", "ternary")
+LM_KINDS = ("dense", "topk")  # keys only the language-model kinds read
 
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -133,16 +134,17 @@ class TernarySection:
 class TrainSection:
     steps: int = knob(1000, "Optimizer steps (ternary: batches).", min=1, max=100_000_000)
     batch_size: int = knob(16, "Sequences (ternary: samples) per micro-batch.", min=1, max=65536)
-    grad_accum: int = knob(1, "Micro-batches per optimizer step.", min=1, max=4096)
-    lr: float = knob(3e-4, "Peak learning rate.", min=0.0, max=100.0, min_exclusive=True)
-    min_lr_ratio: float = knob(0.1, "Cosine floor as a share of lr.", min=0.0, max=1.0)
-    warmup_steps: int = knob(100, "Linear warmup steps; must be <= steps.", min=0, max=100_000_000)
+    grad_accum: int = knob(1, "Micro-batches per optimizer step.", min=1, max=4096, kinds=LM_KINDS)
+    lr: float = knob(3e-4, "Peak learning rate.", min=0.0, max=100.0, min_exclusive=True, kinds=LM_KINDS)
+    min_lr_ratio: float = knob(0.1, "Cosine floor as a share of lr.", min=0.0, max=1.0, kinds=LM_KINDS)
+    warmup_steps: int = knob(100, "Linear warmup steps; must be <= steps.", min=0, max=100_000_000,
+                             kinds=LM_KINDS)
     weight_decay: float = knob(0.1, "AdamW weight decay (not on norms, biases or embeddings).",
-                               min=0.0, max=10.0)
-    beta1: float = knob(0.9, "AdamW beta1.", min=0.0, max=1.0)
-    beta2: float = knob(0.95, "AdamW beta2.", min=0.0, max=1.0)
-    grad_clip: float = knob(1.0, "Clip the global gradient norm; 0 = off.", min=0.0, max=1e6)
-    bf16: bool = knob(False, "bf16 autocast for matmuls (router, losses stay fp32).")
+                               min=0.0, max=10.0, kinds=LM_KINDS)
+    beta1: float = knob(0.9, "AdamW beta1.", min=0.0, max=1.0, kinds=LM_KINDS)
+    beta2: float = knob(0.95, "AdamW beta2.", min=0.0, max=1.0, kinds=LM_KINDS)
+    grad_clip: float = knob(1.0, "Clip the global gradient norm; 0 = off.", min=0.0, max=1e6, kinds=LM_KINDS)
+    bf16: bool = knob(False, "bf16 autocast for matmuls (router, losses stay fp32).", kinds=LM_KINDS)
     device: str = knob("auto", "auto = CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
     threads: int = knob(0, "torch CPU threads; 0 = torch's default.", min=0, max=1024)
     log_every: int = knob(1, "Steps between logged metrics.", min=1, max=1_000_000)

@@ -100,7 +100,7 @@ async def test_ternary_monitor_cluster_grid_gauges_and_goodness(canned):
         assert heat.size.height == 1 + 8 + 1  # two clusters per line
         assert "243 experts, 16 per row · step 80" in text
         assert "goodness delta" in text and "goodness Δ 1.1 healthy" in text
-        assert "1500 samples/s" in text and "dead 1" in text
+        assert "1500 samples/s" in text and "dead experts 1" in text
         assert "imbalance 0.31  healthy" in text
         assert "routing latency 130 us  slow" in text
         assert "routing_latency @60" in text and "goodness_delta @30" not in text  # cleared

@@ -121,8 +121,8 @@ class MonitorScreen(Screen):
         self.applies += 1
 
     def _apply_row(self, row: RunRow) -> None:
-        self.sub_title = (f"{row.name} · {row.kind} · {row.status} · step "
-                          f"{fmt.step_text(row.step, row.total_steps)}")
+        # the step lives in the stats lines: a header change costs a whole-screen layout
+        self.sub_title = f"{row.name} · {row.kind} · {row.status}"
         if row.kind != self._kind:
             self.remove_class(f"-{self._kind}")
             self._kind = row.kind
@@ -155,38 +155,44 @@ class MonitorScreen(Screen):
         else:
             lr_chart.title = "learning rate"
             self._series_lines(data, lr_chart, [("train/lr", "lr", OTHER)])
-        self.query_one("#run-stats", Static).update(self._stats_text(data, row))
+        self.query_one("#run-stats", Static).update(self._stats_text(data, row), layout=False)
 
     def _stats_text(self, data: RunData, row: RunRow) -> Text:
-        text = Text()
-        text.append(fmt.status_text(row.status))
-        text.append(f"  step {fmt.step_text(row.step, row.total_steps)}")
+        """Three lines, always: progress; throughput and goodness; experts or the error.
+
+        A fixed height lets the stats change every tick without a screen layout.
+        """
+        progress = Text(no_wrap=True, overflow="ellipsis")
+        progress.append(fmt.status_text(row.status))
+        progress.append(f"  step {fmt.step_text(row.step, row.total_steps)}")
         step_s = data.value("sys/step_s")
         if step_s:
-            text.append(f"  {step_s * 1000:.0f} ms/step", style="dim")
+            progress.append(f"  {step_s * 1000:.0f} ms/step", style="dim")
             if row.total_steps and row.active:
-                text.append(f"  ETA {fmt.duration((row.total_steps - row.step) * step_s)}",
-                            style="dim")
+                progress.append(f"  ETA {fmt.duration((row.total_steps - row.step) * step_s)}",
+                                style="dim")
+        speed = Text(no_wrap=True, overflow="ellipsis")
         rate = data.value("train/samples_per_s") if row.kind == "ternary" else None
         if rate is not None:
-            text.append(f"\n{fmt.count(rate)} samples/s")
+            speed.append(f"{fmt.count(rate)} samples/s")
         elif data.value("train/tokens_per_s") is not None:
-            text.append(f"\n{fmt.count(data.value('train/tokens_per_s'))} tokens/s")
+            speed.append(f"{fmt.count(data.value('train/tokens_per_s'))} tokens/s")
         if row.kind == "ternary":
             delta = data.value("ff/goodness_delta")
             label, colour = bands.goodness_verdict(row, delta)
-            text.append(f"  goodness Δ {fmt.number(delta, 3)} ")
-            text.append(label, style=colour)
-        if row.kind in ("topk", "ternary"):
+            speed.append(f"  goodness Δ {fmt.number(delta, 3)} ")
+            speed.append(label, style=colour)
+        experts = Text(no_wrap=True, overflow="ellipsis")
+        if row.error and row.status in ("failed", "crashed"):
+            experts.append(row.error.splitlines()[0], style="#ff5f5f")
+        elif row.kind in ("topk", "ternary"):
             dead = data.value("moe/dead_experts")
             if dead is not None:
-                text.append(f"  dead {dead:.0f}", style="bold #ff5f5f" if dead else "")
+                experts.append(f"dead experts {dead:.0f}", style="bold #ff5f5f" if dead else "")
             usage = data.value("moe/usage_std")
             if usage is not None:
-                text.append(f"  usage std {usage:.3f}", style="dim")
-        if row.error and row.status in ("failed", "crashed"):
-            text.append(f"\n{row.error.splitlines()[0]}", style="#ff5f5f")
-        return text
+                experts.append(f"  usage std {usage:.3f}", style="dim")
+        return Text("\n").join([progress, speed, experts])
 
     def _apply_load(self, data: RunData, row: RunRow) -> None:
         heatmap = self.query_one(ExpertHeatmap)
