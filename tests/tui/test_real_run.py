@@ -35,7 +35,7 @@ async def test_launch_watch_quit_and_the_run_completes(tmp_path, profiles_dir):
         async with app.run_test(size=(100, 30)) as pilot:
             await loaded(pilot)
             app.open_monitor(run_id)
-            await until(pilot, lambda: "completed · step 30/30" in screen_text(app),
+            await until(pilot, lambda: "completed  step 30/30" in screen_text(app),
                         what="the finished run")
             data = app.screen.data
             assert data.series["train/loss"].count == 30 and data.series["val/loss"].count == 2
