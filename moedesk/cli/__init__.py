@@ -11,13 +11,10 @@ import typer
 
 from moedesk.cli.app import app, home_of
 
-_COMMAND_MODULES = ("runs", "query", "profiles", "alerts", "size", "compare", "analysis")
-for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"moedesk.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"moedesk.cli.{_name}":
-            raise
+# each command module registers its commands on `app` when imported; this order is the
+# order of `moedesk --help`
+for _name in ("runs", "alerts", "query", "profiles", "size", "compare", "analysis"):
+    importlib.import_module(f"moedesk.cli.{_name}")
 
 
 @app.callback()

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import psutil
 
+from moedesk.health.engine import RULE_METRICS, HealthEngine
 from moedesk.paths import db_path
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
+from moedesk.store.reads import health_history
 
 LOG_TAIL_LINES = 20
 
@@ -50,14 +52,8 @@ def _reader(stream, out: queue.Queue) -> None:
 def make_engine(config: dict, stop_on: str, conn=None, run_id: int | None = None):
     """The run's health engine; with `conn`, a resumed run's stored history is replayed so
     alerts still open are neither fired twice nor left open forever."""
-    try:
-        from moedesk.health.engine import RULE_METRICS, HealthEngine
-    except ImportError:  # the health engine is optional while it is being built
-        return None
     engine = HealthEngine.from_config(config, stop_on=stop_on)
     if conn is not None and run_id is not None:
-        from moedesk.store.reads import health_history
-
         history, open_rules = health_history(conn, run_id, RULE_METRICS)
         engine.replay(history, time.time(), open_rules)
     return engine

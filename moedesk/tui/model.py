@@ -79,12 +79,14 @@ def routing_shape(kind: str, config: dict[str, Any]) -> tuple[int, int, int]:
     return 1, 0, 0
 
 
-def row_from_info(info, loss: float | None, health: str | None) -> RunRow:
+def row_from_info(info, loss: float | None, health: str | None,
+                  config: dict | None = None) -> RunRow:
     row = info.row
-    try:
-        config = json.loads(row.get("config_json") or "{}")
-    except ValueError:
-        config = {}
+    if config is None:
+        try:
+            config = json.loads(row.get("config_json") or "{}")
+        except ValueError:
+            config = {}
     top_k, num_experts, cluster = routing_shape(info.kind, config)
     rules = (config.get("health") or {}).get("rules") or {}
     return RunRow(info.id, info.name, info.kind, info.status, info.last_step, info.total_steps,

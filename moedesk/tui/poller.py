@@ -10,6 +10,7 @@ No Textual here: the app's thread worker calls `poll()` and posts messages.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from moedesk.store import Reader, StoreError
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
 
 LOG_CHUNK = 256 * 1024  # the first read of a long log starts this far from its end
+FULL_TICK_EVERY = 5  # ticks without a commit between full reads (process checks, logs)
 
 
 @dataclass
@@ -41,7 +43,10 @@ class Poller:
         self._watch_counts: dict[int, int] = {}
         self._watch_lock = threading.Lock()
         self._loss_cache: dict[int, tuple[tuple, float | None]] = {}
+        self._shape_cache: dict[int, tuple[str, dict]] = {}
         self._last_error: str | None = None
+        self._data_version: int | None = None
+        self._quiet_ticks = 0
 
     # watching: called from the UI thread
 
@@ -91,6 +96,8 @@ class Poller:
         if reader is None:
             return result
         try:
+            if self._unchanged(reader):
+                return result
             runs = self._poll_runs(reader)
             with self._watch_lock:
                 watched = list(self._watched.values())
@@ -111,6 +118,23 @@ class Poller:
         result.alerts_key = self.alerts_key
         return result
 
+    def _unchanged(self, reader: Reader) -> bool:
+        """True when no writer committed since the last tick (SQLite's data_version).
+
+        The full tick still runs every `FULL_TICK_EVERY` ticks: a supervisor that died
+        writes nothing, and only the process check turns its run into "crashed"; a new
+        watcher also needs its first fetch.
+        """
+        version = reader.query("PRAGMA data_version")[1][0][0]
+        with self._watch_lock:
+            fresh = any(d.num_resumes is None for d in self._watched.values())
+        self._quiet_ticks += 1
+        if version == self._data_version and not fresh and self._quiet_ticks < FULL_TICK_EVERY:
+            return True
+        self._data_version = version
+        self._quiet_ticks = 0
+        return False
+
     def _poll_runs(self, reader: Reader) -> tuple[RunRow, ...]:
         worst = reader.worst_open_alert()
         new_alerts = reader.alerts(after_id=self.alerts_key[0] if self.alerts_key else 0)
@@ -119,8 +143,21 @@ class Poller:
         self.alerts_key = (last_id, tuple(sorted(worst.items())))
         rows = []
         for info in reader.runs():
-            rows.append(row_from_info(info, self._loss(reader, info), worst.get(info.id)))
+            rows.append(row_from_info(info, self._loss(reader, info), worst.get(info.id),
+                                      self._config(info)))
         return tuple(rows)
+
+    def _config(self, info) -> dict:
+        """A run's parsed config, parsed once: it never changes after the run is created."""
+        raw = info.row.get("config_json") or "{}"
+        cached = self._shape_cache.get(info.id)
+        if cached is None or cached[0] != raw:
+            try:
+                config = json.loads(raw)
+            except ValueError:
+                config = {}
+            cached = self._shape_cache[info.id] = (raw, config)
+        return cached[1]
 
     def _loss(self, reader: Reader, info) -> float | None:
         """The latest train loss; only runs that changed since the last tick are asked."""

@@ -8,7 +8,7 @@ from moedesk.paths import db_path
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.ingest import Batch, write_batch
-from moedesk.tui.poller import Poller
+from moedesk.tui.poller import FULL_TICK_EVERY, Poller
 from tests.tui.fixtures import FIXED_NOW, TOPK_EXPERTS, TOPK_LAYERS
 
 
@@ -63,7 +63,10 @@ def test_watched_run_fetches_only_new_rows(canned):
     calls: list = []
     spy_metrics(poller, calls)
 
-    assert poller.poll().changed == []  # an idle tick reads nothing new
+    assert poller.poll().changed == []  # no commit since: the tick reads no rows at all
+    assert calls == []
+    for _ in range(FULL_TICK_EVERY):  # now and then a full tick, which finds nothing new
+        assert poller.poll().changed == []
     assert calls == [(canned.topk, first_cursor, 0)]
 
     append_steps(canned.path, canned.topk, range(61, 66), loss=1.5)

@@ -30,7 +30,7 @@ from moedesk.tui.series import SeriesBuffer
 
 # plotext colours its n-th signal with the n-th code of its default sequence
 PLOTEXT_SEQUENCE = (12, 10, 9, 14, 13, 11, 0, 15, 8, 7, 1, 2)
-MIN_BUILD_INTERVAL_S = 0.3  # with the 0.2 s poll, new points still show within 0.5 s
+MIN_BUILD_INTERVAL_S = 0.25  # with the 0.25 s poll, new points still show within 0.5 s
 _SGR = re.compile(r"\x1b\[([0-9;]*)m")
 Y_AXIS_WIDTH = 8  # room plotext leaves for y tick labels, in cells (approximately)
 
@@ -130,8 +130,12 @@ class LineChart(Widget):
 
     @staticmethod
     def columns_for(width: int) -> int:
-        """Braille pixel columns a chart `width` cells wide gives its data."""
-        return max(8, (width - Y_AXIS_WIDTH) * 2)
+        """Points worth sending for a chart `width` cells wide: one per cell column.
+
+        plotext connects the points at braille resolution (two pixels per cell), so
+        the curve stays continuous; its cost grows with the number of points.
+        """
+        return max(8, width - Y_AXIS_WIDTH)
 
     def plot_columns(self) -> int:
         return self.columns_for(self.size.width)
@@ -169,11 +173,12 @@ class LineChart(Widget):
         if self._built_for != (self._key, size):
             if self._lines_width != size[0]:
                 self._take_lines(size[0])  # resized: points for the new width
-            self._strips = self._build(*size)
+            base = self.rich_style
+            strips = self._build(*size)[:size[1]]
+            strips += [Strip.blank(size[0], base)] * (size[1] - len(strips))
+            self._strips = [strip.adjust_cell_length(size[0], base) for strip in strips]
             self._built_for = (self._key, size)
-        if y < len(self._strips):
-            return self._strips[y].adjust_cell_length(self.size.width, self.rich_style)
-        return Strip.blank(self.size.width, self.rich_style)
+        return self._strips[y] if y < len(self._strips) else Strip.blank(size[0])
 
     def _header(self, width: int, base: Style) -> Strip:
         segments = [Segment(self.title, base + Style(bold=True))]
