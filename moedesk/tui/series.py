@@ -102,4 +102,9 @@ class SeriesBuffer:
                 cell[1] = min(cell[1], b[LO])
                 cell[2] = max(cell[2], b[HI])
         ordered = [cols[col] for col in sorted(cols)]
-        return [c[0] for c in ordered], [c[1] for c in ordered], [c[2] for c in ordered]
+        xs = [c[0] for c in ordered]
+        # the curve spans the whole series: its ends sit on the first and last step
+        xs[0], xs[-1] = self.buckets[0][FIRST], self.buckets[-1][LAST]
+        if len(xs) == 1:
+            xs[0] = self.buckets[-1][LAST]
+        return xs, [c[1] for c in ordered], [c[2] for c in ordered]

@@ -8,6 +8,7 @@ from moedesk.paths import db_path
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.tui.app import POLL_ACTIVE_S
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
@@ -50,7 +51,7 @@ async def test_topk_monitor_shows_every_panel(canned):
 
 async def test_new_rows_appear_within_half_a_second(canned):
     app = make_app(canned.path)
-    app.poll_interval = 0.2  # the app's default cadence, not the tests' faster one
+    app.poll_interval = POLL_ACTIVE_S  # the app's own cadence, not the tests' faster one
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_monitor(pilot, canned.topk)
         chart = screen.query_one("#loss-chart", LineChart)
@@ -69,7 +70,9 @@ async def test_new_rows_appear_within_half_a_second(canned):
                     and "step 61" in heat.caption, timeout=5, what="the new step on screen")
         assert time.monotonic() - committed <= 0.5
         assert heat.levels[0][3] > heat.levels[0][0]  # expert 3 now runs hot
-        assert chart.lines[0].ys[-1] == 1.234
+        train = chart.lines[0]
+        assert train.last == 1.234 and train.xs[-1] == 61
+        assert (train.lows or train.ys)[-1] == 1.234  # the low edge of the newest column
 
 
 async def test_resume_truncation_redraws_from_scratch(canned):

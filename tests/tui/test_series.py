@@ -32,7 +32,7 @@ def test_buckets_stay_bounded_and_keep_extremes():
     assert len(xs) <= 30 and len(lows) == len(highs) == len(xs)  # one point per column
     assert max(highs) == 50.0  # the spike survives downsampling
     assert min(lows) < 1.0 and all(lo <= hi for lo, hi in zip(lows, highs, strict=True))
-    assert xs == sorted(xs)
+    assert xs == sorted(xs) and (xs[0], xs[-1]) == (1, 10_000)
 
 
 def test_nonfinite_values_are_counted_not_plotted():

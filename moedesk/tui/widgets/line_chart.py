@@ -30,7 +30,7 @@ from moedesk.tui.series import SeriesBuffer
 
 # plotext colours its n-th signal with the n-th code of its default sequence
 PLOTEXT_SEQUENCE = (12, 10, 9, 14, 13, 11, 0, 15, 8, 7, 1, 2)
-MIN_BUILD_INTERVAL_S = 0.25  # with the 0.25 s poll, new points still show within 0.5 s
+MIN_BUILD_INTERVAL_S = 0.2  # plus the 0.3 s poll, new points show within 0.5 s
 _SGR = re.compile(r"\x1b\[([0-9;]*)m")
 Y_AXIS_WIDTH = 8  # room plotext leaves for y tick labels, in cells (approximately)
 
