@@ -33,7 +33,7 @@ def imbalance_bands(row: RunRow) -> list[Band]:
 
 def latency_bands(row: RunRow) -> list[Band]:
     p = row.rule_params("routing_latency")
-    warn, bad = p.get("warning_us", 100.0), p.get("concerning_us", 500.0)
+    warn, bad = p["healthy_us"], p["concerning_us"]
     return [Band(1.0, warn, GOOD, "healthy"), Band(warn, bad, WARN, "slow"),
             Band(bad, max(10_000.0, bad * 10), BAD, "concerning")]
 

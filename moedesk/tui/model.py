@@ -55,11 +55,9 @@ class RunRow:
 
     def rule_params(self, rule: str) -> dict:
         """A health rule's thresholds for this run: the defaults with its overrides."""
-        from moedesk.health.thresholds import RULES
+        from moedesk.health.thresholds import rule_params
 
-        params = dict(RULES[rule].params) if rule in RULES else {}
-        params.update(json.loads(self.health_rules).get(rule, {}))
-        return params
+        return rule_params(rule, json.loads(self.health_rules))
 
     @property
     def active(self) -> bool:

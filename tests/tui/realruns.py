@@ -11,8 +11,8 @@ import signal
 from pathlib import Path
 
 from moedesk.paths import db_path
+from moedesk.profiles.edit import ProfileDocument, field_specs
 from moedesk.store import Reader
-from moedesk.tui.profile_doc import ProfileDocument, field_specs
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.screens.profile_picker import ProfilePicker
 from tests.tui.conftest import until

@@ -27,7 +27,7 @@ def test_tui_never_imports_torch():
 
 def test_poller_and_models_need_no_textual():
     """The poll logic is plain Python: usable from scripts and benchmarks without a UI."""
-    code = ("import sys\nimport moedesk.tui.poller, moedesk.tui.profile_doc, "
+    code = ("import sys\nimport moedesk.tui.poller, moedesk.profiles.edit, "
             "moedesk.tui.series\nprint('textual' in sys.modules, 'torch' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO, timeout=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
-from moedesk.tui.profile_doc import ProfileDocument, field_specs, to_literal
+from moedesk.profiles.edit import ProfileDocument, field_specs, to_literal
 
 SPECS = {s.key: s for s in field_specs()}
 

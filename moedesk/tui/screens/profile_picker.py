@@ -19,7 +19,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from moedesk.profiles import ProfileError, load_profile
-from moedesk.tui.profile_doc import list_profiles
+from moedesk.profiles.edit import list_profiles
 
 
 class ProfilePicker(ModalScreen[Path | None]):

@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from moedesk.tui.profile_doc import ProfileDocument, list_profiles
+from moedesk.profiles.edit import ProfileDocument, list_profiles
 from moedesk.tui.widgets.profile_table import ProfileTable
 
 

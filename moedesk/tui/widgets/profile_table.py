@@ -10,7 +10,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from moedesk.tui.profile_doc import KIND_SECTIONS, FieldSpec, ProfileDocument, field_specs
+from moedesk.profiles.edit import KIND_SECTIONS, FieldSpec, ProfileDocument, field_specs
 
 
 class ProfileTable(DataTable):
