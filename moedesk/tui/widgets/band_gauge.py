@@ -70,8 +70,11 @@ class BandGauge(Widget):
         return min(width - 1, max(0, int(frac * (width - 1) + 0.5)))
 
     def _fmt(self, value: float) -> str:
-        if self.log_scale or abs(value) >= 100:
+        if abs(value) >= 100:
             return f"{value:,.0f}"
+        if self.log_scale:
+            # top-k routing costs well under a microsecond per token: keep what matters
+            return f"{value:.2g}" if abs(value) < 10 else f"{value:.0f}"
         return f"{value:.{self.digits}f}"
 
     def render_line(self, y: int) -> Strip:
