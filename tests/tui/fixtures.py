@@ -7,6 +7,7 @@ so they look exactly like what a supervisor writes; only the timestamps are then
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.db import transaction
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.train.grammar import LABEL_NAMES
 
 FIXED_NOW = 1_750_000_000.0
 TOPK_LAYERS, TOPK_EXPERTS, TERNARY_EXPERTS = 2, 8, 243
+TOPK_TOP_K = 2
+ANALYSIS_STEPS = (25, 50)  # topk-b's evaluations with a routing analysis
 
 
 @dataclass
@@ -87,6 +91,39 @@ def _ternary_load(batch: Batch, steps: int, wall: float) -> None:
                                  "moe/dead_experts": 1.0}, wall + step)
 
 
+def _split(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights`; the remainder goes to the heaviest."""
+    parts = [total * w // sum(weights) for w in weights]
+    parts[weights.index(max(weights))] += total - sum(parts)
+    return parts
+
+
+def routing_payload(layer: int, step: int) -> dict:
+    """A `routing/L{layer}` payload as the trainer writes it: class c leans on expert c % E
+    (harder at later steps); layer 1's expert 7 gets nothing; "conjunction" has no tokens."""
+    class_tokens = [0 if name == "conjunction" else 40 + 13 * c
+                    for c, name in enumerate(LABEL_NAMES)]
+    by_class = [[0] * len(LABEL_NAMES) for _ in range(TOPK_EXPERTS)]
+    for c, n in enumerate(class_tokens):
+        weights = [1 + (e + c + layer) % 3 + (step // 5) * (e == c % TOPK_EXPERTS)
+                   for e in range(TOPK_EXPERTS)]
+        if layer == 1:
+            weights[7] = 0
+        for e, count in enumerate(_split(n * TOPK_TOP_K, weights)):
+            by_class[e][c] = count
+    histogram = [sum(row) for row in by_class]
+    tokens = sum(class_tokens)
+    first_choice = _split(tokens, histogram)
+    bucket_tokens = _split(tokens, [1, 1, 1, 1])
+    return {"layer": layer, "split": "val", "windows": 8, "tokens": tokens,
+            "num_experts": TOPK_EXPERTS, "top_k": TOPK_TOP_K, "histogram": histogram,
+            "first_choice": first_choice, "classes": list(LABEL_NAMES),
+            "class_tokens": class_tokens, "by_class": by_class,
+            "frequency_buckets": ["q1_most_frequent", "q2", "q3", "q4_least_frequent"],
+            "bucket_tokens": bucket_tokens,
+            "by_frequency": [_split(h, [4, 3, 2, 1]) for h in histogram]}
+
+
 def alert(step: int, rule: str, severity: str, message: str, action: str) -> dict:
     return {"step": step, "rule": rule, "severity": severity, "metric": "m", "value": 1.0,
             "threshold": 0.5, "message": message, "action": action, "wall": FIXED_NOW}
@@ -135,6 +172,10 @@ def build_home(path: Path) -> Home:
     batch = Batch()
     _lm_metrics(batch, 60, FIXED_NOW - 120, moe=True)
     _topk_load(batch, 60, FIXED_NOW - 120)
+    for step in ANALYSIS_STEPS:
+        for layer in range(TOPK_LAYERS):
+            batch.analysis.append((step, f"routing/L{layer}",
+                                   json.dumps(routing_payload(layer, step)), FIXED_NOW - 120 + step))
     batch.alerts.append(alert(40, "usage_std", "warning", "expert_usage_std 0.041 > 0.03",
                               "Increase moe.aux_loss_weight or enable bias balancing."))
     write_batch(conn, run, batch)

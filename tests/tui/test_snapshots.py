@@ -10,6 +10,7 @@ import pytest
 from moedesk.tui.screens.compare import CompareScreen
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.screens.profiles import ProfilesScreen
+from moedesk.tui.screens.routing import RoutingScreen
 from tests.tui.conftest import loaded, make_app, until
 
 SNAPSHOT_PROFILE = """\
@@ -77,6 +78,17 @@ def test_monitor_ternary(snap_compare, canned, size):
 def test_monitor_dense(snap_compare, canned):
     assert snap_compare(make_app(canned.path), terminal_size=(80, 24),
                         run_before=monitor_of(canned.dense))
+
+
+def test_routing_topk(snap_compare, canned):
+    async def run_before(pilot) -> None:
+        await monitor_of(canned.topk)(pilot)
+        await pilot.press("g")
+        await until(pilot, lambda: isinstance(pilot.app.screen, RoutingScreen)
+                    and pilot.app.screen.loads)
+        await pilot.press("right_square_bracket")  # layer 1: its starved expert 7
+        await pilot.pause()
+    assert snap_compare(make_app(canned.path), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_compare(snap_compare, canned):

@@ -36,6 +36,10 @@ class MonitorScreen(Screen):
         Binding("s", "stop", "Stop", id="monitor-stop"),
         Binding("r", "resume", "Resume", id="monitor-resume"),
         Binding("t", "toggle_timeline", "Timeline", id="toggle-timeline"),
+        # routing analysis: shown for topk runs; other kinds get a notice on the same key
+        Binding("g", "routing", "Routing", id="monitor-routing"),
+        Binding("g", "routing_unavailable", "Routing", show=False,
+                id="monitor-routing-unavailable"),
     ]
 
     def __init__(self, run_id: int):
@@ -131,6 +135,7 @@ class MonitorScreen(Screen):
             self.query_one("#latency", BandGauge).set_bands(bands.latency_bands(row))
             if row.kind == "ternary":
                 self.query_one("#timeline", ExpertTimeline).row_name = "cluster"
+            self.refresh_bindings()  # `g` (routing) shows for topk runs only
 
     def _series_lines(self, data: RunData, chart: LineChart,
                       wanted: list[tuple[str, str, str]]) -> None:
@@ -255,3 +260,21 @@ class MonitorScreen(Screen):
 
     def action_toggle_timeline(self) -> None:
         self.toggle_class("-timeline-toggled")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "routing":
+            return self._kind == "topk"
+        if action == "routing_unavailable":
+            return self._kind != "topk"
+        return True
+
+    def action_routing(self) -> None:
+        from moedesk.tui.screens.routing import RoutingScreen
+
+        self.app.push_screen(RoutingScreen(self.run_id))
+
+    def action_routing_unavailable(self) -> None:
+        row = self._row()
+        what = f"run {self.run_id} is a {row.kind} run" if row else f"run {self.run_id} has no data yet"
+        self.notify(f"{what}: the routing analysis (expert histogram, expert-by-class heatmap) "
+                    "is recorded for topk runs only", title="routing", severity="warning")
