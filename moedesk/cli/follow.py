@@ -19,8 +19,12 @@ from moedesk.store import Reader
 from moedesk.store.runs import ACTIVE
 
 POLL_S = 0.2
-SHOWN = ["train/loss", "train/tokens_per_s", "train/samples_per_s", "ff/goodness_delta",
-         "val/loss", "val/ppl", "ff/accuracy"]
+# what the progress line shows, in order: (metric, format); the poll fetches just these
+STATUS_FIELDS = (("train/loss", "loss {:.4f}"), ("ff/goodness_delta", "delta {:.3f}"),
+                 ("val/loss", "val {:.4f}"), ("val/ppl", "ppl {:.2f}"),
+                 ("ff/accuracy", "acc {:.3f}"), ("train/tokens_per_s", "{:,.0f} tok/s"),
+                 ("train/samples_per_s", "{:,.0f} samples/s"))
+SHOWN = [name for name, _ in STATUS_FIELDS]
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
 
@@ -33,20 +37,7 @@ def print_alert(alert: dict, name: str) -> None:
 
 
 def _status_line(latest: dict[str, float]) -> str:
-    parts = []
-    if "train/loss" in latest:
-        parts.append(f"loss {latest['train/loss']:.4f}")
-    if "ff/goodness_delta" in latest:
-        parts.append(f"delta {latest['ff/goodness_delta']:.3f}")
-    if "val/loss" in latest:
-        parts.append(f"val {latest['val/loss']:.4f}")
-    if "ff/accuracy" in latest:
-        parts.append(f"acc {latest['ff/accuracy']:.3f}")
-    if "train/tokens_per_s" in latest:
-        parts.append(f"{latest['train/tokens_per_s']:,.0f} tok/s")
-    if "train/samples_per_s" in latest:
-        parts.append(f"{latest['train/samples_per_s']:,.0f} samples/s")
-    return "  ".join(parts)
+    return "  ".join(fmt.format(latest[name]) for name, fmt in STATUS_FIELDS if name in latest)
 
 
 def follow(home: Path, run_id: int) -> int:
@@ -98,7 +89,6 @@ def _follow(reader: Reader, run_id: int) -> int:
                     latest[name] = float("nan")
             for alert in reader.alerts(run_id, after_id=alert_cursor):
                 alert_cursor = alert["id"]
-                progress.console.print("", end="")
                 print_alert(alert, info.name)
             progress.update(task, completed=info.last_step, total=info.total_steps or 1,
                             stats=_status_line(latest) or info.status)

@@ -184,9 +184,6 @@ class Reader:
         return columns, rows[:limit], truncated
 
 
-def open_reader(db_file: Path) -> Reader:
-    return Reader(db_file)
-
 
 def health_history(conn: sqlite3.Connection, run_id: int, names: tuple[str, ...]
                    ) -> tuple[list[tuple[int, dict[str, float], float]], list[str]]:
