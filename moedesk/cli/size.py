@@ -8,7 +8,7 @@ import typer
 
 from moedesk.cli.app import JsonOpt, app, console, fail, print_json
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
-from moedesk.sizing import model_size
+from moedesk.profiles.sizing import model_size
 
 
 @app.command()

@@ -28,7 +28,7 @@ from moedesk.compare.verdict import Cost, decide, mean, sample_std
 from moedesk.loadstats import load_stats
 from moedesk.paths import db_path
 from moedesk.profiles import profile_from_dict
-from moedesk.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
+from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
 from moedesk.store import Reader
 from moedesk.store.analysis import latest_routing
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from moedesk.loadstats import DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles.schema import ModelSection, MoESection
-from moedesk.sizing import expert_hidden, moe_layer_indices
+from moedesk.profiles.sizing import expert_hidden, moe_layer_indices
 from moedesk.train.model import LM
 
 # expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from moedesk.cli import app
 from moedesk.profiles import load_profile
-from moedesk.sizing import model_size
+from moedesk.profiles.sizing import model_size
 from tests.conftest import PROFILES
 
 runner = CliRunner()

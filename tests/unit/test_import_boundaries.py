@@ -19,7 +19,7 @@ FORBIDDEN = {
     "moedesk.runner.launch": ["torch", "textual"],
     "moedesk.runner.supervise": ["torch", "textual"],
     "moedesk.loadstats": ["torch", "textual", "numpy"],
-    "moedesk.sizing": ["torch", "textual"],
+    "moedesk.profiles.sizing": ["torch", "textual"],
     "moedesk.cli": ["torch", "textual"],
     "moedesk.tui.app": ["torch"],
     "moedesk.train.loop": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],

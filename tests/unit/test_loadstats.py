@@ -129,7 +129,7 @@ def test_dead_expert_tracker_needs_a_full_window_of_zeros():
 
 
 def test_loadstats_imports_neither_torch_nor_numpy():
-    code = ("import sys, moedesk.loadstats, moedesk.sizing; "
+    code = ("import sys, moedesk.loadstats, moedesk.profiles.sizing; "
             "print(any(m in sys.modules for m in ('torch', 'numpy')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

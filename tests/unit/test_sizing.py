@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from moedesk.profiles import load_profile, validate_data
-from moedesk.sizing import dense_ffn_hidden, expert_hidden, human_bytes, model_size, moe_layer_indices
+from moedesk.profiles.sizing import (
+    dense_ffn_hidden,
+    expert_hidden,
+    human_bytes,
+    model_size,
+    moe_layer_indices,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,7 +100,7 @@ def test_seed_001_size_quote():
     # seed 001: "8-layer, 512-dim model with 8 experts: ~47M total, ~13M active" with its
     # defaults vocab 50257, 8 heads, 2 KV heads, top-2. Counting non-embedding parameters
     # with experts of hidden 424 gives the 47M; the 13M cannot be had at the same time
-    # (see moedesk/sizing.py), the closest is ~15.7M.
+    # (see moedesk/profiles/sizing.py), the closest is ~15.7M.
     p = profile(model={"vocab_size": 50257, "dim": 512, "n_layers": 8, "n_heads": 8,
                        "n_kv_heads": 2},
                 moe={"num_experts": 8, "top_k": 2, "expert_hidden": 424})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from moedesk.profiles import ProfileError, load_profile, validate_data
-from moedesk.sizing import model_size
+from moedesk.profiles.sizing import model_size
 from moedesk.train.ternary.model import TernaryMoE
 
 REPO = Path(__file__).resolve().parents[2]

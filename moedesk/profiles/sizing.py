@@ -1,11 +1,21 @@
-"""The size calculator: total and active parameters and training memory from a Profile.
+"""What a profile implies: total and active parameters and training memory, every kind.
 
-Pure Python (no torch), so `moedesk size` and the TUI can answer before anything is built.
-The counts follow the LM in moedesk/train/model.py exactly (a test compares them with
-`sum(p.numel())` of the real model): Llama-style blocks without biases, RMSNorm weights,
-grouped-query attention, SwiGLU FFNs, an optionally tied output head. For topk runs each
-MoE block's FFN is a router (D x E) plus E SwiGLU experts of hidden F; a token uses K.
-The ternary kind has its own hook, `ternary_size`, filled by the ternary model's owner.
+Pure Python (no torch), so `moedesk size` answers before anything is built, and the one
+definition of the derived widths (`dense_ffn_hidden`, `expert_hidden`, `moe_layer_indices`)
+that the trainers build with. The LM counts follow moedesk/train/model.py exactly (a test
+compares them with `sum(p.numel())` of the real model): Llama-style blocks without biases,
+RMSNorm weights, grouped-query attention, SwiGLU FFNs, an optionally tied output head. For
+topk runs each MoE block's FFN is a router (D x E) plus E SwiGLU experts of hidden F; a
+token uses K.
+
+The ternary kind counts trits and bytes three ways, following moedesk/train/ternary
+exactly (a test compares them with the built model):
+- router: E specialization vectors of D trits, C = ceil(E / cluster_size) centroids of D
+  trits when hierarchical, and E float64 load counters;
+- experts: per expert the weight trits of every layer (input -> hidden ... -> output)
+  plus one float32 dead-zone threshold per output unit of every layer.
+Trits are shown as int8 (one byte each, as checkpoints store them), packed 5 per byte
+(TritPack5, 3^5 = 243 <= 256) and as the float32 mirror the trainer multiplies with.
 
 Seed 001 quotes "~47M total / ~13M active" for 8 layers, dim 512, 8 experts top-2 (its
 defaults: vocab 50257, 8 heads, 2 KV heads). No one reading gives both: 13/47 means the
@@ -19,12 +29,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from moedesk.profiles.schema import ModelSection, MoESection, Profile
+from moedesk.profiles.schema import ModelSection, MoESection, Profile, TernarySection
 
 BYTES_FP32 = 4
 BYTES_BF16 = 2
 # AdamW keeps two fp32 moments (exp_avg, exp_avg_sq) per parameter
 ADAMW_STATE_BYTES = 2 * BYTES_FP32
+COUNTER_BYTES = 8  # float64 load counter per ternary expert
+THRESHOLD_BYTES = 4  # float32 dead zone per ternary unit
 
 
 def dense_ffn_hidden(model: ModelSection) -> int:
@@ -94,7 +106,7 @@ class SizeReport:
         return out
 
     def lines(self) -> list[str]:
-        """A human summary (the CLI and the TUI's profile view print these)."""
+        """A human summary (`moedesk size` prints these)."""
         return [
             f"parameters  total {human_count(self.total_params)}  "
             f"active {human_count(self.active_params)} ({self.active_share:.1%})",
@@ -158,11 +170,101 @@ def topk_size(profile: Profile) -> SizeReport:
     return _lm_size(profile, moe=True)
 
 
-def ternary_size(profile: Profile) -> SizeReport:
-    """The ternary model's trits and bytes (int8, packed 5/byte): `moedesk.ternary_size`."""
-    from moedesk.ternary_size import ternary_size as _ternary_size  # it imports this module
+def packed_bytes(trits: int) -> int:
+    """Bytes for `trits` packed 5 per byte (TritPack5)."""
+    return math.ceil(trits / 5)
 
-    return _ternary_size(profile)
+
+def layer_shapes(t: TernarySection) -> list[tuple[int, int]]:
+    """(inputs, outputs) of each layer of one ternary expert."""
+    dims = [t.input_dim] + [t.hidden_dim] * (t.expert_layers - 1) + [t.output_dim]
+    return list(zip(dims[:-1], dims[1:], strict=True))
+
+
+@dataclass
+class TernarySizeReport(SizeReport):
+    num_experts: int = 0
+    active_experts: int = 0
+    spec_trits: int = 0  # all specialization vectors
+    centroid_trits: int = 0
+    expert_trits: int = 0  # one expert's weights
+    expert_units: int = 0  # one expert's output units over its layers (thresholds)
+
+    @property
+    def router_trits(self) -> int:
+        return self.spec_trits + self.centroid_trits
+
+    @property
+    def all_expert_trits(self) -> int:
+        return self.num_experts * self.expert_trits
+
+    @property
+    def router_int8_bytes(self) -> int:
+        return self.router_trits + self.num_experts * COUNTER_BYTES
+
+    @property
+    def router_packed_bytes(self) -> int:
+        return packed_bytes(self.router_trits) + self.num_experts * COUNTER_BYTES
+
+    @property
+    def thresholds_bytes(self) -> int:
+        return self.num_experts * self.expert_units * THRESHOLD_BYTES
+
+    @property
+    def experts_int8_bytes(self) -> int:
+        return self.all_expert_trits + self.thresholds_bytes
+
+    @property
+    def experts_packed_bytes(self) -> int:
+        return packed_bytes(self.all_expert_trits) + self.thresholds_bytes
+
+    @property
+    def experts_float32_bytes(self) -> int:
+        return 4 * self.all_expert_trits + self.thresholds_bytes
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind, "total_params": self.total_params,
+               "active_params": self.active_params, "active_share": self.active_share}
+        for name in ("num_experts", "active_experts", "spec_trits", "centroid_trits",
+                     "expert_trits", "expert_units", "router_trits", "all_expert_trits",
+                     "router_int8_bytes", "router_packed_bytes", "experts_int8_bytes",
+                     "experts_packed_bytes", "experts_float32_bytes"):
+            out[name] = getattr(self, name)
+        return out
+
+    def lines(self) -> list[str]:
+        return [
+            f"trits  total {human_count(self.total_params)}  active per sample "
+            f"{human_count(self.active_params)} ({self.active_share:.1%}): "
+            f"{self.active_experts} of {self.num_experts} experts x "
+            f"{human_count(self.expert_trits)} + every specialization",
+            f"router  {human_count(self.router_trits)} trits: int8 "
+            f"{human_bytes(self.router_int8_bytes)}  packed 5/byte "
+            f"{human_bytes(self.router_packed_bytes)} (incl. load counters)",
+            f"experts  {human_count(self.all_expert_trits)} trits: int8 "
+            f"{human_bytes(self.experts_int8_bytes)}  packed 5/byte "
+            f"{human_bytes(self.experts_packed_bytes)}  float32 while training "
+            f"{human_bytes(self.experts_float32_bytes)} (incl. thresholds)",
+        ]
+
+
+def ternary_size(profile: Profile) -> TernarySizeReport:
+    """The ternary model's trits and bytes (int8, packed 5/byte, float32 while training)."""
+    t = profile.ternary
+    shapes = layer_shapes(t)
+    expert_trits = sum(i * o for i, o in shapes)
+    spec = t.num_experts * t.specialization_dim
+    centroids = (math.ceil(t.num_experts / t.cluster_size) * t.specialization_dim
+                 if t.topology == "hierarchical" else 0)
+    total = t.num_experts * expert_trits + spec
+    active = t.active_experts * expert_trits + spec
+    return TernarySizeReport(
+        kind="ternary", total_params=total, active_params=active, embedding_params=0,
+        attention_params=0, ffn_params=t.num_experts * expert_trits,
+        active_ffn_params=t.active_experts * expert_trits, norm_params=0,
+        num_experts=t.num_experts, active_experts=t.active_experts, spec_trits=spec,
+        centroid_trits=centroids, expert_trits=expert_trits,
+        expert_units=sum(o for _, o in shapes))
 
 
 def model_size(profile: Profile) -> SizeReport:
