@@ -1,6 +1,13 @@
-"""Where moedesk keeps things: the data home, the database, each run's folder.
+"""Where moedesk keeps things: the data home, the database, each run's folder and its files.
 
-The data home is `./runs` unless `--home` or `MOEDESK_HOME` says otherwise.
+The data home is `./runs` unless `--home` or `MOEDESK_HOME` says otherwise. This is the one
+place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
+
+- `config.json`: the resolved profile, written by the supervisor, read by the trainer;
+- `train.log`: the trainer's stderr and the supervisor's notes, tailed by the TUI;
+- `supervisor.log`: the detached supervisor's own output (launch.py);
+- `stop_request.json`: a requested stop, written before any signal (runner/control.py);
+- `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar (runner/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -9,6 +16,11 @@ import os
 from pathlib import Path
 
 DB_NAME = "moedesk.db"
+CONFIG_FILE = "config.json"
+TRAIN_LOG = "train.log"
+SUPERVISOR_LOG = "supervisor.log"
+STOP_REQUEST_FILE = "stop_request.json"
+CHECKPOINTS_DIR = "checkpoints"
 
 
 def data_home(home: str | Path | None = None) -> Path:
@@ -26,6 +38,26 @@ def db_path(home: Path) -> Path:
 
 def run_dir(home: Path, run_id: int) -> Path:
     return home / str(run_id)
+
+
+def config_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG_FILE
+
+
+def train_log(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TRAIN_LOG
+
+
+def supervisor_log(run_dir: str | Path) -> Path:
+    return Path(run_dir) / SUPERVISOR_LOG
+
+
+def stop_request_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / STOP_REQUEST_FILE
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def profiles_dir() -> Path:

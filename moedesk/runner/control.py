@@ -12,25 +12,26 @@ import signal
 import time
 from pathlib import Path
 
-STOP_FILE = "stop_request.json"
+from moedesk.paths import stop_request_file
 
 
 def write_stop_request(run_dir: Path, mode: str = "graceful") -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (STOP_FILE + ".tmp")
+    path = stop_request_file(run_dir)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({"mode": mode, "time": time.time()}))
-    os.replace(tmp, run_dir / STOP_FILE)
+    os.replace(tmp, path)
 
 
 def read_stop_request(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / STOP_FILE).read_text())
+        return json.loads(stop_request_file(run_dir).read_text())
     except (OSError, ValueError):
         return None
 
 
 def clear_stop_request(run_dir: Path) -> None:
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
+    stop_request_file(run_dir).unlink(missing_ok=True)
 
 
 def signal_trainer(trainer_pid: int | None, sig: int) -> bool:

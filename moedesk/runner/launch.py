@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from moedesk.ckptfiles import CheckpointError, find_checkpoint, verify_checkpoint
-from moedesk.paths import db_path, run_dir
+from moedesk.paths import db_path, run_dir, supervisor_log
 from moedesk.profiles import Profile, profile_to_dict
+from moedesk.runner.checkpoints import CheckpointError, find_checkpoint, verify_checkpoint
 from moedesk.runner.control import (
     clear_stop_request,
     signal_trainer,
@@ -48,7 +48,7 @@ def spawn_supervisor(home: Path, run_id: int, resume: str | None = None,
         cmd += ["--resume", resume]
     if stop_at is not None:
         cmd += ["--stop-at", str(stop_at)]
-    with open(folder / "supervisor.log", "a") as log:
+    with open(supervisor_log(folder), "a") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from moedesk.health.engine import RULE_METRICS, HealthEngine
-from moedesk.paths import db_path
+from moedesk.paths import config_file, db_path, train_log
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import connect_writer
@@ -70,8 +70,8 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
     config = json.loads(row[0])
     run_dir = Path(row[1])
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    log_path = run_dir / "train.log"
+    config_file(run_dir).write_text(json.dumps(config, indent=2))
+    log_path = train_log(run_dir)
 
     request = read_stop_request(run_dir)
     if request is not None:

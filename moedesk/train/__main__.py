@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from moedesk.paths import config_file
 from moedesk.profiles import profile_from_dict
 from moedesk.train.emit import Emitter
 from moedesk.train.stopflag import StopFlag
@@ -54,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
     emitter = _StepTrackingEmitter()
     try:
-        profile = profile_from_dict(json.loads((args.run_dir / "config.json").read_text()))
+        profile = profile_from_dict(json.loads(config_file(args.run_dir).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        reason = f"cannot read {args.run_dir / 'config.json'}: {exc}"
+        reason = f"cannot read {config_file(args.run_dir)}: {exc}"
         emitter.log(reason)
         emitter.emit("finished", step=0, status="failed", reason=reason)
         return 2

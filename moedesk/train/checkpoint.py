@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from moedesk.ckptfiles import (  # noqa: F401 - re-exported for trainers
+from moedesk.runner.checkpoints import (  # noqa: F401 - re-exported for trainers
     CheckpointError,
     CheckpointInfo,
     checkpoint_dir,

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moedesk.paths import db_path
+from moedesk.paths import db_path, train_log
 from moedesk.store import Reader, StoreError
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
 
@@ -200,7 +200,7 @@ class Poller:
     def _read_log(self, data: RunData, row: RunRow) -> list[str]:
         if not row.run_dir:
             return []
-        path = Path(row.run_dir) / "train.log"
+        path = train_log(row.run_dir)
         try:
             size = path.stat().st_size
         except OSError:

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from moedesk.ckptfiles import CheckpointError, find_checkpoint, list_checkpoints, verify_checkpoint
+from moedesk.runner.checkpoints import CheckpointError, find_checkpoint, list_checkpoints, verify_checkpoint
 from moedesk.store import Reader, StoreError
 from tests.conftest import REPO, moedesk, wait_for
 

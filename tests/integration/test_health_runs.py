@@ -17,7 +17,7 @@ import signal
 import pytest
 import torch
 
-from moedesk.ckptfiles import list_checkpoints, verify_checkpoint
+from moedesk.runner.checkpoints import list_checkpoints, verify_checkpoint
 from moedesk.store import Reader
 from tests.conftest import PROFILES, moedesk, wait_for
 

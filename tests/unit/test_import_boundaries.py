@@ -18,6 +18,7 @@ FORBIDDEN = {
     "moedesk.health.engine": ["torch", "textual"],
     "moedesk.runner.launch": ["torch", "textual"],
     "moedesk.runner.supervise": ["torch", "textual"],
+    "moedesk.runner.checkpoints": ["torch", "textual"],
     "moedesk.loadstats": ["torch", "textual", "numpy"],
     "moedesk.profiles.sizing": ["torch", "textual"],
     "moedesk.cli": ["torch", "textual"],

@@ -1,7 +1,9 @@
 """Checkpoint files without torch: listing, sidecar metadata, checksum verification.
 
 The runner and CLI use this to find and verify checkpoints before launching a resume
-(they may not import torch); `moedesk.train.checkpoint` writes and loads them.
+(they may not import torch); `moedesk.train.checkpoint` writes and loads them. Like
+`protocol.py`, it is a contract between trainer and runner; the folder's name lives in
+`moedesk.paths`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from moedesk.paths import checkpoint_dir
+
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be written or read; the message names the file."""
-
 
 
 @dataclass
@@ -23,10 +26,6 @@ class CheckpointInfo:
     path: Path
     size: int
     sha256: str
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def list_checkpoints(run_dir: Path) -> list[CheckpointInfo]:
