@@ -1,9 +1,10 @@
 """The one table of health rules: kinds, metric, thresholds, seed source and suggested action.
 
 Profiles override any parameter in `[health.RULE]` tables (`enabled = false` turns a
-rule off); `health_problems` validates those overrides for the profile loader. The rule
-logic lives in `rules.py`, the engine that runs it in `engine.py`; docs/health.md
-explains every row. "Logged steps" below are metrics events: patience counts them.
+rule off); `moedesk.profiles.rules.health_problems` validates those overrides against this
+table for the profile loader. The rule logic lives in `rules.py`, the engine that runs it
+in `engine.py`; docs/health.md explains every row. "Logged steps" below are metrics
+events: patience counts them. Health is a leaf: it imports nothing from the rest of moedesk.
 
 Thresholds quoted "at 8 experts" come from seed 001/003, whose model has 8 experts;
 `rules.py` scales them to other expert counts (see each rule).
@@ -114,40 +115,3 @@ def rule_params(rule: str, overrides: dict | None = None) -> dict:
     params = dict(RULES[rule].params)
     params.update((overrides or {}).get(rule) or {})
     return params
-
-
-def health_problems(overrides: dict) -> list:
-    """Problems in a profile's `[health.RULE]` tables (unknown rule, key or type)."""
-    from moedesk.profiles.validate import Problem
-
-    out = []
-    for rule, table in overrides.items():
-        if rule not in RULES:
-            out.append(Problem(f"health.{rule}", "unknown key; allowed keys: stop_on, "
-                                                 + ", ".join(RULES)))
-            continue
-        if not isinstance(table, dict):
-            out.append(Problem(f"health.{rule}", f"got {table!r}; must be a table of thresholds"))
-            continue
-        params = RULES[rule].params
-        for key, value in table.items():
-            where = f"health.{rule}.{key}"
-            if key not in params:
-                out.append(Problem(where, "unknown key; allowed keys: " + ", ".join(params)))
-                continue
-            default = params[key]
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    out.append(Problem(where, f"got {value!r}; must be true or false"))
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                out.append(Problem(where, f"got {value!r}; must be a number"))
-            elif value != value or value in (float("inf"), float("-inf")):
-                out.append(Problem(where, f"got {value!r}; must be a finite number"))
-            elif value < 0:
-                out.append(Problem(where, f"got {value!r}; must be >= 0"))
-            elif isinstance(default, int) and not float(value).is_integer():
-                out.append(Problem(where, f"got {value!r}; must be an integer"))
-            elif isinstance(default, int) and key in ("patience", "window", "min_history") \
-                    and value < 1:
-                out.append(Problem(where, f"got {value!r}; must be >= 1"))
-    return out

@@ -1,8 +1,8 @@
 """Run profiles: TOML files under profiles/, validated into a `Profile`.
 
 Public API: `load_profile`, `parse_overrides`, `profile_to_dict`, `profile_from_dict`,
-`ProfileError`. Reading uses tomllib; writing (the TUI editor) uses tomlkit in `edit.py`
-so comments and layout survive.
+`ProfileError` (defined in `errors.py`, re-exported here). Reading uses tomllib; writing
+(the TUI editor) uses tomlkit in `edit.py` so comments and layout survive.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from moedesk.profiles.errors import Problem, ProfileError
 from moedesk.profiles.rules import resolve_data_path
 from moedesk.profiles.schema import SECTIONS, Profile
-from moedesk.profiles.validate import Problem, ProfileError, build_profile
+from moedesk.profiles.validate import build_profile
 
 __all__ = ["Profile", "ProfileError", "load_profile", "parse_overrides", "apply_overrides",
            "profile_to_dict", "profile_from_dict", "read_toml", "validate_data"]

@@ -1,7 +1,9 @@
 """Cross-field rules: constraints that involve more than one key of a profile.
 
 Single-key types and ranges are declared in `schema.py`; everything that needs
-two keys (or the file system) lives here, one small function per section.
+two keys (or the file system) lives here, one small function per section, and so does
+the check of a profile's `[health.RULE]` overrides against the health part's one table
+(`moedesk.health.thresholds.RULES`): health knows nothing of profiles.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from moedesk.health.thresholds import RULES
+from moedesk.profiles.errors import Problem
 from moedesk.profiles.schema import Profile
-from moedesk.profiles.validate import Problem
 
 
 def _model_problems(p: Profile) -> list[Problem]:
@@ -133,4 +136,39 @@ def cross_field_problems(p: Profile) -> list[Problem]:
         out += _moe_problems(p)
     if p.kind == "ternary":
         out += _ternary_problems(p)
+    return out
+
+
+def health_problems(overrides: dict) -> list[Problem]:
+    """Problems in a profile's `[health.RULE]` tables (unknown rule, key or type)."""
+    out = []
+    for rule, table in overrides.items():
+        if rule not in RULES:
+            out.append(Problem(f"health.{rule}", "unknown key; allowed keys: stop_on, "
+                                                 + ", ".join(RULES)))
+            continue
+        if not isinstance(table, dict):
+            out.append(Problem(f"health.{rule}", f"got {table!r}; must be a table of thresholds"))
+            continue
+        params = RULES[rule].params
+        for key, value in table.items():
+            where = f"health.{rule}.{key}"
+            if key not in params:
+                out.append(Problem(where, "unknown key; allowed keys: " + ", ".join(params)))
+                continue
+            default = params[key]
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    out.append(Problem(where, f"got {value!r}; must be true or false"))
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                out.append(Problem(where, f"got {value!r}; must be a number"))
+            elif value != value or value in (float("inf"), float("-inf")):
+                out.append(Problem(where, f"got {value!r}; must be a finite number"))
+            elif value < 0:
+                out.append(Problem(where, f"got {value!r}; must be >= 0"))
+            elif isinstance(default, int) and not float(value).is_integer():
+                out.append(Problem(where, f"got {value!r}; must be an integer"))
+            elif isinstance(default, int) and key in ("patience", "window", "min_history") \
+                    and value < 1:
+                out.append(Problem(where, f"got {value!r}; must be >= 1"))
     return out

@@ -1,42 +1,22 @@
 """Turning untrusted TOML data into a `Profile`, or into a list of clear problems.
 
 Each problem names the file, the dotted key, the bad value and what is allowed.
-Nothing here raises anything but `ProfileError`; callers print its lines.
+Nothing here raises anything but `ProfileError` (`errors.py`); callers print its lines.
+Single keys are checked here against `schema.py`; cross-field rules and `[health.RULE]`
+overrides are checked by `rules.py`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
+from moedesk.profiles.errors import Problem, ProfileError
+from moedesk.profiles.rules import cross_field_problems, health_problems
 from moedesk.profiles.schema import KINDS, SECTIONS, TOP_LEVEL, Profile, section_fields
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
                "list": "a list of integers", "dict": "a table"}
-
-
-@dataclass
-class Problem:
-    key: str
-    message: str
-
-    def render(self, file: str) -> str:
-        where = f"{file}: " if file else ""
-        return f"{where}{self.key}: {self.message}"
-
-
-class ProfileError(Exception):
-    """A profile that cannot be used; `problems` holds one line per bad key."""
-
-    def __init__(self, file: str, problems: list[Problem]):
-        self.file = file
-        self.problems = problems
-        super().__init__("\n".join(p.render(file) for p in problems))
-
-    @property
-    def lines(self) -> list[str]:
-        return [p.render(self.file) for p in self.problems]
 
 
 def _show(value: Any) -> str:
@@ -97,9 +77,6 @@ def _unknown(key: str, allowed: list[str]) -> Problem:
 
 def build_profile(data: dict, file: str = "") -> Profile:
     """Validate parsed TOML data and build a `Profile`, or raise `ProfileError`."""
-    from moedesk.health.thresholds import health_problems
-    from moedesk.profiles.rules import cross_field_problems  # cross-field rules live apart
-
     problems: list[Problem] = []
     if not isinstance(data, dict):
         raise ProfileError(file, [Problem("(file)", "must be a TOML table")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,20 @@ def test_part_does_not_import_forbidden_modules(part):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"{part} imports {result.stdout.strip()}"
+
+
+
+# health is a leaf: besides itself it may only read the stdlib-only metric-name catalogue
+HEALTH_MAY_IMPORT = ("moedesk.health", "moedesk.stats.names")
+
+
+def test_health_imports_nothing_else_from_moedesk():
+    """Every import statement in health/, lazy ones inside functions included."""
+    bad = []
+    for path in sorted((REPO / "moedesk" / "health").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "moedesk"
+                    and not n.startswith(HEALTH_MAY_IMPORT)]
+    assert bad == []
