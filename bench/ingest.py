@@ -49,7 +49,7 @@ def new_run(home: Path, steps: int) -> int:
     config = profile_to_dict(validate_data({"name": "bench", "kind": "dense", "seed": 0,
                                             "train": {"steps": steps, "warmup_steps": 0}}))
     config["health"]["rules"] = {}
-    run_id = store_runs.create_run(db.conn, config=config, profile_path="", home=home,
+    run_id, _ = store_runs.create_run(db.conn, config=config, profile_path="", home=home,
                                    stop_on="never")
     db.close()
     return run_id

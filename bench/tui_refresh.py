@@ -135,7 +135,7 @@ def make_home(root: Path, steps: int) -> tuple[Path, int]:
                                             "ternary": {"topology": "hierarchical"},
                                             "train": {"steps": 1_000_000}}, "bench.toml"))
     db = connect_writer(db_path(home))
-    run_id = store_runs.create_run(db.conn, config=config, profile_path="bench.toml",
+    run_id, _ = store_runs.create_run(db.conn, config=config, profile_path="bench.toml",
                                    home=home)
     me = psutil.Process()
     store_runs.set_supervisor(db.conn, run_id, me.pid, me.create_time())

@@ -1,6 +1,7 @@
 """The health engine: runs every rule of a run's kind over its metrics as they arrive.
 
-The supervisor builds one with `HealthEngine.from_config(config, stop_on=...)`, calls
+The supervisor builds one with `HealthEngine.for_run(ctx, overrides, stop_on)` from the
+run's `Profile` (`runner.supervise.make_engine`: this part reads no profiles), calls
 `observe(step, values, wall)` for each metrics event and `tick(now)` regularly; both
 return `(fired, cleared)`: alert dicts to store, and `(rule, step)` pairs of states that
 ended. An alert whose severity reaches the run's `stop_on` carries `stops=True`.
@@ -32,20 +33,6 @@ def stops_at(severity: str, stop_on: str) -> bool:
     if stop_on == "never":
         return False
     return RANK[severity] >= RANK[stop_on]
-
-
-def run_context(config: dict) -> RunContext:
-    kind = config.get("kind", "dense")
-    warmup = int((config.get("train") or {}).get("warmup_steps", 0))
-    if kind == "ternary":
-        section = config.get("ternary") or {}
-        return RunContext(kind, int(section.get("num_experts", 243)),
-                          int(section.get("active_experts", 16)))
-    section = config.get("moe") or {}
-    balanced = bool(section.get("bias_balancing", True)) or \
-        float(section.get("aux_loss_weight", 0.01)) > 0
-    return RunContext(kind, int(section.get("num_experts", 8)), int(section.get("top_k", 2)),
-                      warmup, balanced)
 
 
 class Stalled:
@@ -157,16 +144,16 @@ class HealthEngine:
         self.stale: set[str] = set()  # open in the store, not in this engine: clear them
 
     @classmethod
-    def from_config(cls, config: dict, stop_on: str | None = None) -> HealthEngine:
-        """The rules for a resolved profile (`profile_to_dict` output), overrides applied."""
-        health = config.get("health") or {}
-        overrides = health.get("rules") or {}
-        ctx = run_context(config)
+    def for_run(cls, ctx: RunContext, overrides: dict | None = None,
+                stop_on: str = "critical") -> HealthEngine:
+        """The rules of a run's kind: `overrides` are its profile's `[health.RULE]` tables
+        (`health.rules`), applied over the threshold table's defaults."""
+        overrides = overrides or {}
         rules = [c(rule_params(c.name, overrides), ctx, frozenset(overrides.get(c.name) or {}))
                  for c in RULE_CLASSES]
         stalled = Stalled(rule_params("stalled", overrides), ctx)
         return cls([r for r in rules if r.applies()], stalled if stalled.applies() else None,
-                   stop_on or health.get("stop_on") or "critical")
+                   stop_on)
 
     @property
     def rule_names(self) -> list[str]:
@@ -240,4 +227,4 @@ RULE_METRICS = ("train/loss", "val/loss", "train/grad_norm", "moe/", "ff/goodnes
                 "route/latency_us")
 
 
-__all__ = ["HealthEngine", "RULE_METRICS", "stops_at", "run_context"]
+__all__ = ["HealthEngine", "RULE_METRICS", "RunContext", "stops_at"]

@@ -41,11 +41,12 @@ class Reading:
 
 @dataclass
 class RunContext:
-    """What rules need to know about the run besides its metrics."""
+    """What rules need to know about the run besides its metrics; built from the run's
+    Profile by `moedesk.runner.supervise.run_context` (health reads no profiles)."""
 
     kind: str
-    num_experts: int = 8
-    top_k: int = 2
+    num_experts: int  # topk: moe.num_experts; ternary: ternary.num_experts
+    top_k: int  # topk: moe.top_k; ternary: ternary.active_experts
     warmup_steps: int = 0  # the LR warmup (dense, topk): routers settle during it
     balanced: bool = True  # topk: bias balancing or an aux loss can undo an early collapse
 

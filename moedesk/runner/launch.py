@@ -64,15 +64,14 @@ def start_run(profile: Profile, home: Path, *, name: str | None = None,
     """
     db = connect_writer(db_path(home))
     try:
-        run_id = store_runs.create_run(
+        run_id, final_name = store_runs.create_run(
             db.conn, config=profile_to_dict(profile), profile_path=profile.path, home=home,
             name=name, parent_id=parent[0] if parent else None,
             parent_step=parent[1] if parent else None, stop_on=stop_on)
-        row = db.conn.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone()
     finally:
         db.close()
     pid = spawn_supervisor(home, run_id, resume=parent[2] if parent else None, stop_at=stop_at)
-    return Launched(run_id, row[0], pid)
+    return Launched(run_id, final_name, pid)
 
 
 def get_run(home: Path, ref: str | int) -> RunInfo:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import psutil
 
-from moedesk.health.engine import RULE_METRICS, HealthEngine
+from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
 from moedesk.paths import config_file, db_path, train_log
+from moedesk.profiles import Profile, profile_from_dict
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import connect_writer
@@ -49,10 +50,25 @@ def _reader(stream, out: queue.Queue) -> None:
     out.put(None)
 
 
-def make_engine(config: dict, stop_on: str, conn=None, run_id: int | None = None):
-    """The run's health engine; with `conn`, a resumed run's stored history is replayed so
+def run_context(profile: Profile) -> RunContext:
+    """What the health rules need to know of a run besides its metrics."""
+    if profile.kind == "ternary":
+        # no learning-rate schedule: the balance rules keep their own after_step
+        return RunContext(profile.kind, profile.ternary.num_experts,
+                          profile.ternary.active_experts)
+    moe = profile.moe
+    return RunContext(profile.kind, moe.num_experts, moe.top_k, profile.train.warmup_steps,
+                      balanced=moe.bias_balancing or moe.aux_loss_weight > 0)
+
+
+def make_engine(config: dict, stop_on: str | None = None, conn=None,
+                run_id: int | None = None) -> HealthEngine:
+    """The health engine of a run's stored config (`profile_to_dict` output); `stop_on`
+    defaults to the profile's. With `conn`, a resumed run's stored history is replayed so
     alerts still open are neither fired twice nor left open forever."""
-    engine = HealthEngine.from_config(config, stop_on=stop_on)
+    profile = profile_from_dict(config)
+    engine = HealthEngine.for_run(run_context(profile), profile.health.rules,
+                                  stop_on or profile.health.stop_on)
     if conn is not None and run_id is not None:
         history, open_rules = health_history(conn, run_id, RULE_METRICS)
         engine.replay(history, time.time(), open_rules)
@@ -65,10 +81,7 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
     conn = db.conn
     me = psutil.Process()
     store_runs.set_supervisor(conn, run_id, me.pid, me.create_time())
-    row = conn.execute("SELECT config_json, run_dir, stop_on FROM runs WHERE id = ?",
-                       (run_id,)).fetchone()
-    config = json.loads(row[0])
-    run_dir = Path(row[1])
+    config, run_dir, stop_on = store_runs.launch_row(conn, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file(run_dir).write_text(json.dumps(config, indent=2))
     log_path = train_log(run_dir)
@@ -98,7 +111,7 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
             health_stop.append(alert)
             signal_trainer(trainer.pid, signal.SIGTERM)
 
-    engine = make_engine(config, row[2] or "critical", *((conn, run_id) if resume else ()))
+    engine = make_engine(config, stop_on, *((conn, run_id) if resume else ()))
     ingestor = Ingestor(conn, run_id, engine, on_alert)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(trainer.stdout, lines), daemon=True).start()

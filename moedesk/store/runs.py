@@ -1,6 +1,7 @@
 """Run lifecycle writes: create, start, finish, resume-truncate. One short transaction each.
 
-Status values: queued, running, completed, failed, stopped, crashed.
+Also the one read the supervisor makes on its writer connection before it starts the
+trainer (`launch_row`). Status values: queued, running, completed, failed, stopped, crashed.
 """
 
 from __future__ import annotations
@@ -9,17 +10,32 @@ import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+from moedesk.paths import run_dir
 from moedesk.store.db import transaction
 
 STATUSES = ("queued", "running", "completed", "failed", "stopped", "crashed")
 ACTIVE = ("queued", "running")
 
 
+class CreatedRun(NamedTuple):
+    run_id: int
+    name: str  # the final name: the one asked for, or PROFILE-ID
+
+
+class LaunchRow(NamedTuple):
+    """What the supervisor reads of its run before starting the trainer."""
+
+    config: dict  # the resolved profile (`profile_to_dict` output)
+    run_dir: Path
+    stop_on: str  # the severity that stops the run: --stop-on, else the profile's
+
+
 def create_run(conn: sqlite3.Connection, *, config: dict, profile_path: str, home: Path,
                name: str | None = None, parent_id: int | None = None,
-               parent_step: int | None = None, stop_on: str | None = None) -> int:
-    """Insert a queued run row and return its id; the name defaults to PROFILE-ID."""
+               parent_step: int | None = None, stop_on: str | None = None) -> CreatedRun:
+    """Insert a queued run row; returns its id and final name (default PROFILE-ID)."""
     with transaction(conn):
         cur = conn.execute(
             "INSERT INTO runs (name, kind, profile_path, config_json, status, seed, total_steps,"
@@ -31,8 +47,16 @@ def create_run(conn: sqlite3.Connection, *, config: dict, profile_path: str, hom
         run_id = int(cur.lastrowid)
         final_name = name or f"{config['name']}-{run_id}"
         conn.execute("UPDATE runs SET name = ?, run_dir = ? WHERE id = ?",
-                     (final_name, str(home / str(run_id)), run_id))
-    return run_id
+                     (final_name, str(run_dir(home, run_id)), run_id))
+    return CreatedRun(run_id, final_name)
+
+
+def launch_row(conn: sqlite3.Connection, run_id: int) -> LaunchRow:
+    row = conn.execute("SELECT config_json, run_dir, stop_on FROM runs WHERE id = ?",
+                       (run_id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no run {run_id} in the store")
+    return LaunchRow(json.loads(row[0]), Path(row[1]), row[2] or "critical")
 
 
 def set_supervisor(conn: sqlite3.Connection, run_id: int, pid: int, started: float) -> None:

@@ -146,7 +146,7 @@ def build_home(path: Path) -> Home:
                                    ("failed", "topk", "topk-e", 100)):
         ids[key] = store_runs.create_run(conn, config=config(kind, name, steps),
                                          profile_path=f"profiles/{name}.toml", home=path,
-                                         name=name)
+                                         name=name).run_id
     me = psutil.Process()
 
     # dense-a: completed after 100 steps

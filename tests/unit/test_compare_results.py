@@ -51,7 +51,7 @@ def fake_run(db, home: Path, profile_file: str, seed: int, ppl: float, step_s: f
     profile = load_profile(REPO / "profiles" / profile_file,
                            {"seed": seed, "train.steps": STEPS, "train.warmup_steps": 4,
                             "train.log_every": 2})
-    run_id = store_runs.create_run(db.conn, config=profile_to_dict(profile),
+    run_id, _ = store_runs.create_run(db.conn, config=profile_to_dict(profile),
                                    profile_path=profile_file, home=home)
     store_runs.mark_running(db.conn, run_id, 1)
     store_runs.record_started_event(db.conn, run_id, {"total_steps": STEPS, "device": "cpu",

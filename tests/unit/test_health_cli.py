@@ -8,9 +8,9 @@ import math
 from typer.testing import CliRunner
 
 from moedesk.cli import app
-from moedesk.health.engine import HealthEngine
 from moedesk.profiles import load_profile, parse_overrides, profile_to_dict
 from moedesk.runner.ingest import Ingestor
+from moedesk.runner.supervise import make_engine
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 from tests.conftest import PROFILES
@@ -25,8 +25,8 @@ def make_alerts(home) -> None:
                                 + [{"moe/imbalance": 0.3}] * 5)):
         config = profile_to_dict(load_profile(PROFILES / f"{name}.toml"))
         assert config["kind"] == kind
-        run_id = store_runs.create_run(db.conn, config=config, profile_path=name, home=home)
-        ingestor = Ingestor(db.conn, run_id, HealthEngine.from_config(config))
+        run_id, _ = store_runs.create_run(db.conn, config=config, profile_path=name, home=home)
+        ingestor = Ingestor(db.conn, run_id, make_engine(config))
         for step, values in enumerate(stream, start=1):
             ingestor.feed({"type": "metrics", "step": step, "wall": float(step),
                            "values": values})
@@ -71,7 +71,7 @@ def test_set_overrides_reach_the_engine():
     profile = load_profile(PROFILES / "tiny_topk.toml", parse_overrides([
         "health.routing_collapse.after_step=0", "health.routing_collapse.patience=1",
         "health.usage_entropy.enabled=false", "health.stop_on=never"]))
-    engine = HealthEngine.from_config(profile_to_dict(profile))
+    engine = make_engine(profile_to_dict(profile))
     assert "usage_entropy" not in engine.rule_names and engine.stop_on == "never"
     fired, _ = engine.observe(1, {"moe/max_token_fraction": 0.95}, 1.0)
     assert [(a["rule"], a["stops"]) for a in fired] == [("routing_collapse", False)]

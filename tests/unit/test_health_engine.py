@@ -7,10 +7,11 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moedesk.health.engine import RULE_METRICS, HealthEngine, stops_at
+from moedesk.health.engine import RULE_METRICS, stops_at
 from moedesk.health.rules import RANK
 from moedesk.profiles import profile_to_dict, validate_data
 from moedesk.runner.ingest import Ingestor
+from moedesk.runner.supervise import make_engine
 from moedesk.store import Reader, connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.reads import health_history
@@ -30,7 +31,7 @@ def stepping(engine, steps, interval=1.0, t0=1000.0):
 
 
 def test_stalled_fires_once_after_the_floor_and_clears_on_the_next_step():
-    engine = HealthEngine.from_config(config("dense"))
+    engine = make_engine(config("dense"))
     assert engine.tick(5000.0) == ([], [])  # no step yet: no usual step time to compare with
     last = stepping(engine, 30)
     assert engine.tick(last + 100) == ([], [])  # 20 x 1 s is under the 120 s floor
@@ -44,7 +45,7 @@ def test_stalled_fires_once_after_the_floor_and_clears_on_the_next_step():
 
 
 def test_stalled_limit_is_a_multiple_of_the_usual_step_time():
-    engine = HealthEngine.from_config(config("dense", stalled={"min_seconds": 5, "factor": 3}))
+    engine = make_engine(config("dense", stalled={"min_seconds": 5, "factor": 3}))
     last = stepping(engine, 30, interval=2.0)
     assert engine.tick(last + 5.9) == ([], [])  # limit max(5, 3 x 2 s) = 6 s
     assert engine.tick(last + 6.1)[0][0]["threshold"] == 6.0
@@ -52,11 +53,11 @@ def test_stalled_limit_is_a_multiple_of_the_usual_step_time():
 
 def test_replay_restores_open_states_without_firing_again():
     stream = [{"moe/imbalance": 0.3}] * 50 + [{"moe/imbalance": 0.9}] * 10
-    whole = HealthEngine.from_config(config("ternary"))
+    whole = make_engine(config("ternary"))
     fired, _ = feed(whole, stream + [{"moe/imbalance": 0.3}] * 10)
     assert [a["step"] for a in fired] == [55]
     # resumed at step 60: the replayed engine neither re-fires nor forgets to clear
-    resumed = HealthEngine.from_config(config("ternary"))
+    resumed = make_engine(config("ternary"))
     resumed.replay([(i + 1, v, float(i + 1)) for i, v in enumerate(stream)], now=1e9,
                    open_rules=["load_balance", "stalled"])
     fired, cleared = feed(resumed, [{"moe/imbalance": 0.3}] * 10, start=61)
@@ -66,7 +67,7 @@ def test_replay_restores_open_states_without_firing_again():
 
 
 def test_replay_does_not_count_the_downtime_as_a_stall():
-    engine = HealthEngine.from_config(config("dense"))
+    engine = make_engine(config("dense"))
     engine.replay([(s, {"train/loss": 2.0}, 1000.0 + s) for s in range(1, 31)], now=99_999.0)
     assert engine.tick(99_999.0 + 60) == ([], [])
 
@@ -84,7 +85,7 @@ def test_alerts_never_storm_whatever_the_metrics_do(stream, after_step):
     clear always at a later step than the alert it ends."""
     cfg = config("ternary", load_balance={"after_step": after_step, "patience": 2},
                  goodness_delta={"after_step": after_step, "patience": 1})
-    engine = HealthEngine.from_config(cfg)
+    engine = make_engine(cfg)
     open_: dict[str, tuple[int, str]] = {}
     for step, event in enumerate(stream, start=1):
         fired, cleared = engine.observe(step, event, float(step))
@@ -102,14 +103,14 @@ def test_alerts_never_storm_whatever_the_metrics_do(stream, after_step):
 def make_run(home, kind="ternary"):
     db = connect_writer(home / "moedesk.db")
     data = {"name": "h", "kind": kind, "seed": 1}
-    run_id = store_runs.create_run(db.conn, config=profile_to_dict(validate_data(data)),
+    run_id, _ = store_runs.create_run(db.conn, config=profile_to_dict(validate_data(data)),
                                    profile_path="p.toml", home=home)
     return db, run_id
 
 
 def test_ingested_alerts_open_and_clear_in_the_store_even_within_one_batch(home):
     db, run_id = make_run(home)
-    engine = HealthEngine.from_config(config("ternary"))
+    engine = make_engine(config("ternary"))
     ingestor = Ingestor(db.conn, run_id, engine, flush_interval=3600)
     # uniform -> healthy band -> uniform again, all inside one batch: two alerts, the
     # first cleared, the second still open
@@ -126,7 +127,7 @@ def test_ingested_alerts_open_and_clear_in_the_store_even_within_one_batch(home)
 
 def test_health_history_reads_back_what_a_replay_needs(home):
     db, run_id = make_run(home, "dense")
-    ingestor = Ingestor(db.conn, run_id, HealthEngine.from_config(config("dense")))
+    ingestor = Ingestor(db.conn, run_id, make_engine(config("dense")))
     for step in range(1, 4):
         ingestor.feed({"type": "metrics", "step": step, "wall": 10.0 + step,
                        "values": {"train/loss": math.nan if step == 3 else 2.0,

@@ -6,13 +6,19 @@ import math
 
 import pytest
 
-from moedesk.health.engine import HealthEngine
+from moedesk.health.engine import HealthEngine, RunContext
 from moedesk.health.thresholds import RULES
+from moedesk.profiles import profile_from_dict
+from moedesk.profiles.schema import TernarySection, TrainSection
+from moedesk.runner.supervise import make_engine, run_context
 
 
 def config(kind="topk", num_experts=8, top_k=2, stop_on="critical", **rules) -> dict:
-    return {"kind": kind, "moe": {"num_experts": num_experts, "top_k": top_k},
-            "ternary": {"num_experts": 243, "active_experts": 16},
+    """A stored config (sections left out take the schema's defaults); no LR warmup, so
+    the balance rules start at their own after_step."""
+    return {"name": "t", "kind": kind, "seed": 0,
+            "moe": {"num_experts": num_experts, "top_k": top_k},
+            "ternary": {"num_experts": 243, "active_experts": 16}, "train": {"warmup_steps": 0},
             "health": {"stop_on": stop_on, "rules": rules}}
 
 
@@ -37,9 +43,9 @@ def test_every_rule_in_the_table_cites_a_source_and_an_action():
 
 
 def test_rules_only_run_for_their_kinds():
-    dense = HealthEngine.from_config(config("dense")).rule_names
-    topk = HealthEngine.from_config(config("topk")).rule_names
-    ternary = HealthEngine.from_config(config("ternary")).rule_names
+    dense = make_engine(config("dense")).rule_names
+    topk = make_engine(config("topk")).rule_names
+    ternary = make_engine(config("ternary")).rule_names
     assert set(dense) == {"nonfinite_loss", "loss_spike", "stalled"}
     assert {"routing_collapse", "usage_entropy", "router_z_loss", "expert_underused"} <= set(topk)
     assert "goodness_delta" not in topk and "load_balance" not in topk
@@ -49,7 +55,7 @@ def test_rules_only_run_for_their_kinds():
 
 def test_nan_loss_is_critical_at_once_and_stops_unless_never():
     for stop_on, stops in (("critical", True), ("warning", True), ("never", False)):
-        engine = HealthEngine.from_config(config("dense", stop_on=stop_on))
+        engine = make_engine(config("dense", stop_on=stop_on))
         fired, _ = feed(engine, [{"train/loss": 2.0}] * 3 + [{"train/loss": math.nan}])
         (alert,) = fired
         assert alert["rule"] == "nonfinite_loss" and alert["severity"] == "critical"
@@ -58,13 +64,13 @@ def test_nan_loss_is_critical_at_once_and_stops_unless_never():
 
 
 def test_infinite_grad_norm_counts_as_non_finite():
-    engine = HealthEngine.from_config(config("dense"))
+    engine = make_engine(config("dense"))
     fired, _ = feed(engine, [{"train/loss": 2.0, "train/grad_norm": math.inf}])
     assert fired[0]["metric"] == "train/grad_norm" and fired[0]["value"] == math.inf
 
 
 def test_loss_spike_needs_patience_and_its_own_history():
-    engine = HealthEngine.from_config(config("dense"))
+    engine = make_engine(config("dense"))
     steady = [{"train/loss": 2.0 + 0.05 * (i % 3)} for i in range(30)]
     fired, _ = feed(engine, steady + [{"train/loss": 5.0}] * 3 + steady[:5])
     assert not fired  # three outliers are below patience 4
@@ -76,19 +82,19 @@ def test_loss_spike_needs_patience_and_its_own_history():
 
 
 def test_a_long_spike_does_not_raise_its_own_bar():
-    engine = HealthEngine.from_config(config("dense"))
+    engine = make_engine(config("dense"))
     fired, cleared = feed(engine, [{"train/loss": 2.0}] * 30 + [{"train/loss": 4.5}] * 200)
     assert len(fired) == 1 and not cleared
 
 
 def test_falling_loss_early_in_training_is_no_spike():
-    engine = HealthEngine.from_config(config("dense"))
+    engine = make_engine(config("dense"))
     fired, _ = feed(engine, [{"train/loss": 5.5 * math.exp(-i / 40) + 1.5} for i in range(300)])
     assert not fired
 
 
 def test_routing_collapse_watches_the_worst_layer_after_warmup():
-    engine = HealthEngine.from_config(config(num_experts=4, top_k=2))
+    engine = make_engine(config(num_experts=4, top_k=2))
     # layer 1 collapsed, layer 0 fine: the layer mean (0.75) would hide it
     collapsed = {"moe/max_token_fraction": 0.75, "moe/L0/max_token_fraction": 0.55,
                  "moe/L1/max_token_fraction": 0.95}
@@ -100,16 +106,16 @@ def test_routing_collapse_watches_the_worst_layer_after_warmup():
 
 
 def test_routing_collapse_cannot_happen_when_every_token_goes_everywhere():
-    assert "routing_collapse" not in HealthEngine.from_config(config(num_experts=2, top_k=2)).rule_names
+    assert "routing_collapse" not in make_engine(config(num_experts=2, top_k=2)).rule_names
 
 
 def test_hysteresis_and_patience_keep_a_hovering_metric_quiet():
-    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    engine = make_engine(config(num_experts=8, top_k=2))
     hover = [{"moe/max_token_fraction": 0.79 if i % 2 else 0.81} for i in range(100)]
     fired, _ = feed(engine, hover)
     assert not only(fired, "routing_collapse")
     # once open, 0.75 (between leave 0.72 and enter 0.8) keeps it open; 0.7 clears it
-    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    engine = make_engine(config(num_experts=8, top_k=2))
     stream = ([{"moe/max_token_fraction": 0.3}] * 100 + [{"moe/max_token_fraction": 0.9}] * 3
               + [{"moe/max_token_fraction": 0.75}] * 20 + [{"moe/max_token_fraction": 0.7}] * 3)
     fired, cleared = feed(engine, stream)
@@ -120,10 +126,10 @@ def test_hysteresis_and_patience_keep_a_hovering_metric_quiet():
 def test_expert_share_threshold_scales_with_the_number_of_experts():
     # seed 001: 5% at 8 experts = 0.4 x the fair share; at 16 experts that is 2.5%
     for share, fires in ((0.03, False), (0.02, True)):
-        engine = HealthEngine.from_config(config(num_experts=16, top_k=2))
+        engine = make_engine(config(num_experts=16, top_k=2))
         fired, _ = feed(engine, [{"moe/min_share": share}] * 110)
         assert bool(only(fired, "expert_underused")) is fires
-    engine = HealthEngine.from_config(config(num_experts=16, top_k=2))
+    engine = make_engine(config(num_experts=16, top_k=2))
     fired, _ = feed(engine, [{"moe/min_share": 0.02}] * 110)
     assert only(fired, "expert_underused")[0]["threshold"] == pytest.approx(0.025)
 
@@ -132,24 +138,24 @@ def test_usage_entropy_is_normalized_for_other_expert_counts():
     # 1.5 nats of ln 8 is 72.1% of the maximum; the same share of ln 16 at 16 experts
     limit = 1.5 / math.log(8)
     for norm, fires in ((limit + 0.01, False), (limit - 0.01, True)):
-        engine = HealthEngine.from_config(config(num_experts=16, top_k=2))
+        engine = make_engine(config(num_experts=16, top_k=2))
         fired, _ = feed(engine, [{"moe/entropy_norm": norm}] * 110)
         assert bool(only(fired, "usage_entropy")) is fires
     assert f"of ln 16 = {math.log(16):.2f}" in only(fired, "usage_entropy")[0]["message"]
 
 
 def test_usage_std_info_then_warning_scaled_by_expert_count():
-    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    engine = make_engine(config(num_experts=8, top_k=2))
     fired, _ = feed(engine, [{"moe/usage_std": 0.04}] * 110 + [{"moe/usage_std": 0.06}] * 10)
     assert [(a["severity"], a["step"]) for a in fired] == [("info", 104), ("warning", 115)]
-    engine = HealthEngine.from_config(config(num_experts=4, top_k=2))  # thresholds x2
+    engine = make_engine(config(num_experts=4, top_k=2))  # thresholds x2
     fired, _ = feed(engine, [{"moe/usage_std": 0.07}] * 110)
     assert [a["severity"] for a in fired] == ["info"]
 
 
 def test_dead_experts_one_of_eight_fires_a_few_of_243_do_not():
     # seed 003's "Dead!" example is one expert of 8; the worst layer counts
-    engine = HealthEngine.from_config(config(num_experts=8, top_k=2))
+    engine = make_engine(config(num_experts=8, top_k=2))
     dead = {"moe/dead_experts": 1.0, "moe/L0/dead_experts": 0.0, "moe/L1/dead_experts": 1.0}
     fired, cleared = feed(engine, [dead] * 55 + [{"moe/L1/dead_experts": 0.0}] * 5)
     (alert,) = only(fired, "dead_experts")
@@ -158,29 +164,29 @@ def test_dead_experts_one_of_eight_fires_a_few_of_243_do_not():
     assert cleared == [("dead_experts", 60)]
     # 243 experts: rare-pattern experts may idle (seed 004); past 10% it is a finding
     for count, fires in ((20.0, False), (30.0, True)):
-        engine = HealthEngine.from_config(config("ternary"))
+        engine = make_engine(config("ternary"))
         fired, _ = feed(engine, [{"moe/dead_experts": count}] * 55)
         assert bool(fired) is fires
 
 
 def test_router_z_loss_level_and_fast_rise():
-    engine = HealthEngine.from_config(config())
+    engine = make_engine(config())
     fired, _ = feed(engine, [{"moe/z_loss": 0.02}] * 25)
     assert [a["step"] for a in only(fired, "router_z_loss")] == [22]
     assert "< 0.01" in fired[0]["message"]
     # below the limit but tripling within a few steps: "rapidly increasing z-loss"
-    engine = HealthEngine.from_config(config())
+    engine = make_engine(config())
     fired, _ = feed(engine, [{"moe/z_loss": 0.002}] * 60 + [{"moe/z_loss": 0.008}] * 3)
     (alert,) = only(fired, "router_z_loss")
     assert alert["step"] == 63 and "x its mean" in alert["message"]
     # a rise among tiny values (a router still near uniform) is not an alarm
-    engine = HealthEngine.from_config(config())
+    engine = make_engine(config())
     fired, _ = feed(engine, [{"moe/z_loss": 0.0001}] * 40 + [{"moe/z_loss": 0.0009}] * 5)
     assert not fired
 
 
 def test_goodness_delta_info_below_healthy_warning_below_concerning():
-    engine = HealthEngine.from_config(config("ternary"))
+    engine = make_engine(config("ternary"))
     fired, cleared = feed(engine, [{"ff/goodness_delta": 0.3}] * 60
                           + [{"ff/goodness_delta": 0.05}] * 5 + [{"ff/goodness_delta": 0.8}] * 5)
     assert [(a["severity"], a["step"]) for a in fired] == [("info", 54), ("warning", 65)]
@@ -188,7 +194,7 @@ def test_goodness_delta_info_below_healthy_warning_below_concerning():
 
 
 def test_load_balance_band_escalates_and_clears_only_back_inside_the_band():
-    engine = HealthEngine.from_config(config("ternary"))
+    engine = make_engine(config("ternary"))
     stream = ([{"moe/imbalance": 0.3}] * 50 + [{"moe/imbalance": 0.6}] * 5
               + [{"moe/imbalance": 0.9}] * 5 + [{"moe/imbalance": 0.45}] * 10
               + [{"moe/imbalance": 0.35}] * 5)
@@ -199,7 +205,7 @@ def test_load_balance_band_escalates_and_clears_only_back_inside_the_band():
 
 
 def test_load_balance_uniform_then_imbalanced_clears_before_it_fires_again():
-    engine = HealthEngine.from_config(config("ternary"))
+    engine = make_engine(config("ternary"))
     fired, cleared = feed(engine, [{"moe/imbalance": 0.05}] * 60 + [{"moe/imbalance": 0.6}] * 6)
     assert fired[0]["step"] == 54
     assert "no specialization" in fired[0]["message"] and "poor balance" in fired[1]["message"]
@@ -207,7 +213,7 @@ def test_load_balance_uniform_then_imbalanced_clears_before_it_fires_again():
 
 
 def test_routing_latency_uses_a_median_so_one_slow_step_is_quiet():
-    engine = HealthEngine.from_config(config("ternary"))
+    engine = make_engine(config("ternary"))
     spiky = [{"route/latency_us": 5000.0 if i % 4 == 0 else 40.0} for i in range(100)]
     fired, _ = feed(engine, spiky)
     assert not fired
@@ -216,7 +222,7 @@ def test_routing_latency_uses_a_median_so_one_slow_step_is_quiet():
 
 
 def test_before_after_step_nothing_counts():
-    engine = HealthEngine.from_config(config("ternary"))
+    engine = make_engine(config("ternary"))
     fired, _ = feed(engine, [{"ff/goodness_delta": 0.0}] * 49)
     assert not fired
 
@@ -226,7 +232,7 @@ def test_balance_rules_wait_for_the_router_to_settle_after_the_lr_warmup():
     # (warmup 100) and is balanced by step 150: no alert may stop it for that
     cfg = config(num_experts=8, top_k=2)
     cfg["train"] = {"warmup_steps": 100}
-    engine = HealthEngine.from_config(cfg)
+    engine = make_engine(cfg)
     collapsed = {"moe/max_token_fraction": 0.96, "moe/min_share": 0.0}
     fired, _ = feed(engine, [collapsed] * 199)
     assert not fired
@@ -234,20 +240,43 @@ def test_balance_rules_wait_for_the_router_to_settle_after_the_lr_warmup():
     assert {a["rule"] for a in fired} == {"routing_collapse", "expert_underused"}
     # with no balancing (no bias, no aux loss) nothing undoes a collapse: no waiting
     cfg["moe"].update(bias_balancing=False, aux_loss_weight=0.0)
-    fired, _ = feed(HealthEngine.from_config(cfg), [collapsed] * 30)
+    fired, _ = feed(make_engine(cfg), [collapsed] * 30)
     assert [(a["rule"], a["step"]) for a in only(fired, "routing_collapse")] == [
         ("routing_collapse", 22)]
     # the ternary kind has no LR schedule: its rules keep their own after_step
     cfg = config("ternary")
     cfg["train"] = {"warmup_steps": 500}
-    fired, _ = feed(HealthEngine.from_config(cfg), [{"moe/imbalance": 0.95}] * 60)
+    fired, _ = feed(make_engine(cfg), [{"moe/imbalance": 0.95}] * 60)
     assert fired
 
 
 def test_profile_overrides_change_thresholds_and_disable_rules():
-    off = HealthEngine.from_config(config("ternary", goodness_delta={"enabled": False}))
+    off = make_engine(config("ternary", goodness_delta={"enabled": False}))
     assert "goodness_delta" not in off.rule_names
-    strict = HealthEngine.from_config(config("ternary", load_balance={"poor": 0.25,
+    strict = make_engine(config("ternary", load_balance={"poor": 0.25,
                                                                       "after_step": 0}))
     fired, _ = feed(strict, [{"moe/imbalance": 0.3}] * 5)
     assert [a["step"] for a in fired] == [5]
+
+
+def test_the_engine_is_built_from_a_typed_context_without_a_profile():
+    engine = HealthEngine.for_run(RunContext("topk", num_experts=4, top_k=2),
+                                  {"routing_collapse": {"after_step": 0, "patience": 1}},
+                                  stop_on="critical")
+    fired, _ = engine.observe(1, {"moe/max_token_fraction": 0.95}, 1.0)
+    assert [(a["rule"], a["severity"], a["stops"]) for a in fired] == [
+        ("routing_collapse", "critical", True)]
+    # k >= E: nothing can collapse, so the rule is not built at all
+    assert "routing_collapse" not in HealthEngine.for_run(RunContext("topk", 2, 2)).rule_names
+
+
+def test_run_context_reads_the_profile_not_restated_defaults():
+    ternary = profile_from_dict({"name": "t", "kind": "ternary", "seed": 0})
+    assert run_context(ternary) == RunContext("ternary", TernarySection().num_experts,
+                                              TernarySection().active_experts)
+    topk = profile_from_dict({"name": "t", "kind": "topk", "seed": 0,
+                              "moe": {"num_experts": 16, "top_k": 4}})
+    assert run_context(topk) == RunContext("topk", 16, 4, TrainSection().warmup_steps, True)
+    unbalanced = profile_from_dict({"name": "t", "kind": "topk", "seed": 0, "moe": {
+        "bias_balancing": False, "aux_loss_weight": 0.0}})
+    assert run_context(unbalanced).balanced is False

@@ -131,7 +131,7 @@ def test_same_seed_dense_and_topk_see_the_same_batches(tmp_path):
 def test_analysis_events_are_stored_read_back_and_truncated_on_resume(home):
     db = connect_writer(home / "moedesk.db")
     config = profile_to_dict(profile("tiny_topk.toml"))
-    run_id = store_runs.create_run(db.conn, config=config, profile_path="p", home=home)
+    run_id, _ = store_runs.create_run(db.conn, config=config, profile_path="p", home=home)
     ingestor = Ingestor(db.conn, run_id)
     payload = {"layer": 1, "histogram": [1, 2], "top_k": 1}
     for step in (3, 6):

@@ -26,7 +26,8 @@ def db(home):
 
 def make_run(db, home, **kw) -> int:
     config = profile_to_dict(validate_data({"name": "t", "kind": "dense", "seed": 1}))
-    return store_runs.create_run(db.conn, config=config, profile_path="p.toml", home=home, **kw)
+    return store_runs.create_run(db.conn, config=config, profile_path="p.toml", home=home,
+                                 **kw).run_id
 
 
 def test_wal_and_busy_timeout(db):
@@ -48,6 +49,24 @@ def test_create_run_names_it_profile_id(db, home):
     assert reader.run(info.name).id == run_id
     with pytest.raises(StoreError, match="no run 'nope'"):
         reader.run("nope")
+    config = profile_to_dict(validate_data({"name": "t", "kind": "dense", "seed": 1}))
+    created = store_runs.create_run(db.conn, config=config, profile_path="p", home=home)
+    assert created == (run_id + 1, f"t-{run_id + 1}") == (created.run_id, reader.run(run_id + 1).name)
+    named = store_runs.create_run(db.conn, config=config, profile_path="p", home=home, name="mine")
+    assert named.name == "mine" == reader.run(named.run_id).name
+
+
+def test_launch_row_is_what_the_supervisor_starts_from(db, home):
+    config = profile_to_dict(validate_data({"name": "t", "kind": "topk", "seed": 1,
+                                            "health": {"stop_on": "warning"}}))
+    run_id = store_runs.create_run(db.conn, config=config, profile_path="p", home=home).run_id
+    forced = store_runs.create_run(db.conn, config=config, profile_path="p", home=home,
+                                   stop_on="never").run_id
+    row = store_runs.launch_row(db.conn, run_id)
+    assert row.config == config and row.run_dir == home / str(run_id) and row.stop_on == "warning"
+    assert store_runs.launch_row(db.conn, forced).stop_on == "never"
+    with pytest.raises(LookupError, match="no run 99"):
+        store_runs.launch_row(db.conn, 99)
 
 
 def test_batch_is_one_transaction_and_cursor_reads_only_new_rows(db, home):
