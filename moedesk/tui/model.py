@@ -12,9 +12,9 @@ import json
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from moedesk.loadstats import load_stats
+from moedesk.profiles import Profile
 from moedesk.tui.series import SeriesBuffer
 
 # every metric the monitor and runs list show; other names (per-layer moe/L*/...) stay in SQL
@@ -24,6 +24,9 @@ MONITOR_METRICS = (
     "moe/usage_std", "moe/aux_loss", "moe/z_loss", "sys/step_s",
 )
 PARTS = ("row", "curves", "load", "alerts", "log")
+# a flat ternary router has no clusters: the monitor groups its experts in rows of 3^3,
+# which draws 243 experts as a 9 x 27 grid
+FLAT_ROW = 27
 TIMELINE_LEN = 600  # logged steps kept for the experts-over-time strip
 LOG_LINES = 400
 
@@ -64,29 +67,23 @@ class RunRow:
         return self.status in ("queued", "running")
 
 
-def routing_shape(kind: str, config: dict[str, Any]) -> tuple[int, int, int]:
-    """(experts chosen per token or sample, experts, cluster size) of a run's config."""
-    if kind == "topk":
-        moe = config.get("moe", {})
-        return int(moe.get("top_k", 2)), int(moe.get("num_experts", 8)), 0
-    if kind == "ternary":
-        t = config.get("ternary", {})
-        # a flat router has no clusters; rows of 27 (3^3) keep 243 experts a 9x27 grid
-        cluster = int(t.get("cluster_size", 16)) if t.get("topology") == "hierarchical" else 27
-        return int(t.get("active_experts", 16)), int(t.get("num_experts", 243)), cluster
+def routing_shape(profile: Profile) -> tuple[int, int, int]:
+    """(experts chosen per token or sample, experts, experts per heatmap row group) of a
+    run: a hierarchical ternary router's clusters, a flat one's rows of FLAT_ROW."""
+    if profile.kind == "topk":
+        return profile.moe.top_k, profile.moe.num_experts, 0
+    if profile.kind == "ternary":
+        t = profile.ternary
+        cluster = t.cluster_size if t.topology == "hierarchical" else FLAT_ROW
+        return t.active_experts, t.num_experts, cluster
     return 1, 0, 0
 
 
-def row_from_info(info, loss: float | None, health: str | None,
-                  config: dict | None = None) -> RunRow:
+def row_from_info(info, loss: float | None, health: str | None, profile: Profile) -> RunRow:
+    """A run's list row; `profile` is its stored config rebuilt (`profile_from_dict`)."""
     row = info.row
-    if config is None:
-        try:
-            config = json.loads(row.get("config_json") or "{}")
-        except ValueError:
-            config = {}
-    top_k, num_experts, cluster = routing_shape(info.kind, config)
-    rules = (config.get("health") or {}).get("rules") or {}
+    top_k, num_experts, cluster = routing_shape(profile)
+    rules = profile.health.rules
     return RunRow(info.id, info.name, info.kind, info.status, info.last_step, info.total_steps,
                   loss, health, info.created_at, info.started_at, info.ended_at,
                   row.get("profile_path") or "", row.get("run_dir") or "",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moedesk.paths import db_path, train_log
+from moedesk.profiles import Profile, profile_from_dict
 from moedesk.store import Reader, StoreError
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
 
@@ -43,7 +44,7 @@ class Poller:
         self._watch_counts: dict[int, int] = {}
         self._watch_lock = threading.Lock()
         self._loss_cache: dict[int, tuple[tuple, float | None]] = {}
-        self._shape_cache: dict[int, tuple[str, dict]] = {}
+        self._shape_cache: dict[int, tuple[str, Profile]] = {}
         self._last_error: str | None = None
         self._data_version: int | None = None
         self._quiet_ticks = 0
@@ -144,19 +145,21 @@ class Poller:
         rows = []
         for info in reader.runs():
             rows.append(row_from_info(info, self._loss(reader, info), worst.get(info.id),
-                                      self._config(info)))
+                                      self._profile(info)))
         return tuple(rows)
 
-    def _config(self, info) -> dict:
-        """A run's parsed config, parsed once: it never changes after the run is created."""
+    def _profile(self, info) -> Profile:
+        """A run's stored config rebuilt as a `Profile`, once: it never changes after the
+        run is created. A config that cannot be read (a damaged row) gives the schema's
+        defaults for the run's kind, so the list still shows the run."""
         raw = info.row.get("config_json") or "{}"
         cached = self._shape_cache.get(info.id)
         if cached is None or cached[0] != raw:
             try:
-                config = json.loads(raw)
-            except ValueError:
-                config = {}
-            cached = self._shape_cache[info.id] = (raw, config)
+                profile = profile_from_dict(json.loads(raw))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                profile = profile_from_dict({"name": info.name, "kind": info.kind, "seed": 0})
+            cached = self._shape_cache[info.id] = (raw, profile)
         return cached[1]
 
     def _loss(self, reader: Reader, info) -> float | None:

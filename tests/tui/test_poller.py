@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from moedesk.paths import db_path
+from moedesk.profiles import load_profile, profile_to_dict
+from moedesk.profiles.schema import MoESection
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.tui.model import FLAT_ROW
 from moedesk.tui.poller import FULL_TICK_EVERY, Poller
+from tests.conftest import PROFILES
 from tests.tui.fixtures import FIXED_NOW, TOPK_EXPERTS, TOPK_LAYERS
 
 
@@ -113,3 +118,23 @@ def test_unwatch_forgets_and_missing_database_is_not_an_error(tmp_path):
     assert poller.data(3) is not None  # one watcher left
     poller.unwatch(3)
     assert poller.data(3) is None
+
+
+def test_runs_list_reads_each_runs_stored_profile_and_survives_a_damaged_one(tmp_path):
+    db = connect_writer(db_path(tmp_path))
+    flat = load_profile(PROFILES / "tiny_ternary.toml", {
+        "ternary.topology": "flat", "health.load_balance.poor": 0.3})
+    topk = load_profile(PROFILES / "tiny_topk.toml", {"moe.num_experts": 4, "moe.top_k": 1})
+    ids = [store_runs.create_run(db.conn, config=profile_to_dict(p), profile_path="p",
+                                 home=tmp_path).run_id for p in (flat, topk, topk)]
+    db.conn.execute("UPDATE runs SET config_json = '{\"kind\": ' WHERE id = ?", (ids[2],))
+    db.conn.commit()
+    db.close()
+    rows = {r.id: r for r in Poller(tmp_path).poll().runs}
+    assert (rows[ids[0]].top_k, rows[ids[0]].num_experts, rows[ids[0]].cluster_size) == (
+        flat.ternary.active_experts, flat.ternary.num_experts, FLAT_ROW)
+    assert json.loads(rows[ids[0]].health_rules) == {"load_balance": {"poor": 0.3}}
+    assert (rows[ids[1]].top_k, rows[ids[1]].num_experts, rows[ids[1]].cluster_size) == (1, 4, 0)
+    # an unreadable config: the schema's own defaults for the kind, never a crash
+    assert (rows[ids[2]].top_k, rows[ids[2]].num_experts) == (MoESection().top_k,
+                                                             MoESection().num_experts)
