@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moedesk.profiles import profile_to_dict, validate_data  # noqa: E402
-from moedesk.store import Reader, connect_writer  # noqa: E402
+from moedesk.store import connect_writer, open_reader  # noqa: E402
 from moedesk.store import runs as store_runs  # noqa: E402
 
 FAKE_TRAINER = r"""
@@ -68,7 +68,7 @@ def throughput(steps: int, names: int) -> float:
         home = Path(tmp)
         run_id = new_run(home, steps)
         supervise(home, run_id, steps, names, 0.0).wait()
-        reader = Reader(home / "moedesk.db")
+        reader = open_reader(home)
         rows = reader.query("SELECT COUNT(*), MIN(wall) FROM metrics WHERE run_id = ?",
                             (run_id,))[1][0]
         ended = reader.run(run_id).ended_at
@@ -81,7 +81,7 @@ def freshness(steps: int, names: int, pause: float) -> list[float]:
         home = Path(tmp)
         run_id = new_run(home, steps)
         proc = supervise(home, run_id, steps, names, pause)
-        reader = Reader(home / "moedesk.db")
+        reader = open_reader(home)
         cursor, lags = 0, []
         while True:
             rows, cursor_new = reader.metrics_since(run_id, cursor, ["bench/m0"])

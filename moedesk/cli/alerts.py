@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 
 from moedesk.cli.app import HomeOpt, JsonOpt, app, console, fail, home_of, print_json
-from moedesk.paths import db_path
-from moedesk.store import Reader, StoreError
+from moedesk.store import StoreError, open_reader
 
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
@@ -32,7 +31,7 @@ def alerts(
 ) -> None:
     """Health alerts: when each fired, its severity, what it saw and what to do about it."""
     try:
-        reader = Reader(db_path(home_of(home)))
+        reader = open_reader(home_of(home))
         run_id = reader.run(ref).id if ref is not None else None
         found = reader.alerts(run_id, open_only=open_only)
     except StoreError as exc:

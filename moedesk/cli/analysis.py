@@ -20,8 +20,7 @@ from rich.text import Text
 
 from moedesk.cli.app import HomeOpt, JsonOpt, RunArg, app, console, fail, home_of, print_json
 from moedesk.compare.routing import class_expert_shares, specialization
-from moedesk.paths import db_path
-from moedesk.store import Reader, StoreError
+from moedesk.store import StoreError, open_reader
 from moedesk.store.analysis import (
     ROUTING_PREFIX,
     analysis_names,
@@ -120,7 +119,7 @@ def analysis(
     if as_csv and as_json:
         fail("choose one of --csv and --json")
     try:
-        reader = Reader(db_path(home_of(home)))
+        reader = open_reader(home_of(home))
         info = reader.run(ref)
         found = latest_routing(reader, info.id, step)
     except StoreError as exc:

@@ -13,9 +13,8 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from moedesk.cli.app import EXIT_FOR_STATUS, EXIT_STOPPED, console, err_console
-from moedesk.paths import db_path
 from moedesk.runner.launch import RunError, stop_run
-from moedesk.store import Reader
+from moedesk.store import Reader, open_reader
 from moedesk.store.runs import ACTIVE
 
 POLL_S = 0.2
@@ -59,7 +58,7 @@ def follow(home: Path, run_id: int) -> int:
     deadline = time.monotonic() + 30
     while reader is None:
         try:
-            reader = Reader(db_path(home))
+            reader = open_reader(home)
         except Exception:  # noqa: BLE001 - the database may not exist for a moment
             if time.monotonic() > deadline:
                 raise

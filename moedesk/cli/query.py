@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 
 from moedesk.cli.app import HomeOpt, JsonOpt, app, console, err_console, fail, home_of, print_json
-from moedesk.paths import db_path
-from moedesk.store import Reader, StoreError
+from moedesk.store import StoreError, open_reader
 
 
 @app.command()
@@ -26,7 +25,7 @@ def query(
     if as_json and as_csv:
         fail("choose one of --json and --csv")
     try:
-        reader = Reader(db_path(home_of(home)))
+        reader = open_reader(home_of(home))
         columns, rows, truncated = reader.query(sql, limit=limit)
     except StoreError as exc:
         fail(str(exc))

@@ -23,7 +23,7 @@ from moedesk.cli.app import (
 from moedesk.paths import db_path
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
 from moedesk.runner import launch
-from moedesk.store import Reader, StoreError
+from moedesk.store import Reader, StoreError, open_reader
 
 
 def _reader(home) -> Reader:
@@ -31,7 +31,7 @@ def _reader(home) -> Reader:
     try:
         if db_path(home).exists():
             launch.reconcile_crashed(home)
-        return Reader(db_path(home))
+        return open_reader(home)
     except StoreError as exc:
         fail(str(exc))
 

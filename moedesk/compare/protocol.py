@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from moedesk.compare.results import CompareError
-from moedesk.paths import db_path
 from moedesk.profiles import Profile, ProfileError, load_profile, profile_to_dict
 from moedesk.runner import launch
-from moedesk.store import Reader, StoreError
+from moedesk.store import Reader, StoreError, open_reader
 from moedesk.store.runs import ACTIVE
 
 PROTOCOL_SECTIONS = ("train", "data")
@@ -175,7 +174,7 @@ def execute(plan: Plan, home: Path, on_change: Callable[[Slot], None] | None = N
                     on_change(slot)
             time.sleep(poll_s)
             if reader is None:
-                reader = Reader(db_path(home))
+                reader = open_reader(home)
             for slot in list(active):
                 info = reader.run(slot.run_id)
                 changed = info.status != slot.status or info.last_step != slot.step

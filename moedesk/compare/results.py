@@ -26,10 +26,9 @@ from typing import Any
 from moedesk.compare.routing import specialization
 from moedesk.compare.verdict import Cost, decide, mean, sample_std
 from moedesk.loadstats import load_stats
-from moedesk.paths import db_path
 from moedesk.profiles import profile_from_dict
 from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
-from moedesk.store import Reader
+from moedesk.store import Reader, open_reader
 from moedesk.store.analysis import latest_routing
 
 MANIFEST_FORMAT = "moedesk-compare-1"
@@ -276,11 +275,8 @@ def sanitize(value: Any) -> Any:
 def compare_runs(home: Path, baseline_ids: list[int], variant_ids: list[int],
                  extra: dict | None = None) -> dict:
     """The manifest for runs already in the store at `home`."""
-    reader = Reader(db_path(home))
-    try:
+    with open_reader(home) as reader:
         return build_manifest(reader, baseline_ids, variant_ids, extra)
-    finally:
-        reader.close()
 
 
 def write_outputs(manifest: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -22,7 +22,7 @@ from moedesk.runner.control import (
     stop_signal,
     write_stop_request,
 )
-from moedesk.store import Reader, StoreError, connect_writer
+from moedesk.store import StoreError, connect_writer, open_reader
 from moedesk.store import runs as store_runs
 from moedesk.store.reads import RunInfo, effective_status
 
@@ -75,11 +75,8 @@ def start_run(profile: Profile, home: Path, *, name: str | None = None,
 
 
 def get_run(home: Path, ref: str | int) -> RunInfo:
-    reader = Reader(db_path(home))
-    try:
+    with open_reader(home) as reader:
         return reader.run(ref)
-    finally:
-        reader.close()
 
 
 def stop_run(home: Path, ref: str | int, kill: bool = False) -> RunInfo:
@@ -140,12 +137,9 @@ def fork_run(profile: Profile, home: Path, source: str, *, name: str | None = No
 
 def reconcile_crashed(home: Path) -> list[int]:
     """Mark running runs whose supervisor died as crashed in the database."""
-    reader = Reader(db_path(home))
-    try:
+    with open_reader(home) as reader:
         dead = [r.id for r in reader.runs() if r.row["status"] == "running"
                 and effective_status(r.row) == "crashed"]
-    finally:
-        reader.close()
     if dead:
         db = connect_writer(db_path(home))
         try:

@@ -5,7 +5,7 @@ Every SQL statement of moedesk lives in this package. Writers: `connect_writer`
 """
 
 from moedesk.store.db import StoreError, connect_reader, connect_writer, transaction
-from moedesk.store.reads import Reader, RunInfo, effective_status, process_alive
+from moedesk.store.reads import Reader, RunInfo, effective_status, open_reader, process_alive
 
 __all__ = ["StoreError", "connect_reader", "connect_writer", "transaction", "Reader", "RunInfo",
-           "effective_status", "process_alive"]
+           "effective_status", "open_reader", "process_alive"]

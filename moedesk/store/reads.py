@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 
+from moedesk.paths import db_path
 from moedesk.store.db import StoreError, connect_reader
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -59,7 +60,8 @@ class RunInfo:
 
 
 class Reader:
-    """A read-only view of the store; cheap to create, safe to poll from a thread."""
+    """A read-only view of the store; cheap to create, safe to poll from a thread. Use it
+    as a context manager, or call `close`."""
 
     def __init__(self, db_file: Path):
         self.db_file = Path(db_file)
@@ -67,6 +69,12 @@ class Reader:
 
     def close(self) -> None:
         self.conn.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _info(self, row: sqlite3.Row) -> RunInfo:
         d = dict(row)
@@ -206,3 +214,8 @@ def health_history(conn: sqlite3.Connection, run_id: int, names: tuple[str, ...]
     open_rules = [r[0] for r in conn.execute(
         "SELECT DISTINCT rule FROM alerts WHERE run_id = ? AND cleared_step IS NULL", (run_id,))]
     return history, open_rules
+
+
+def open_reader(home: str | Path) -> Reader:
+    """A `Reader` of the store in the data home `home`; StoreError when there is none."""
+    return Reader(db_path(Path(home)))
