@@ -1,10 +1,11 @@
-"""Comparison results: per-run numbers read from the store, the manifest, and its views.
+"""Comparison results: per-run numbers read from the store, and the manifest.
 
 `run_result` reads one finished run through `Reader` (no SQL here: the store owns it);
 `build_manifest` pairs baseline and variant runs by seed and writes seed 002's fields
 plus means and stds across seeds and the verdict; `compare_runs` does both from run ids
-alone, so any runs already in the store can be compared after the fact. `load`,
-`table_rows` and `find_manifests` are what the CLI and the TUI's compare view call.
+alone, so any runs already in the store can be compared after the fact. `load` and
+`find_manifests` read manifests back. The views of a manifest (findings.md, the table,
+the verdict line, writing both files) are `findings.py`'s.
 
 Definitions (docs/compare.md): "final" training loss = the mean of `train/loss` over the
 last TAIL_FRACTION of logged steps (one batch is too noisy); final validation perplexity
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moedesk.compare.routing import specialization
-from moedesk.compare.verdict import Cost, decide, mean, sample_std
+from moedesk.compare.verdict import Cost, bottom_line, decide, mean, sample_std
 from moedesk.loadstats import load_stats
 from moedesk.profiles import profile_from_dict
 from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
@@ -247,9 +248,6 @@ def build_manifest(reader: Reader, baseline_ids: list[int], variant_ids: list[in
                      _cost(manifest["baseline"]), _cost(manifest["variant"]))
     manifest["verdict"] = verdict.decision
     manifest["verdict_detail"] = verdict.to_dict()
-    # findings renders manifests (and imports this module), so it is imported late
-    from moedesk.compare.findings import bottom_line
-
     manifest["lesson_notes"] = bottom_line(manifest)
     return sanitize(manifest)
 
@@ -279,17 +277,6 @@ def compare_runs(home: Path, baseline_ids: list[int], variant_ids: list[int],
         return build_manifest(reader, baseline_ids, variant_ids, extra)
 
 
-def write_outputs(manifest: dict, out_dir: Path) -> tuple[Path, Path]:
-    """Write manifest.json and findings.md into `out_dir`; returns their paths."""
-    from moedesk.compare.findings import render
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path, findings_path = out_dir / "manifest.json", out_dir / "findings.md"
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    findings_path.write_text(render(manifest))
-    return manifest_path, findings_path
-
-
 def load(manifest_path: str | Path) -> dict:
     """A manifest written by `moedesk compare`; CompareError when it is not one."""
     path = Path(manifest_path)
@@ -308,43 +295,3 @@ def find_manifests(home: Path) -> list[Path]:
     folder = Path(home) / "compare"
     found = list(folder.glob("*/manifest.json")) if folder.is_dir() else []
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def _fmt(stat: dict | None, digits: int = 4) -> str:
-    if not stat or stat.get("mean") is None:
-        return "-"
-    if stat.get("std") is None:
-        return f"{stat['mean']:.{digits}g}"
-    return f"{stat['mean']:.{digits}g} ± {stat['std']:.2g}"
-
-
-TABLE_METRICS = (("final val ppl", "final_val_ppl"), ("final val loss", "final_val_loss"),
-                 ("final train loss", "final_train_loss"), ("train time s", "train_time_s"),
-                 ("wall time s", "wall_time_s"), ("load-balance std", "load_balance_stddev"),
-                 ("dead experts", "experts_dead_count"))
-
-
-def table_rows(manifest: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, baseline mean ± std, variant mean ± std, variant - baseline) rows."""
-    rows = []
-    base, var = manifest["baseline"], manifest["variant"]
-    for label, key in (("parameters", "params"), ("active parameters", "params_active")):
-        b, v = base.get(key), var.get(key)
-        diff = f"{v / b:.2f}x" if b and v else "-"
-        rows.append((label, f"{b:,}" if b else "-", f"{v:,}" if v else "-", diff))
-    for label, key in TABLE_METRICS:
-        b, v = base.get(key), var.get(key)
-        if b is None and v is None:
-            continue
-        bm = (b or {}).get("mean")
-        vm = (v or {}).get("mean")
-        diff = f"{vm - bm:+.4g}" if bm is not None and vm is not None else "-"
-        rows.append((label, _fmt(b), _fmt(v), diff))
-    return rows
-
-
-def verdict_line(manifest: dict) -> str:
-    detail = manifest.get("verdict_detail") or {}
-    reasons = detail.get("reasons") or []
-    return f"{manifest.get('verdict', '?')}: {reasons[0]}" if reasons else \
-        str(manifest.get("verdict", "?"))

@@ -16,7 +16,8 @@ The rule (docs/compare.md states it for users; keep the two in step):
          (gain <= 0)
   defer: everything else: a gain inside the noise, fewer than 2 complete pairs, no cost
          difference to break the tie
-Pure Python: the CLI, the TUI and the report all call `decide`.
+Pure Python: the CLI, the TUI and the report all call `decide`; `bottom_line` states a
+manifest's verdict with this rule (findings.md and the manifest's `lesson_notes`).
 """
 
 from __future__ import annotations
@@ -147,3 +148,15 @@ def decide(baseline_ppl: list[float | None], variant_ppl: list[float | None],
                    threshold=threshold, consistent=consistent, variant_wins=wins,
                    beyond_noise=beyond, costs_more=costs_more, param_ratio=param_ratio,
                    time_ratio=time_ratio, reasons=reasons)
+
+
+def bottom_line(m: dict) -> str:
+    """The verdict paragraph (also the manifest's `lesson_notes`)."""
+    v = m["verdict_detail"]
+    reasons = "; ".join(v["reasons"])
+    head = {"adopt": "Adopt the variant", "defer": "Do not adopt it yet (defer)",
+            "never": "Do not adopt it (never)"}[m["verdict"]]
+    return (f"{head}: {reasons}. Rule: adopt only when the mean perplexity gain exceeds "
+            f"{NOISE_MULTIPLIER:g} x the pooled seed-to-seed std and every seed agrees; never "
+            f"when it is worse beyond noise, or costs more (> {PARAM_TOLERANCE:g}x parameters "
+            f"or > {TIME_TOLERANCE:g}x time per step) with no gain; defer otherwise.")
