@@ -5,16 +5,21 @@ Each command is a few lines over the Python APIs in profiles/, store/ and runner
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 from moedesk.cli.app import app, home_of
 
-# each command module registers its commands on `app` when imported; this order is the
-# order of `moedesk --help`
-for _name in ("runs", "alerts", "query", "profiles", "size", "compare", "analysis"):
-    importlib.import_module(f"moedesk.cli.{_name}")
+# each command module registers its commands on `app` when imported; the order of these
+# imports is the order of `moedesk --help`, so the sorter leaves them alone
+# isort: off
+from moedesk.cli import runs  # noqa: F401
+from moedesk.cli import alerts  # noqa: F401
+from moedesk.cli import query  # noqa: F401
+from moedesk.cli import profiles  # noqa: F401
+from moedesk.cli import size  # noqa: F401
+from moedesk.cli import compare  # noqa: F401
+from moedesk.cli import analysis  # noqa: F401
+# isort: on
 
 
 @app.callback()
