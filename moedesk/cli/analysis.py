@@ -21,12 +21,7 @@ from rich.text import Text
 from moedesk.cli.app import HomeOpt, JsonOpt, RunArg, app, console, fail, home_of, print_json
 from moedesk.compare.routing import class_expert_shares, specialization
 from moedesk.store import StoreError, open_reader
-from moedesk.store.analysis import (
-    ROUTING_PREFIX,
-    analysis_names,
-    analysis_steps,
-    latest_routing,
-)
+from moedesk.store.analysis import ROUTING_PREFIX
 
 KINDS = ("histogram", "by-class", "by-frequency")
 CSV_COLUMNS = ("run_id", "step", "layer", "kind", "category", "category_tokens", "expert",
@@ -121,15 +116,15 @@ def analysis(
     try:
         reader = open_reader(home_of(home))
         info = reader.run(ref)
-        found = latest_routing(reader, info.id, step)
+        found = reader.latest_routing(info.id, step)
     except StoreError as exc:
         fail(escape(str(exc)))
     if layer is not None:
         found = {k: v for k, v in found.items() if k == layer}
     if not found:
-        steps = sorted({s for name in analysis_names(reader, info.id)
+        steps = sorted({s for name in reader.analysis_names(info.id)
                         if name.startswith(ROUTING_PREFIX)
-                        for s in analysis_steps(reader, info.id, name)})
+                        for s in reader.analysis_steps(info.id, name)})
         where = f" at step {step} (steps with one: {steps or 'none'})" if step is not None else ""
         fail(f"run {info.id} ({info.name}, {info.kind}) has no routing analysis{where}; a topk "
              "run records one at each evaluation and at its end")

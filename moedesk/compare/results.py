@@ -30,7 +30,6 @@ from moedesk.loadstats import load_stats
 from moedesk.profiles import profile_from_dict
 from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
 from moedesk.store import Reader, open_reader
-from moedesk.store.analysis import latest_routing
 
 MANIFEST_FORMAT = "moedesk-compare-1"
 TAIL_FRACTION = 0.1
@@ -142,7 +141,7 @@ def _add_moe(reader: Reader, run_id: int, config: dict, result: RunResult) -> No
     result.expert_shares = {str(layer): load_stats(counts, top_k)["shares"]
                             for layer, counts in sorted(pooled.items())}
     result.routing = {str(layer): specialization(payload)
-                      for layer, (_, payload) in sorted(latest_routing(reader, run_id).items())}
+                      for layer, (_, payload) in sorted(reader.latest_routing(run_id).items())}
 
 
 def summary(values: list[float | None]) -> dict:

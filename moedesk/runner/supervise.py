@@ -28,7 +28,6 @@ from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
-from moedesk.store.reads import health_history
 
 LOG_TAIL_LINES = 20
 
@@ -70,7 +69,7 @@ def make_engine(config: dict, stop_on: str | None = None, conn=None,
     engine = HealthEngine.for_run(run_context(profile), profile.health.rules,
                                   stop_on or profile.health.stop_on)
     if conn is not None and run_id is not None:
-        history, open_rules = health_history(conn, run_id, RULE_METRICS)
+        history, open_rules = store_runs.health_history(conn, run_id, RULE_METRICS)
         engine.replay(history, time.time(), open_rules)
     return engine
 

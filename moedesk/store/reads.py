@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from moedesk.paths import db_path
+from moedesk.store.analysis import ROUTING_PREFIX
 from moedesk.store.db import StoreError, connect_reader
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -191,29 +192,41 @@ class Reader:
         truncated = len(rows) > limit
         return columns, rows[:limit], truncated
 
+    # the analysis table (store/analysis.py)
 
+    def analysis_names(self, run_id: int) -> list[str]:
+        """Every analysis name a run has, sorted (e.g. ["routing/L1"])."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT name FROM analysis WHERE run_id = ? ORDER BY name", (run_id,))]
 
-def health_history(conn: sqlite3.Connection, run_id: int, names: tuple[str, ...]
-                   ) -> tuple[list[tuple[int, dict[str, float], float]], list[str]]:
-    """What a resumed run's health engine replays: its stored metrics among `names` (a
-    name ending in "/" is a prefix) as (step, values, wall) per step, oldest first, and
-    the rules whose alerts are still open. NULL values (stored NaN) come back as NaN."""
-    exact = [n for n in names if not n.endswith("/")]
-    prefixes = [n for n in names if n.endswith("/")]
-    where = " OR ".join([f"name IN ({','.join('?' * len(exact))})"] * bool(exact)
-                        + ["name LIKE ? ESCAPE '\\'"] * len(prefixes))
-    args: list[Any] = [run_id, *exact,
-                       *(p.replace("%", "\\%").replace("_", "\\_") + "%" for p in prefixes)]
-    history: list[tuple[int, dict[str, float], float]] = []
-    for step, name, value, wall in conn.execute(
-            f"SELECT step, name, value, wall FROM metrics WHERE run_id = ? AND ({where})"
-            " ORDER BY step, rowid", args):
-        if not history or history[-1][0] != step:
-            history.append((step, {}, wall or 0.0))
-        history[-1][1][name] = float("nan") if value is None else value
-    open_rules = [r[0] for r in conn.execute(
-        "SELECT DISTINCT rule FROM alerts WHERE run_id = ? AND cleared_step IS NULL", (run_id,))]
-    return history, open_rules
+    def analysis_steps(self, run_id: int, name: str) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT step FROM analysis WHERE run_id = ? AND name = ? ORDER BY step",
+            (run_id, name))]
+
+    def latest_analysis(self, run_id: int, prefix: str = "", step: int | None = None
+                        ) -> dict[str, tuple[int, dict]]:
+        """{name: (step, payload)}: the newest row (or the row at `step`) of each name that
+        starts with `prefix`."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        if step is None:
+            rows = self.conn.execute(
+                "SELECT a.name, a.step, a.payload FROM analysis a WHERE a.run_id = ?"
+                " AND a.name LIKE ? ESCAPE '\\' AND a.step = (SELECT MAX(b.step) FROM analysis b"
+                " WHERE b.run_id = a.run_id AND b.name = a.name) ORDER BY a.name",
+                (run_id, like))
+        else:
+            rows = self.conn.execute(
+                "SELECT name, step, payload FROM analysis WHERE run_id = ? AND name LIKE ?"
+                " ESCAPE '\\' AND step = ? ORDER BY name", (run_id, like, step))
+        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+
+    def latest_routing(self, run_id: int, step: int | None = None
+                       ) -> dict[int, tuple[int, dict]]:
+        """{layer: (step, payload)} of a run's routing analysis (newest, or at `step`)."""
+        found = self.latest_analysis(run_id, ROUTING_PREFIX, step)
+        return {int(payload["layer"]): (at, payload) for _, (at, payload) in found.items()}
+
 
 
 def open_reader(home: str | Path) -> Reader:

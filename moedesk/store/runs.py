@@ -1,7 +1,9 @@
 """Run lifecycle writes: create, start, finish, resume-truncate. One short transaction each.
 
-Also the one read the supervisor makes on its writer connection before it starts the
-trainer (`launch_row`). Status values: queued, running, completed, failed, stopped, crashed.
+Also the supervisor's two reads, made on its own writer connection (readers use
+`reads.Reader`): what it starts the trainer from (`launch_row`) and what a resumed run's
+health engine replays (`health_history`). Status values: queued, running, completed,
+failed, stopped, crashed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from moedesk.paths import run_dir
 from moedesk.store.db import transaction
@@ -116,3 +118,26 @@ def truncate_for_resume(conn: sqlite3.Connection, run_id: int, from_step: int,
         conn.execute("UPDATE runs SET status = 'queued', last_step = ?, resumed_from_step = ?,"
                      " ended_at = NULL, exit_code = NULL, error = NULL, supervisor_pid = NULL,"
                      " trainer_pid = NULL WHERE id = ?", (from_step, from_step, run_id))
+
+
+def health_history(conn: sqlite3.Connection, run_id: int, names: tuple[str, ...]
+                   ) -> tuple[list[tuple[int, dict[str, float], float]], list[str]]:
+    """What a resumed run's health engine replays: its stored metrics among `names` (a
+    name ending in "/" is a prefix) as (step, values, wall) per step, oldest first, and
+    the rules whose alerts are still open. NULL values (stored NaN) come back as NaN."""
+    exact = [n for n in names if not n.endswith("/")]
+    prefixes = [n for n in names if n.endswith("/")]
+    where = " OR ".join([f"name IN ({','.join('?' * len(exact))})"] * bool(exact)
+                        + ["name LIKE ? ESCAPE '\\'"] * len(prefixes))
+    args: list[Any] = [run_id, *exact,
+                       *(p.replace("%", "\\%").replace("_", "\\_") + "%" for p in prefixes)]
+    history: list[tuple[int, dict[str, float], float]] = []
+    for step, name, value, wall in conn.execute(
+            f"SELECT step, name, value, wall FROM metrics WHERE run_id = ? AND ({where})"
+            " ORDER BY step, rowid", args):
+        if not history or history[-1][0] != step:
+            history.append((step, {}, wall or 0.0))
+        history[-1][1][name] = float("nan") if value is None else value
+    open_rules = [r[0] for r in conn.execute(
+        "SELECT DISTINCT rule FROM alerts WHERE run_id = ? AND cleared_step IS NULL", (run_id,))]
+    return history, open_rules

@@ -48,7 +48,6 @@ class NullEmitter(Emitter):
     def __init__(self, quiet: bool = True):
         super().__init__()
         self.quiet = quiet
-        self.events: list[dict[str, Any]] = []
 
     def emit(self, type: str, **fields: Any) -> None:
         pass

@@ -14,7 +14,6 @@ from moedesk.runner.ingest import Ingestor
 from moedesk.runner.supervise import make_engine
 from moedesk.store import Reader, connect_writer
 from moedesk.store import runs as store_runs
-from moedesk.store.reads import health_history
 from tests.unit.test_health_rules import config, feed
 
 
@@ -134,7 +133,7 @@ def test_health_history_reads_back_what_a_replay_needs(home):
                                   "train/lr": 0.1, "moe/L0/imbalance": 0.2}})
     ingestor.feed({"type": "metrics", "step": 3, "wall": 13.5, "values": {"val/loss": 2.5}})
     ingestor.flush()
-    history, open_rules = health_history(db.conn, run_id, RULE_METRICS)
+    history, open_rules = store_runs.health_history(db.conn, run_id, RULE_METRICS)
     assert [s for s, _, _ in history] == [1, 2, 3]
     assert set(history[0][1]) == {"train/loss", "moe/L0/imbalance"}  # train/lr is not read
     assert math.isnan(history[2][1]["train/loss"]) and history[2][1]["val/loss"] == 2.5

@@ -14,7 +14,6 @@ from moedesk.profiles import load_profile, profile_to_dict
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import Reader, connect_writer
 from moedesk.store import runs as store_runs
-from moedesk.store.analysis import analysis_names, analysis_since, latest_routing
 from moedesk.train import loop
 from moedesk.train.analysis import (
     HASH_MODULUS,
@@ -140,14 +139,14 @@ def test_analysis_events_are_stored_read_back_and_truncated_on_resume(home):
         ingestor.feed_line(line)
     ingestor.flush()
     reader = Reader(home / "moedesk.db")
-    assert analysis_names(reader, run_id) == ["routing/L1"]
-    assert latest_routing(reader, run_id) == {1: (6, {**payload, "step_seen": 6})}
-    assert latest_routing(reader, run_id, step=3)[1][0] == 3
-    rows, cursor = analysis_since(reader, run_id)
-    assert [(s, n) for s, n, _ in rows] == [(3, "routing/L1"), (6, "routing/L1")]
-    assert analysis_since(reader, run_id, cursor) == ([], cursor)
+    assert reader.analysis_names(run_id) == ["routing/L1"]
+    assert reader.analysis_steps(run_id, "routing/L1") == [3, 6]
+    assert reader.latest_routing(run_id) == {1: (6, {**payload, "step_seen": 6})}
+    assert reader.latest_routing(run_id, step=3) == {1: (3, {**payload, "step_seen": 3})}
+    assert reader.latest_analysis(run_id, "routing_") == {}  # "_" is no LIKE wildcard here
     store_runs.truncate_for_resume(db.conn, run_id, 4, "ckpt.pt")
-    assert [s for s, _, _ in analysis_since(reader, run_id)[0]] == [3]
+    assert reader.analysis_steps(run_id, "routing/L1") == [3]
+    assert reader.latest_routing(run_id) == {1: (3, {**payload, "step_seen": 3})}
     db.close()
 
 

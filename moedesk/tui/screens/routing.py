@@ -27,7 +27,7 @@ from textual.widgets import Footer, Header, Static
 from moedesk.compare.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.paths import db_path
 from moedesk.store import Reader, StoreError
-from moedesk.store.analysis import ROUTING_PREFIX, analysis_names, analysis_steps, latest_routing
+from moedesk.store.analysis import ROUTING_PREFIX
 from moedesk.tui.widgets.routing_charts import ClassHeatmap, ExpertBars
 
 CHECK_S = 1.0
@@ -89,12 +89,12 @@ class RoutingScreen(Screen):
             self.post_message(self.Loaded(None, None, str(exc)))
             return
         try:
-            names = [n for n in analysis_names(reader, self.run_id)
+            names = [n for n in reader.analysis_names(self.run_id)
                      if n.startswith(ROUTING_PREFIX)]
-            key = tuple((n, tuple(analysis_steps(reader, self.run_id, n))) for n in names)
+            key = tuple((n, tuple(reader.analysis_steps(self.run_id, n))) for n in names)
             if key == known:
                 return
-            routing = latest_routing(reader, self.run_id)
+            routing = reader.latest_routing(self.run_id)
         except sqlite3.Error as exc:
             self.post_message(self.Loaded(None, None, f"cannot read the routing analysis: {exc}"))
             return
