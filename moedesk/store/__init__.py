@@ -1,7 +1,7 @@
 """The SQLite run store: schema, migrations, the writer paths and the read-only reader.
 
 Every SQL statement of moedesk lives in this package. Writers: `connect_writer`
-(+ `runs`, `ingest`); readers: `Reader` over a `mode=ro` connection.
+(+ `runs`, `ingest`); readers: `Reader` over a `mode=ro` connection (`open_reader(home)`).
 """
 
 from moedesk.store.db import StoreError, connect_reader, connect_writer, transaction
