@@ -13,7 +13,7 @@ from moedesk.compare import compare_runs, decide, find_manifests, load, table_ro
 from moedesk.compare.results import CompareError, tail_count
 from moedesk.compare.verdict import Cost
 from moedesk.profiles import load_profile, profile_to_dict
-from moedesk.store import connect_writer
+from moedesk.store import connect_writer, open_reader
 from moedesk.store import runs as store_runs
 from moedesk.store.ingest import Batch, write_batch
 
@@ -115,7 +115,9 @@ def test_manifest_numbers_equal_what_the_store_holds(compared):
         expect_time = sum(2 * step_s * (1 + s / 1000) for s in range(2, STEPS + 1, 2))
         assert run["train_time_s"] == pytest.approx(expect_time)
         assert run["step_time_s"] == pytest.approx(expect_time / STEPS)
-        assert run["wall_time_s"] is not None and run["wall_time_s"] >= 0
+        with open_reader(home) as reader:
+            info = reader.run(run["run_id"])
+        assert run["wall_time_s"] == pytest.approx(info.ended_at - info.started_at)
     vrun = var["runs"][0]
     assert vrun["load_balance_std"] == pytest.approx(
         sum(0.01 * s / 10 for s in tail_steps) / n_tail)

@@ -13,6 +13,7 @@ from moedesk.profiles import profile_to_dict, validate_data
 from moedesk.store import Reader, StoreError, connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.store.migrations import migrations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,9 +37,18 @@ def test_wal_and_busy_timeout(db):
 
 
 def test_migrations_are_idempotent(home, db):
-    again = connect_writer(home / "moedesk.db")
-    tables = {r[0] for r in again.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "metrics", "expert_load", "alerts", "checkpoints", "resumes"} <= tables
+    """A second (and third) writer applies nothing twice: each migration is recorded once and
+    the schema is unchanged."""
+    def schema(conn):
+        return conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+    before = schema(db.conn)
+    for _ in range(2):
+        again = connect_writer(home / "moedesk.db")
+        applied = [r[0] for r in again.conn.execute(
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = 'moedesk' ORDER BY id")]
+        assert applied == [m.name for m in migrations._migrations]
+        assert schema(again.conn) == before
 
 
 def test_create_run_names_it_profile_id(db, home):
