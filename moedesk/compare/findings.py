@@ -8,7 +8,7 @@ from the health table, specialization from `routing.specialization`.
 from __future__ import annotations
 
 from moedesk.compare.results import table_rows
-from moedesk.compare.routing import SPECIALIZATION_THRESHOLD
+from moedesk.stats.routing import SPECIALIZATION_THRESHOLD
 from moedesk.compare.verdict import NOISE_MULTIPLIER, PARAM_TOLERANCE, TIME_TOLERANCE
 from moedesk.health.thresholds import rule_params
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moedesk.loadstats import DeadExpertTracker, load_stats, metric_values
+from moedesk.stats.load import DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.sizing import expert_hidden, moe_layer_indices
 from moedesk.train.model import LM

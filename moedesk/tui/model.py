@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from moedesk.loadstats import load_stats
+from moedesk.stats.load import load_stats
 from moedesk.tui.series import SeriesBuffer
 
 # every metric the monitor and runs list show; other names (per-layer moe/L*/...) stay in SQL

@@ -7,7 +7,9 @@ import math
 import pytest
 
 from moedesk.health.engine import HealthEngine
+from moedesk.health.rules import worst_of
 from moedesk.health.thresholds import RULES
+from moedesk.stats import names
 
 
 def config(kind="topk", num_experts=8, top_k=2, stop_on="critical", **rules) -> dict:
@@ -251,3 +253,17 @@ def test_profile_overrides_change_thresholds_and_disable_rules():
                                                                       "after_step": 0}))
     fired, _ = feed(strict, [{"moe/imbalance": 0.3}] * 5)
     assert [a["step"] for a in fired] == [5]
+
+
+def test_worst_of_reads_the_layers_of_that_metric_only():
+    values = {"moe/min_share": 0.1, "moe/L0/min_share": 0.2, "moe/L1/min_share": 0.05,
+              "route/L2/min_share": 0.0, "moe/L3/max_share": 0.0, "moe/L4/min_share": math.nan,
+              "moe/L5/x/min_share": 0.0}
+    assert worst_of(values, names.MOE_MIN_SHARE, pick=min) == ("moe/L1/min_share", 0.05)
+    assert worst_of(values, names.MOE_MIN_SHARE) == ("moe/L0/min_share", 0.2)
+    assert worst_of({"moe/min_share": 0.1}, names.MOE_MIN_SHARE) == ("moe/min_share", 0.1)
+    assert worst_of({"moe/min_share": math.nan}, names.MOE_MIN_SHARE) is None
+
+
+def test_every_rule_reads_a_catalogued_metric():
+    assert all(spec.metric in names.ALL for spec in RULES.values())

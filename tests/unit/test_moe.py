@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moedesk.loadstats import load_stats
+from moedesk.stats.load import load_stats
 from moedesk.profiles import load_profile
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.train import loop

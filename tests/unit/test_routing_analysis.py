@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moedesk.compare.routing import explained_share, mutual_information, specialization
+from moedesk.stats.routing import explained_share, mutual_information, specialization
 from moedesk.profiles import load_profile, profile_to_dict
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import Reader, connect_writer

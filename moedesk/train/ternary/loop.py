@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from moedesk.loadstats import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
+from moedesk.stats.load import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles import Profile, profile_to_dict
 from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moedesk.train.emit import Emitter

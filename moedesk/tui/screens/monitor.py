@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
-from moedesk.loadstats import aggregate, load_stats
+from moedesk.stats.load import aggregate, load_stats
 from moedesk.tui import bands
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunData, RunRow
