@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from moedesk.cli.app import HomeOpt, JsonOpt, RunArg, app, console, fail, home_of, print_json
-from moedesk.stats.routing import class_expert_shares, specialization
 from moedesk.paths import db_path
+from moedesk.stats.routing import class_expert_shares, specialization
 from moedesk.store import Reader, StoreError
 from moedesk.store.analysis import (
     ROUTING_PREFIX,

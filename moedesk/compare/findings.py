@@ -8,9 +8,9 @@ from the health table, specialization from `routing.specialization`.
 from __future__ import annotations
 
 from moedesk.compare.results import table_rows
-from moedesk.stats.routing import SPECIALIZATION_THRESHOLD
 from moedesk.compare.verdict import NOISE_MULTIPLIER, PARAM_TOLERANCE, TIME_TOLERANCE
 from moedesk.health.thresholds import rule_params
+from moedesk.stats.routing import SPECIALIZATION_THRESHOLD
 
 # a step time within this share of the active-parameter estimate counts as explained
 EXPLAINED_SHARE = 0.05

@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moedesk.stats.routing import specialization
 from moedesk.compare.verdict import Cost, decide, mean, sample_std
-from moedesk.stats.load import load_stats
 from moedesk.paths import db_path
 from moedesk.profiles import profile_from_dict
 from moedesk.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
+from moedesk.stats.load import load_stats
+from moedesk.stats.routing import specialization
 from moedesk.store import Reader
 from moedesk.store.analysis import latest_routing
 

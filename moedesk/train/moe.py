@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moedesk.stats.load import DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.sizing import expert_hidden, moe_layer_indices
+from moedesk.stats.load import DeadExpertTracker, load_stats, metric_values
 from moedesk.train.model import LM
 
 # expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moedesk.stats.load import load_stats
 from moedesk.profiles import load_profile
 from moedesk.profiles.schema import ModelSection, MoESection
+from moedesk.stats.load import load_stats
 from moedesk.train import loop
 from moedesk.train.checkpoint import list_checkpoints, load_checkpoint
 from moedesk.train.data import LMData, unigram_entropy

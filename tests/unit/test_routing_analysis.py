@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moedesk.stats.routing import explained_share, mutual_information, specialization
 from moedesk.profiles import load_profile, profile_to_dict
 from moedesk.runner.ingest import Ingestor
+from moedesk.stats.routing import explained_share, mutual_information, specialization
 from moedesk.store import Reader, connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.analysis import analysis_names, analysis_since, latest_routing

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from moedesk.stats.load import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles import Profile, profile_to_dict
+from moedesk.stats.load import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
 from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moedesk.train.emit import Emitter
 from moedesk.train.loop import rss_mb

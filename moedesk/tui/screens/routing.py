@@ -24,8 +24,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from moedesk.stats.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.paths import db_path
+from moedesk.stats.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.store import Reader, StoreError
 from moedesk.store.analysis import ROUTING_PREFIX, analysis_names, analysis_steps, latest_routing
 from moedesk.tui.widgets.routing_charts import ClassHeatmap, ExpertBars
