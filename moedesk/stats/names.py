@@ -39,6 +39,12 @@ def layer_metric(family: str, layer: int, key: str) -> str:
     return f"{family}/L{int(layer)}/{key}"
 
 
+def per_layer(overall: str, layer: int) -> str:
+    """The per-layer form of an overall name: per_layer("moe/cv", 1) = "moe/L1/cv"."""
+    family, key = split(overall)
+    return layer_metric(family, layer, key)
+
+
 def prefix(family: str) -> str:
     """FAMILY/: matches every name of the family, per-layer ones included."""
     return f"{family}/"
