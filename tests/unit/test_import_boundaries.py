@@ -27,6 +27,7 @@ FORBIDDEN = {
     "moedesk.tui.app": ["torch"],
     "moedesk.train.loop": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
     "moedesk.train.moe": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
+    "moedesk.train.moe_telemetry": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
     "moedesk.train.ternary.loop": ["textual", "sqlite3", "sqlite_utils", "moedesk.store"],
 }
 
