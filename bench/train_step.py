@@ -2,7 +2,8 @@
 
 Both models come from the shipped profiles (profiles/top2.toml and profiles/dense.toml:
 same data, width, depth and active parameters). A step is what the training loop does:
-forward, LM loss + routing losses, backward, gradient clip, AdamW step, bias update.
+forward, LM loss + routing losses, backward, gradient clip, AdamW step, the telemetry
+window's per-step call, bias update (a logged step's read-back is not timed).
 Steps alternate between the two models and the medians are compared. Target: <= 1.2x.
 
     .venv/bin/python bench/train_step.py [--reps 7] [--threads 1] [--batch 16]
@@ -20,6 +21,7 @@ import torch
 
 from moedesk.profiles import load_profile
 from moedesk.train.loop import build_model
+from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -30,10 +32,11 @@ def make(name: str, batch: int):
     torch.manual_seed(0)
     model = build_model(profile)
     model.train()
-    return profile, model, build_optimizer(model, profile.train)
+    return profile, model, build_optimizer(model, profile.train), MoETelemetry(model)
 
 
-def train_step(model, optimizer, x_BT, y_BT, bf16: bool, clip: float, clock) -> float:
+def train_step(model, optimizer, telemetry, x_BT, y_BT, bf16: bool, clip: float,
+               clock) -> float:
     start = clock()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         _, loss = model(x_BT, y_BT)
@@ -42,6 +45,7 @@ def train_step(model, optimizer, x_BT, y_BT, bf16: bool, clip: float, clock) -> 
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    telemetry.after_step()
     model.after_optimizer_step()
     return clock() - start
 
@@ -65,13 +69,13 @@ def main() -> None:
     precisions = {"fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
           f"{args.batch}x{seq_len} tokens, median of {args.reps} interleaved steps")
-    for name, (_, model, _) in runs.items():
+    for name, (_, model, _, _) in runs.items():
         print(f"  {name}: {model.num_params():,} parameters, {model.num_active_params():,} active")
     for bf16 in precisions:
         times: dict[str, list[float]] = {name: [] for name in runs}
         for rep in range(args.reps + 1):  # the first round warms up and is dropped
-            for name, (profile, model, optimizer) in runs.items():
-                elapsed = train_step(model, optimizer, x_BT, y_BT, bf16,
+            for name, (profile, model, optimizer, telemetry) in runs.items():
+                elapsed = train_step(model, optimizer, telemetry, x_BT, y_BT, bf16,
                                      profile.train.grad_clip, clock)
                 if rep:
                     times[name].append(elapsed)

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moedesk.cli.app import HomeOpt, JsonOpt, RunArg, app, console, fail, home_of, print_json
-from moedesk.compare.routing import class_expert_shares, specialization
+from moedesk.stats.routing import class_expert_shares, specialization
 from moedesk.store import StoreError, open_reader
 from moedesk.store.analysis import ROUTING_PREFIX
 

@@ -14,15 +14,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from moedesk.cli.app import EXIT_FOR_STATUS, EXIT_STOPPED, console, err_console
 from moedesk.runner.launch import RunError, stop_run
+from moedesk.stats import names
 from moedesk.store import Reader, open_reader
 from moedesk.store.runs import ACTIVE
 
 POLL_S = 0.2
 # what the progress line shows, in order: (metric, format); the poll fetches just these
-STATUS_FIELDS = (("train/loss", "loss {:.4f}"), ("ff/goodness_delta", "delta {:.3f}"),
-                 ("val/loss", "val {:.4f}"), ("val/ppl", "ppl {:.2f}"),
-                 ("ff/accuracy", "acc {:.3f}"), ("train/tokens_per_s", "{:,.0f} tok/s"),
-                 ("train/samples_per_s", "{:,.0f} samples/s"))
+STATUS_FIELDS = ((names.TRAIN_LOSS, "loss {:.4f}"), (names.FF_GOODNESS_DELTA, "delta {:.3f}"),
+                 (names.VAL_LOSS, "val {:.4f}"), (names.VAL_PPL, "ppl {:.2f}"),
+                 (names.FF_ACCURACY, "acc {:.3f}"), (names.TRAIN_TOKENS_PER_S, "{:,.0f} tok/s"),
+                 (names.TRAIN_SAMPLES_PER_S, "{:,.0f} samples/s"))
 SHOWN = [name for name, _ in STATUS_FIELDS]
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
 
@@ -84,7 +85,7 @@ def _follow(reader: Reader, run_id: int) -> int:
             for _rowid, _step, name, value in rows:
                 if value is not None:
                     latest[name] = value
-                elif name == "train/loss":
+                elif name == names.TRAIN_LOSS:
                     latest[name] = float("nan")
             for alert in reader.alerts(run_id, after_id=alert_cursor):
                 alert_cursor = alert["id"]

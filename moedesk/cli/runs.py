@@ -23,6 +23,7 @@ from moedesk.cli.app import (
 from moedesk.paths import db_path
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
 from moedesk.runner import launch
+from moedesk.stats import names
 from moedesk.store import Reader, StoreError, open_reader
 
 
@@ -81,7 +82,7 @@ def list_runs(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     """List every run with its status, progress, latest loss and health."""
     reader = _reader(home_of(home))
     runs, badges = reader.runs(), reader.worst_open_alert()
-    loss = {r.id: reader.last_value(r.id, "train/loss") for r in runs}
+    loss = {r.id: reader.last_value(r.id, names.TRAIN_LOSS) for r in runs}
     if as_json:
         print_json([{"id": r.id, "name": r.name, "kind": r.kind, "status": r.status,
                      "step": r.last_step, "total_steps": r.total_steps, "loss": loss[r.id],

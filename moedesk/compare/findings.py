@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from moedesk.compare.routing import SPECIALIZATION_THRESHOLD
 from moedesk.compare.verdict import NOISE_MULTIPLIER, bottom_line
 from moedesk.health.thresholds import rule_params
+from moedesk.stats.routing import SPECIALIZATION_THRESHOLD
 
 # a step time within this share of the active-parameter estimate counts as explained
 EXPLAINED_SHARE = 0.05

@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moedesk.compare.routing import specialization
 from moedesk.compare.verdict import Cost, bottom_line, decide, mean, sample_std
-from moedesk.loadstats import load_stats
 from moedesk.profiles import profile_from_dict
 from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
+from moedesk.stats import names
+from moedesk.stats.load import load_stats
+from moedesk.stats.routing import specialization
 from moedesk.store import Reader, open_reader
 
 MANIFEST_FORMAT = "moedesk-compare-1"
@@ -91,15 +92,15 @@ def run_result(reader: Reader, run_id: int) -> RunResult:
     info = reader.run(run_id)
     config = info.config
     train_time = None
-    step_s = sorted(_values(reader.series(info.id, "sys/step_s")))
+    step_s = sorted(_values(reader.series(info.id, names.SYS_STEP_S)))
     if step_s:
         # sys/step_s is the mean over the steps since the previous logged step
         train_time, previous = 0.0, 0
         for step, value in step_s:
             train_time += value * (step - previous)
             previous = step
-    val = _values(reader.series(info.id, "val/loss"))
-    ppl = _values(reader.series(info.id, "val/ppl"))
+    val = _values(reader.series(info.id, names.VAL_LOSS))
+    ppl = _values(reader.series(info.id, names.VAL_PPL))
     wall = None
     if info.started_at is not None and info.ended_at is not None:
         wall = info.ended_at - info.started_at
@@ -111,7 +112,7 @@ def run_result(reader: Reader, run_id: int) -> RunResult:
         run_id=info.id, name=info.name, kind=info.kind, seed=int(info.row["seed"]),
         status=info.status, steps=info.last_step, params_total=info.row["params_total"],
         params_active=info.row["params_active"],
-        final_train_loss=_tail_mean(reader.series(info.id, "train/loss")),
+        final_train_loss=_tail_mean(reader.series(info.id, names.TRAIN_LOSS)),
         final_val_loss=val[-1][1] if val else None, final_val_ppl=ppl[-1][1] if ppl else None,
         wall_time_s=wall, train_time_s=train_time,
         step_time_s=train_time / step_s[-1][0] if step_s and step_s[-1][0] else None,
@@ -122,12 +123,12 @@ def run_result(reader: Reader, run_id: int) -> RunResult:
 
 
 def _add_moe(reader: Reader, run_id: int, config: dict, result: RunResult) -> None:
-    result.load_balance_std = _tail_mean(reader.series(run_id, "moe/usage_std"))
-    result.imbalance = _tail_mean(reader.series(run_id, "moe/imbalance"))
-    result.aux_loss = _tail_mean(reader.series(run_id, "moe/aux_loss"))
-    dead = _values(reader.series(run_id, "moe/dead_experts"))
+    result.load_balance_std = _tail_mean(reader.series(run_id, names.MOE_USAGE_STD))
+    result.imbalance = _tail_mean(reader.series(run_id, names.MOE_IMBALANCE))
+    result.aux_loss = _tail_mean(reader.series(run_id, names.MOE_AUX_LOSS))
+    dead = _values(reader.series(run_id, names.MOE_DEAD_EXPERTS))
     result.dead_experts = dead[-1][1] if dead else None
-    latency = _values(reader.series(run_id, "route/latency_us"))
+    latency = _values(reader.series(run_id, names.ROUTE_LATENCY_US))
     result.route_latency_us = mean([v for _, v in latency]) if latency else None
     rows, _ = reader.expert_load_since(run_id, 0)
     steps = sorted({step for step, _, _ in rows})

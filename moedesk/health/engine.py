@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from moedesk.health.rules import RANK, RULE_CLASSES, Reading, Rule, RunContext
 from moedesk.health.thresholds import RULES, STOP_ON, rule_params
+from moedesk.stats import names
 
 Result = tuple[list[dict], list[tuple[str, int]]]
 
@@ -79,7 +80,7 @@ class Stalled:
         waited = now - self.last_wall
         usual = statistics.median(self.intervals)
         hits = [("warning", limit)] if waited > limit else []
-        return Reading("sys/step_s", waited, "stalled", hits,
+        return Reading(names.SYS_STEP_S, waited, "stalled", hits,
                        f"usual step interval {usual:.3g} s")
 
     def message(self, reading: Reading, severity: str, threshold: float | None) -> str:
@@ -178,7 +179,7 @@ class HealthEngine:
             self.stale.clear()
         self.last_step = max(self.last_step, step)
         if self.stalled is not None and self.stalled.saw_step(step, wall):
-            _, ended = self.stall_latch.update(step, Reading("sys/step_s", 0.0, "stalled"))
+            _, ended = self.stall_latch.update(step, Reading(names.SYS_STEP_S, 0.0, "stalled"))
             if ended:
                 self.open.pop("stalled", None)
                 cleared.append(("stalled", step))
@@ -223,8 +224,8 @@ class HealthEngine:
 
 
 # the metrics rules read, for `replay`: names, and prefixes ending in "/" (per-layer families)
-RULE_METRICS = ("train/loss", "val/loss", "train/grad_norm", "moe/", "ff/goodness_delta",
-                "route/latency_us")
+RULE_METRICS = (names.TRAIN_LOSS, names.VAL_LOSS, names.TRAIN_GRAD_NORM, names.prefix(names.MOE),
+                names.FF_GOODNESS_DELTA, names.ROUTE_LATENCY_US)
 
 
 __all__ = ["HealthEngine", "RULE_METRICS", "RunContext", "stops_at"]

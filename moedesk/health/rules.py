@@ -7,7 +7,8 @@ NaN statistics of an empty step, before `after_step`). Turning readings into ale
 
 Hysteresis: a level is entered at its threshold but left only past its `leave` value
 (10% on the healthy side unless the seeds give a band), so a metric hovering at a
-threshold does not flap. Pure Python: no torch, no store.
+threshold does not flap. Pure Python: no torch, no store; metric names come from the
+catalogue `moedesk.stats.names`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from moedesk.health.thresholds import RULES, SEVERITIES
+from moedesk.stats import names
 
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 HYSTERESIS = 0.1
@@ -68,15 +70,19 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def worst_of(values: dict, key: str, prefix: str = "moe", pick=max) -> tuple[str, float] | None:
-    """(metric, value) of the worst layer (`prefix/L<i>/key`), else the overall `prefix/key`:
-    one collapsed layer of two would hide in the layer mean."""
-    layer = [(name, v) for name, v in values.items()
-             if name.startswith(f"{prefix}/L") and name.endswith(f"/{key}") and finite(v)]
+def worst_of(values: dict, metric: str, pick=max) -> tuple[str, float] | None:
+    """(name, value) of the worst layer's value of an overall `metric` (FAMILY/KEY; its
+    layers are FAMILY/L{i}/KEY), else the overall value: one collapsed layer of two would
+    hide in the layer mean."""
+    layer = []
+    for name, v in values.items():
+        parsed = names.parse_layer(name)
+        if parsed is not None and parsed.overall == metric and finite(v):
+            layer.append((name, v))
     if layer:
         return pick(layer, key=lambda item: item[1])
-    overall = values.get(f"{prefix}/{key}")
-    return (f"{prefix}/{key}", float(overall)) if finite(overall) else None
+    overall = values.get(metric)
+    return (metric, float(overall)) if finite(overall) else None
 
 
 class Rule:
@@ -126,7 +132,7 @@ class Rule:
 
 class NonFiniteLoss(Rule):
     name = "nonfinite_loss"
-    metrics = ("train/loss", "val/loss", "train/grad_norm")
+    metrics = (names.TRAIN_LOSS, names.VAL_LOSS, names.TRAIN_GRAD_NORM)
 
     def read(self, values, active):
         seen = [m for m in self.metrics if m in values]
@@ -152,19 +158,19 @@ class LossSpike(Rule):
         self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
 
     def read(self, values, active):
-        loss = values.get("train/loss")
+        loss = values.get(names.TRAIN_LOSS)
         if not finite(loss):
             return None  # absent, or non-finite: nonfinite_loss speaks for that
         if len(self.window) < int(self.params["min_history"]):
             self.window.append(loss)
-            return Reading("train/loss", loss, "high")
+            return Reading(names.TRAIN_LOSS, loss, "high")
         mean = sum(self.window) / len(self.window)
         threshold = float(self.params["factor"]) * mean
         hits = above(loss, [Level("warning", threshold, threshold * (1 - HYSTERESIS))],
                      self.active_in(active, "high"))
         if not hits:
             self.window.append(loss)  # outliers stay out, so a spike cannot raise its own bar
-        return Reading("train/loss", loss, "high", hits,
+        return Reading(names.TRAIN_LOSS, loss, "high", hits,
                        f"{loss / mean:.2f}x the mean of the last {len(self.window)} losses")
 
 
@@ -173,7 +179,7 @@ class ExpertUnderused(Rule):
     settles = True
 
     def read(self, values, active):
-        found = worst_of(values, "min_share", pick=min)
+        found = worst_of(values, names.MOE_MIN_SHARE, pick=min)
         if found is None:
             return None
         threshold = float(self.params["min_share_at_8"]) * 8 / self.ctx.num_experts
@@ -191,7 +197,7 @@ class RoutingCollapse(Rule):
         return super().applies() and self.ctx.top_k < self.ctx.num_experts
 
     def read(self, values, active):
-        found = worst_of(values, "max_token_fraction")
+        found = worst_of(values, names.MOE_MAX_TOKEN_FRACTION)
         if found is None:
             return None
         threshold = float(self.params["max_token_fraction"])
@@ -210,7 +216,7 @@ class DeadExperts(Rule):
     settles = True
 
     def read(self, values, active):
-        found = worst_of(values, "dead_experts")
+        found = worst_of(values, names.MOE_DEAD_EXPERTS)
         if found is None:
             return None
         limit = float(self.params["max_dead_fraction"]) * self.ctx.num_experts
@@ -231,7 +237,7 @@ class UsageStd(Rule):
     settles = True
 
     def read(self, values, active):
-        found = worst_of(values, "usage_std")
+        found = worst_of(values, names.MOE_USAGE_STD)
         if found is None:
             return None
         scale = 8 / self.ctx.num_experts
@@ -251,7 +257,7 @@ class UsageEntropy(Rule):
         return super().applies() and self.ctx.num_experts > 1
 
     def read(self, values, active):
-        found = worst_of(values, "entropy_norm", pick=min)
+        found = worst_of(values, names.MOE_ENTROPY_NORM, pick=min)
         if found is None:
             return None
         threshold = float(self.params["min_nats_at_8"]) / math.log(8)
@@ -273,7 +279,7 @@ class RouterZLoss(Rule):
         self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
 
     def read(self, values, active):
-        value = values.get("moe/z_loss")
+        value = values.get(names.MOE_Z_LOSS)
         if not finite(value):
             return None
         limit = float(self.params["max"])
@@ -290,20 +296,20 @@ class RouterZLoss(Rule):
                 note = f"{value / mean:.1f}x its mean over the last {len(self.window)} logged steps"
         # every value joins the window: "rising fast" ends once the level stops climbing
         self.window.append(value)
-        return Reading("moe/z_loss", value, "unstable", hits, note)
+        return Reading(names.MOE_Z_LOSS, value, "unstable", hits, note)
 
 
 class GoodnessDelta(Rule):
     name = "goodness_delta"
 
     def read(self, values, active):
-        value = values.get("ff/goodness_delta")
+        value = values.get(names.FF_GOODNESS_DELTA)
         if not finite(value):
             return None
         healthy, concerning = float(self.params["healthy"]), float(self.params["concerning"])
         levels = [Level("info", healthy, healthy * (1 + HYSTERESIS)),
                   Level("warning", concerning, healthy)]
-        return Reading("ff/goodness_delta", value, "low",
+        return Reading(names.FF_GOODNESS_DELTA, value, "low",
                        below(value, levels, self.active_in(active, "low")),
                        f"seed 000: healthy > {healthy:g}, concerning < {concerning:g}")
 
@@ -314,7 +320,7 @@ class LoadBalance(Rule):
     name = "load_balance"
 
     def read(self, values, active):
-        value = values.get("moe/imbalance")
+        value = values.get(names.MOE_IMBALANCE)
         if not finite(value):
             return None
         p = {k: float(v) for k, v in self.params.items() if k != "enabled"}
@@ -323,10 +329,10 @@ class LoadBalance(Rule):
                              Level("critical", p["concerning"], p["poor"])],
                      self.active_in(active, "high"))
         if high:
-            return Reading("moe/imbalance", value, "high", high, f"poor balance; {band}")
+            return Reading(names.MOE_IMBALANCE, value, "high", high, f"poor balance; {band}")
         low = below(value, [Level("warning", p["uniform"], p["healthy_low"])],
                     self.active_in(active, "low"))
-        return Reading("moe/imbalance", value, "low", low,
+        return Reading(names.MOE_IMBALANCE, value, "low", low,
                        f"near-uniform use, no specialization; {band}")
 
 
@@ -341,7 +347,7 @@ class RoutingLatency(Rule):
         self.window: deque[float] = deque(maxlen=max(1, int(params["window"])))
 
     def read(self, values, active):
-        value = values.get("route/latency_us")
+        value = values.get(names.ROUTE_LATENCY_US)
         if not finite(value):
             return None
         self.window.append(value)
@@ -349,7 +355,7 @@ class RoutingLatency(Rule):
         healthy, concerning = float(self.params["healthy_us"]), float(self.params["concerning_us"])
         levels = [Level("info", healthy, healthy * (1 - HYSTERESIS)),
                   Level("warning", concerning, concerning * (1 - HYSTERESIS))]
-        return Reading("route/latency_us", median, "high",
+        return Reading(names.ROUTE_LATENCY_US, median, "high",
                        above(median, levels, self.active_in(active, "high")),
                        f"median of the last {len(self.window)} logged steps, in us per "
                        "routed token or sample")

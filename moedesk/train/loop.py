@@ -7,31 +7,34 @@ result leaves through the `Emitter` (events on stdout, human lines on stderr): m
 routing `analysis` events for MoE models, checkpoints, and one `finished`.
 
 Telemetry is kept off the hot path: loss and gradient norm stay on the device and are
-read back (one sync) only on log, eval and checkpoint steps. A non-finite value seen in
-between is remembered on the device, so no checkpoint ever holds a non-finite state.
+read back (one sync, with the MoE telemetry window's numbers) only on log, eval and
+checkpoint steps. A non-finite value seen in between is remembered on the device, so no
+checkpoint ever holds a non-finite state. The MoE layers' telemetry is a window beside
+the model (`MoETelemetry`, empty for the dense kind), called once per optimizer step and
+read once per logged step.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
-import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
-from moedesk.train.analysis import RoutingAnalysis, batch_fingerprint
+from moedesk.stats import names
+from moedesk.train.analysis import RoutingAnalysis, batch_fingerprint, expert_statistics
 from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moedesk.train.data import DataError, LMData
 from moedesk.train.emit import Emitter
 from moedesk.train.model import LM
+from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
 from moedesk.train.stopflag import StopFlag
+from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
 CHECKPOINT_FORMAT = "moedesk-lm-1"
 
@@ -52,39 +55,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_states(device: torch.device) -> dict:
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": np.random.get_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def rss_mb() -> float:
-    """Resident memory of this process now (Linux), else its peak."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))  # exp overflows a float past ~709
+
+
+def step_line(step: int, total_steps: int, values: dict[str, float]) -> str:
+    """The human progress line (seed 003's format; the aux loss only for MoE runs)."""
+    parts = [f"Step {step}/{total_steps}", f"LM Loss: {values[names.TRAIN_LOSS]:.4f}"]
+    if names.MOE_AUX_LOSS in values:
+        parts.append(f"Aux Loss: {values[names.MOE_AUX_LOSS]:.4f}")
+    parts += [f"LR: {values[names.TRAIN_LR]:.2e}",
+              f"Tokens/sec: {values[names.TRAIN_TOKENS_PER_S]:.0f}"]
+    return " | ".join(parts)
 
 
 @torch.no_grad()
@@ -127,6 +109,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
     optimizer = build_optimizer(model, tc)
+    telemetry = MoETelemetry(model)
     use_bf16 = tc.bf16
 
     def autocast():
@@ -138,7 +121,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                               profile.model.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    # 3. resume: weights, optimizer, data position, every RNG, the model's extra state
+    # 3. resume: weights, optimizer, data position, every RNG, the telemetry window
     step = 0
     if resume is not None:
         try:
@@ -149,7 +132,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             data.load_state_dict(state["data"])
-            model.load_extra_state(state.get("extra", {}))
+            # checkpoints before the telemetry window kept the same state as "extra"
+            telemetry.load_state_dict(state.get("telemetry", state.get("extra", {})))
             restore_rng_states(state["rng"])
             step = int(state["step"])
         except (CheckpointError, KeyError, RuntimeError) as exc:
@@ -170,7 +154,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
                  "config": profile_to_dict(profile), "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "data": data.state_dict(),
-                 "rng": rng_states(device), "extra": model.extra_state()}
+                 "rng": rng_states(device), "telemetry": telemetry.state_dict()}
         info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep)
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
                      sha256=info.sha256)
@@ -211,6 +195,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             grad_norm = torch.nn.utils.get_total_norm(grads)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        telemetry.after_step()  # before the bias update zeroes the step's expert counts
         model.after_optimizer_step()
         nonfinite |= ~torch.isfinite(train_loss) | ~torch.isfinite(grad_norm)
         steps_since_sync += 1
@@ -222,25 +207,26 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         do_ckpt = (profile.checkpoint.every > 0 and step % profile.checkpoint.every == 0) or is_last
         if not (do_log or do_eval or do_ckpt or stop.requested):
             continue
-        # one host sync for everything; float64 keeps the int batch hash exact
-        loss_f, grad_norm_f, bad, batch_hash_f = torch.stack(
-            [train_loss.double(), grad_norm.to(device).double(), nonfinite.double(),
-             batch_hash.double()]).tolist()
+        # one host sync for everything; float64 keeps the int batch hash and counts exact
+        host = torch.cat([torch.stack([train_loss.double(), grad_norm.to(device).double(),
+                                       nonfinite.double(), batch_hash.double()]),
+                          telemetry.device_values()]).tolist()
+        loss_f, grad_norm_f, bad, batch_hash_f = host[:4]
         now = time.perf_counter()
         step_s = (now - t_last) / steps_since_sync
         if do_log or bad:
-            values = {"train/loss": loss_f, "train/lr": lr, "train/grad_norm": grad_norm_f,
-                      "train/tokens_per_s": tokens_per_step / step_s, "sys/step_s": step_s,
-                      "sys/rss_mb": rss_mb(), "data/batch_hash": batch_hash_f}
-            for name, value in model.log_values().items():
-                values[name] = float(value)
+            values = {names.TRAIN_LOSS: loss_f, names.TRAIN_LR: lr,
+                      names.TRAIN_GRAD_NORM: grad_norm_f,
+                      names.TRAIN_TOKENS_PER_S: tokens_per_step / step_s,
+                      names.SYS_STEP_S: step_s, names.SYS_RSS_MB: rss_mb(),
+                      names.DATA_BATCH_HASH: batch_hash_f}
+            moe_values, loads = telemetry.read(host[4:])
+            values.update(moe_values)
             emitter.metrics(step, values)
-            loads = model.expert_loads()
             if loads:
                 emitter.expert_load(step, loads)
             if step % human_every == 0:
-                emitter.log(f"Step {step}/{tc.steps} | LM Loss: {loss_f:.4f} | LR: {lr:.2e} | "
-                            f"Tokens/sec: {tokens_per_step / step_s:.0f}")
+                emitter.log(step_line(step, tc.steps, values))
         if bad:
             what = "loss" if not math.isfinite(loss_f) else "gradient norm"
             return finish("failed", f"non-finite {what} at step {step}")
@@ -249,10 +235,13 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         if do_eval and not (stop.requested and not is_last):
             with routing.recording():
                 val_loss = evaluate(model, val_batches, autocast)
-            for name, payload in routing.payloads().items():
+            payloads = routing.payloads()
+            for name, payload in payloads.items():
                 emitter.emit("analysis", step=step, name=name, payload=payload)
-            emitter.metrics(step, {"val/loss": val_loss, "val/ppl": perplexity(val_loss)})
+            emitter.metrics(step, {names.VAL_LOSS: val_loss, names.VAL_PPL: perplexity(val_loss)})
             emitter.log(f"Validation - step {step} | LM Loss: {val_loss:.4f}")
+            if payloads:
+                emitter.log(expert_statistics(payloads))
             if not math.isfinite(val_loss):
                 return finish("failed", f"non-finite validation loss at step {step}")
 

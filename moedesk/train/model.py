@@ -1,15 +1,22 @@
 """The dense decoder-only language model (nanoGPT-like, Llama-style blocks).
 
-Token embedding -> N x [RMSNorm -> grouped-query attention with RoPE -> residual,
+Token embedding -> n_layers x [RMSNorm -> grouped-query attention with RoPE -> residual,
 RMSNorm -> FFN -> residual] -> RMSNorm -> output head (optionally tied to the embedding).
+The FFN width is `sizing.dense_ffn_hidden`, the one definition the size calculator uses.
+
+Shape letters (shared with moe.py, moe_telemetry.py and analysis.py):
+  B batch   T tokens (sequence positions)   D model width   V vocabulary
+  N query heads   G key/value heads (each serves a group of N/G query heads)
+  H head width    P rotary pairs per head (H/2)   F FFN hidden width
 
 Seams for other model kinds (the top-k MoE LM subclasses `LM`):
   - `LM.make_ffn(layer_idx)` builds each block's FFN; any module mapping x_BTD -> y_BTD fits.
   - An FFN module may define `init_weights(std, residual_std)`; `LM` calls it instead of
     its own init, so routers and expert tensors keep the init they want.
-  - `extra_loss()`, `after_optimizer_step()`, `log_values()`, `expert_loads()`,
-    `extra_state()` / `load_extra_state()` are called by the training loop; the dense model
-    has nothing to add. Persistent buffers (e.g. a routing bias) travel in `state_dict()`.
+  - `extra_loss()` and `after_optimizer_step()` are the training loop's two calls into
+    the model (an auxiliary loss to add, a routing-bias update); the dense model has
+    nothing to add. Persistent buffers (e.g. a routing bias) travel in `state_dict()`;
+    telemetry lives beside the model (moe_telemetry.py), not in it.
 """
 
 from __future__ import annotations
@@ -21,13 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moedesk.profiles.schema import ModelSection
-
-
-def ffn_hidden_size(cfg: ModelSection) -> int:
-    """`model.ffn_hidden`, or 8/3 * dim rounded up to a multiple of 32 when it is 0."""
-    if cfg.ffn_hidden > 0:
-        return cfg.ffn_hidden
-    return 32 * math.ceil(8 * cfg.dim / 3 / 32)
+from moedesk.profiles.sizing import dense_ffn_hidden
 
 
 class RMSNorm(nn.Module):
@@ -44,18 +45,18 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin tables [max_seq_len, head_dim/2] for rotary position embeddings."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    angles_TH = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-    return angles_TH.cos().float(), angles_TH.sin().float()
+    """cos and sin tables [T = max_seq_len, P = head_dim/2] for rotary position embeddings."""
+    inv_freq_P = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles_TP = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq_P)
+    return angles_TP.cos().float(), angles_TP.sin().float()
 
 
-def apply_rope(x_BNTH: Tensor, cos_TH: Tensor, sin_TH: Tensor) -> Tensor:
-    """Rotate each (even, odd) pair of channels by its position's angle."""
-    x_even, x_odd = x_BNTH.float()[..., 0::2], x_BNTH.float()[..., 1::2]
-    rot_even = x_even * cos_TH - x_odd * sin_TH
-    rot_odd = x_even * sin_TH + x_odd * cos_TH
-    return torch.stack((rot_even, rot_odd), dim=-1).flatten(-2).type_as(x_BNTH)
+def apply_rope(x: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
+    """Rotate each (even, odd) channel pair of x [B, heads, T, H] by its position's angle."""
+    x_even, x_odd = x.float()[..., 0::2], x.float()[..., 1::2]
+    rot_even = x_even * cos_TP - x_odd * sin_TP
+    rot_odd = x_even * sin_TP + x_odd * cos_TP
+    return torch.stack((rot_even, rot_odd), dim=-1).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -76,19 +77,18 @@ class Attention(nn.Module):
             nn.init.normal_(linear.weight, std=std)
         nn.init.normal_(self.wo.weight, std=residual_std)
 
-    def forward(self, x_BTD: Tensor, cos_TH: Tensor, sin_TH: Tensor) -> Tensor:
+    def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
         B, T, _ = x_BTD.shape
         q_BNTH = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BKTH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BKTH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q_BNTH, k_BKTH = apply_rope(q_BNTH, cos_TH, sin_TH), apply_rope(k_BKTH, cos_TH, sin_TH)
-        # each group of n_heads/n_kv_heads query heads reads the same key/value head
+        k_BGTH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BGTH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q_BNTH, k_BGTH = apply_rope(q_BNTH, cos_TP, sin_TP), apply_rope(k_BGTH, cos_TP, sin_TP)
+        # each group of N/G query heads reads the same key/value head
         group = self.n_heads // self.n_kv_heads
-        if group > 1:
-            k_BKTH = k_BKTH.repeat_interleave(group, dim=1)
-            v_BKTH = v_BKTH.repeat_interleave(group, dim=1)
+        k_BNTH = k_BGTH.repeat_interleave(group, dim=1) if group > 1 else k_BGTH
+        v_BNTH = v_BGTH.repeat_interleave(group, dim=1) if group > 1 else v_BGTH
         y_BNTH = F.scaled_dot_product_attention(
-            q_BNTH, k_BKTH, v_BKTH, is_causal=True,
+            q_BNTH, k_BNTH, v_BNTH, is_causal=True,
             dropout_p=self.dropout if self.training else 0.0)
         return self.wo(y_BNTH.transpose(1, 2).reshape(B, T, -1))
 
@@ -121,8 +121,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = ffn
 
-    def forward(self, x_BTD: Tensor, cos_TH: Tensor, sin_TH: Tensor) -> Tensor:
-        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TH, sin_TH))
+    def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
+        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP))
         x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD))
         return x_BTD
 
@@ -140,15 +140,15 @@ class LM(nn.Module):
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos_TH, sin_TH = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
+        cos_TP, sin_TP = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)
         # derived from the config, so not saved: checkpoints stay small and exact
-        self.register_buffer("rope_cos", cos_TH, persistent=False)
-        self.register_buffer("rope_sin", sin_TH, persistent=False)
+        self.register_buffer("rope_cos_TP", cos_TP, persistent=False)
+        self.register_buffer("rope_sin_TP", sin_TP, persistent=False)
         self.init_weights()
 
     def make_ffn(self, layer_idx: int) -> nn.Module:
         """The FFN of block `layer_idx`; the MoE LM returns an MoE module for its MoE layers."""
-        return SwiGLU(self.cfg.dim, ffn_hidden_size(self.cfg), self.cfg.dropout)
+        return SwiGLU(self.cfg.dim, dense_ffn_hidden(self.cfg), self.cfg.dropout)
 
     def init_weights(self) -> None:
         std = self.cfg.init_std
@@ -165,10 +165,10 @@ class LM(nn.Module):
     def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None
                 ) -> tuple[Tensor, Tensor | None]:
         T = idx_BT.shape[1]
-        cos_TH, sin_TH = self.rope_cos[:T], self.rope_sin[:T]
+        cos_TP, sin_TP = self.rope_cos_TP[:T], self.rope_sin_TP[:T]
         x_BTD = self.tok_embeddings(idx_BT)
         for block in self.blocks:
-            x_BTD = block(x_BTD, cos_TH, sin_TH)
+            x_BTD = block(x_BTD, cos_TP, sin_TP)
         logits_BTV = self.output(self.norm(x_BTD))
         if targets_BT is None:
             return logits_BTV, None
@@ -184,25 +184,10 @@ class LM(nn.Module):
         """Parameters used per token; all of them in a dense model."""
         return self.num_params()
 
-    # ---- hooks the training loop calls (no-ops for the dense model) -------------------------
+    # ---- the training loop's two calls (no-ops for the dense model) ----------------------
     def extra_loss(self) -> Tensor | None:
-        """Auxiliary losses gathered in the last forward, added to the LM loss for backward."""
+        """Auxiliary losses of the last forward, added to the LM loss for backward."""
         return None
 
     def after_optimizer_step(self) -> None:
         """Called once after each optimizer step (e.g. a routing-bias update)."""
-
-    def log_values(self) -> dict[str, Tensor | float]:
-        """Extra metrics for the current log step, e.g. {"moe/aux_loss": ...}."""
-        return {}
-
-    def expert_loads(self) -> dict[int, list[int]]:
-        """Per-layer expert token counts since the last log step (then reset); {} if none."""
-        return {}
-
-    def extra_state(self) -> dict:
-        """Non-tensor or non-buffer state that a checkpoint must carry."""
-        return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        """Restore what `extra_state` returned."""

@@ -1,10 +1,15 @@
-"""The top-k MoE FFN, its balancing, and the MoE language model built on the dense LM.
+"""The top-k MoE FFN and its balancing, and the MoE language model built on the dense LM.
+
+Shape letters (model.py's legend, plus):
+  T tokens, the batch flattened (B*T)   E experts   K experts chosen per token (top-k)
+  F expert hidden width   S slots: the T*K (token, choice) pairs, flattened (the sorted
+  dispatch reorders them by expert)   n rows of one expert's group
 
 `MoEFFN` replaces a block's SwiGLU FFN (research/moe.md section 8):
-  - router: Linear(D, E) in fp32 outside autocast; p = softmax over all E experts; top-k
-    on p (+ the balancing bias b); gate weights = the chosen p renormalised to sum 1
-    (b only decides *which* experts, never how much they weigh)
-  - experts: stacked SwiGLU tensors w1, w3 [E, F, D] and w2 [E, D, F]
+  - router (`TopKRouter`): weight_ED in fp32 outside autocast; p = softmax over all E
+    experts; top-k on p (+ the balancing bias b); gate weights = the chosen p renormalised
+    to sum 1 (b only decides *which* experts, never how much they weigh)
+  - experts: stacked SwiGLU tensors w1_EFD, w3_EFD and w2_EDF
   - dispatch "sorted": one stable argsort of the T*K expert ids, one gather, F.linear per
     expert on contiguous slices, gate multiply in fp32, one index_add_ back (under CPU
     bf16 autocast each group is padded to 32 rows so oneDNN reuses its kernels);
@@ -12,22 +17,25 @@
   - losses: Switch aux alpha*E*sum_i f_i*P_i (alpha when balanced) and router z-loss
     beta*mean(logsumexp^2), both already weighted; `MoELM.extra_loss` averages them over
     MoE layers
-  - aux-loss-free balancing: b += u*sign(mean(c) - c), mean-centred, once per optimizer
-    step from counts c gathered in training forwards only
-`MoELM` subclasses `LM` through its seams (`make_ffn` and the loop hooks) and turns the
-counts into telemetry with `moedesk.loadstats`.
+  - aux-loss-free balancing: b (`expert_bias_E`, persistent) += u*sign(mean(c) - c),
+    mean-centred, once per optimizer step from the counts c in `tokens_per_expert_E`
+    (not saved), which only training forwards add to (torchtitan's names)
+Nothing else lives in the layer: it keeps its last forward's losses and dropped-slot count,
+and observers attach with forward hooks on the layer and on its `router` module, never by
+patching it: the telemetry window (moe_telemetry.py) and the evaluation's routing capture
+(analysis.py). `MoELM` subclasses `LM` through `make_ffn`, `extra_loss` and
+`after_optimizer_step`. Checkpoints written before the shape-suffixed names still load
+(`LEGACY_NAMES`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moedesk.loadstats import DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.profiles.sizing import expert_hidden, moe_layer_indices
 from moedesk.train.model import LM
@@ -35,12 +43,13 @@ from moedesk.train.model import LM
 # expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)
 BF16_ROW_MULTIPLE = 32
 
-# per-layer load statistics emitted as metrics (moe/<key> and moe/L<i>/<key>)
-STAT_KEYS = ("imbalance", "cv", "max_vio", "entropy_norm", "usage_std", "min_share",
-             "max_share", "max_token_fraction")
+# state_dict names (under each MoE layer) before they carried their shapes -> now
+LEGACY_NAMES = {"router.weight": "router.weight_ED", "expert_bias": "expert_bias_E",
+                "experts.w1": "experts.w1_EFD", "experts.w3": "experts.w3_EFD",
+                "experts.w2": "experts.w2_EDF"}
 
 
-def pad_groups(token_idx: Tensor, gates_S: Tensor, counts: list[int], multiple: int
+def pad_groups(token_S: Tensor, gates_S: Tensor, counts: list[int], multiple: int
                ) -> tuple[Tensor, Tensor, list[int]]:
     """Round each expert's group of sorted slots up to a multiple of `multiple` rows.
 
@@ -52,12 +61,12 @@ def pad_groups(token_idx: Tensor, gates_S: Tensor, counts: list[int], multiple: 
     for c, p in zip(counts, padded, strict=True):
         shifts.append(shift)
         shift += p - c
-    device = token_idx.device
+    device = token_S.device
     shift_S = torch.repeat_interleave(torch.tensor(shifts, device=device),
                                       torch.tensor(counts, device=device))
-    dest_S = torch.arange(token_idx.numel(), device=device) + shift_S
+    dest_S = torch.arange(token_S.numel(), device=device) + shift_S
     n_rows = sum(padded)
-    token_pad = token_idx.new_zeros(n_rows).index_copy_(0, dest_S, token_idx)
+    token_pad = token_S.new_zeros(n_rows).index_copy_(0, dest_S, token_S)
     gates_pad = gates_S.new_zeros(n_rows).index_copy(0, dest_S, gates_S)
     return token_pad, gates_pad, padded
 
@@ -67,36 +76,72 @@ class SwiGLUExperts(nn.Module):
 
     def __init__(self, num_experts: int, dim: int, hidden: int):
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(num_experts, hidden, dim))
-        self.w3 = nn.Parameter(torch.empty(num_experts, hidden, dim))
-        self.w2 = nn.Parameter(torch.empty(num_experts, dim, hidden))
+        self.w1_EFD = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.w3_EFD = nn.Parameter(torch.empty(num_experts, hidden, dim))
+        self.w2_EDF = nn.Parameter(torch.empty(num_experts, dim, hidden))
 
     def init_weights(self, std: float, residual_std: float) -> None:
-        nn.init.normal_(self.w1, std=std)
-        nn.init.normal_(self.w3, std=std)
-        nn.init.normal_(self.w2, std=residual_std)
+        nn.init.normal_(self.w1_EFD, std=std)
+        nn.init.normal_(self.w3_EFD, std=std)
+        nn.init.normal_(self.w2_EDF, std=residual_std)
 
     def forward_grouped(self, x_SD: Tensor, counts: list[int]) -> Tensor:
         """x_SD holds counts[0] rows for expert 0, then counts[1] for expert 1, ..."""
-        w1, w3, w2 = self.w1, self.w3, self.w2
+        w1_EFD, w3_EFD, w2_EDF = self.w1_EFD, self.w3_EFD, self.w2_EDF
         device_type = x_SD.device.type
         if torch.is_autocast_enabled(device_type):
             # cast once here: autocast would cast every per-expert slice (and x twice per
             # expert) on its own, which costs more than the bf16 matmuls save
             dtype = torch.get_autocast_dtype(device_type)
-            x_SD, w1, w3, w2 = (t.to(dtype) for t in (x_SD, w1, w3, w2))
-        w1s, w3s, w2s = w1.unbind(0), w3.unbind(0), w2.unbind(0)
+            x_SD, w1_EFD, w3_EFD, w2_EDF = (t.to(dtype) for t in (x_SD, w1_EFD, w3_EFD, w2_EDF))
+        w1s_FD, w3s_FD, w2s_DF = w1_EFD.unbind(0), w3_EFD.unbind(0), w2_EDF.unbind(0)
         outs = []
         # split, not slicing: the backward of E slices would zero-fill E full-size gradients
         for e, x_nD in enumerate(x_SD.split(counts)):
             if x_nD.shape[0]:
-                h_nF = F.silu(F.linear(x_nD, w1s[e])) * F.linear(x_nD, w3s[e])
-                outs.append(F.linear(h_nF, w2s[e]))
-        return torch.cat(outs) if outs else x_SD.new_zeros(0, self.w2.shape[1])
+                h_nF = F.silu(F.linear(x_nD, w1s_FD[e])) * F.linear(x_nD, w3s_FD[e])
+                outs.append(F.linear(h_nF, w2s_DF[e]))
+        return torch.cat(outs) if outs else x_SD.new_zeros(0, self.w2_EDF.shape[1])
 
     def forward_one(self, e: int, x_nD: Tensor) -> Tensor:
-        return F.linear(F.silu(F.linear(x_nD, self.w1[e])) * F.linear(x_nD, self.w3[e]),
-                        self.w2[e])
+        h_nF = F.silu(F.linear(x_nD, self.w1_EFD[e])) * F.linear(x_nD, self.w3_EFD[e])
+        return F.linear(h_nF, self.w2_EDF[e])
+
+
+class TopKRouter(nn.Module):
+    """Scores E experts per token and picks K of them (a module, so observers can hook it)."""
+
+    def __init__(self, dim: int, cfg: MoESection):
+        super().__init__()
+        self.cfg, self.top_k = cfg, cfg.top_k
+        self.weight_ED = nn.Parameter(torch.empty(cfg.num_experts, dim))
+        # nn.Linear's default init, so a router is usable before `init_weights`; it also
+        # draws from the RNG exactly as the nn.Linear it replaced, so a seed still builds
+        # the same model
+        nn.init.kaiming_uniform_(self.weight_ED, a=math.sqrt(5))
+
+    def forward(self, x_TD: Tensor, expert_bias_E: Tensor
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(ids_TK, gates_TK fp32, probs_TE, logits_TE)."""
+        # the router stays fp32 under bf16 autocast: top-k on near-tied bf16 scores flips
+        with torch.autocast(device_type=x_TD.device.type, enabled=False):
+            logits_TE = F.linear(x_TD.float(), self.weight_ED.float())
+        noisy_TE = logits_TE
+        if self.training and self.cfg.router_noise_std > 0:
+            noisy_TE = logits_TE + torch.randn_like(logits_TE) * self.cfg.router_noise_std
+        probs_TE = noisy_TE.softmax(dim=-1)
+        scores_TE = probs_TE + expert_bias_E if self.cfg.bias_balancing else probs_TE
+        ids_TK = scores_TE.topk(self.top_k, dim=-1).indices
+        gates_TK = probs_TE.gather(-1, ids_TK)
+        gates_TK = gates_TK / gates_TK.sum(-1, keepdim=True)
+        return ids_TK, gates_TK, probs_TE, logits_TE
+
+
+def _rename_legacy(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    # a load_state_dict pre-hook: old names in, current names out, before torch matches keys
+    for old, new in LEGACY_NAMES.items():
+        if prefix + old in state_dict and prefix + new not in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
 
 
 class MoEFFN(nn.Module):
@@ -107,46 +152,27 @@ class MoEFFN(nn.Module):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         self.num_experts, self.top_k = cfg.num_experts, cfg.top_k
-        self.router = nn.Linear(dim, cfg.num_experts, bias=False)
+        self.router = TopKRouter(dim, cfg)
         self.experts = SwiGLUExperts(cfg.num_experts, dim, hidden)
         self.dropout = nn.Dropout(dropout)
-        # b is part of the model (checkpointed); counts are rebuilt every step
-        self.register_buffer("expert_bias", torch.zeros(cfg.num_experts), persistent=True)
-        self.register_buffer("step_counts", torch.zeros(cfg.num_experts), persistent=False)
-        self.register_buffer("log_counts", torch.zeros(cfg.num_experts), persistent=False)
-        self.aux_loss: Tensor = torch.zeros(())  # weighted, from the last forward
+        # b is part of the model (checkpointed); the counts start over every optimizer step
+        self.register_buffer("expert_bias_E", torch.zeros(cfg.num_experts), persistent=True)
+        self.register_buffer("tokens_per_expert_E", torch.zeros(cfg.num_experts),
+                             persistent=False)
+        # the last forward's results: the loss adds them, the telemetry reads them
+        self.aux_loss: Tensor = torch.zeros(())  # weighted
         self.z_loss: Tensor = torch.zeros(())
-        self.time_router = True  # MoELM re-arms it once per logged step
-        self.reset_log()
-
-    def reset_log(self) -> None:
-        """Zero what telemetry accumulates between logged steps."""
-        self.log_counts.zero_()
-        self.log_forwards = 0
-        self.log_aux = torch.zeros(())
-        self.log_z = torch.zeros(())
-        self.log_routed_slots = self.log_dropped_slots = 0
-        self.router_seconds, self.router_tokens = 0.0, 0
+        self.dropped_slots = 0  # (token, choice) slots the capacity limit dropped
+        self.register_load_state_dict_pre_hook(_rename_legacy)
 
     def init_weights(self, std: float, residual_std: float) -> None:
-        nn.init.normal_(self.router.weight, std=self.cfg.router_init_std)
+        nn.init.normal_(self.router.weight_ED, std=self.cfg.router_init_std)
         self.experts.init_weights(std, residual_std)
 
     # ---- routing ---------------------------------------------------------------------------
     def route(self, x_TD: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(expert ids [T,K], gate weights [T,K] fp32, probabilities [T,E], logits [T,E])."""
-        # the router stays fp32 under bf16 autocast: top-k on near-tied bf16 scores flips
-        with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            logits_TE = F.linear(x_TD.float(), self.router.weight.float())
-        noisy_TE = logits_TE
-        if self.training and self.cfg.router_noise_std > 0:
-            noisy_TE = logits_TE + torch.randn_like(logits_TE) * self.cfg.router_noise_std
-        probs_TE = noisy_TE.softmax(dim=-1)
-        scores_TE = probs_TE + self.expert_bias if self.cfg.bias_balancing else probs_TE
-        ids_TK = scores_TE.topk(self.top_k, dim=-1).indices
-        gates_TK = probs_TE.gather(-1, ids_TK)
-        gates_TK = gates_TK / gates_TK.sum(-1, keepdim=True)
-        return ids_TK, gates_TK, probs_TE, logits_TE
+        return self.router(x_TD, self.expert_bias_E)
 
     def balance_losses(self, probs_TE: Tensor, logits_TE: Tensor, ids_TK: Tensor
                        ) -> tuple[Tensor, Tensor]:
@@ -168,49 +194,31 @@ class MoEFFN(nn.Module):
     def forward(self, x_BTD: Tensor) -> Tensor:
         B, T, D = x_BTD.shape
         x_TD = x_BTD.reshape(B * T, D)
-        counting = self.training and torch.is_grad_enabled()
-        timing = counting and self.time_router
-        if timing:
-            if x_TD.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
         ids_TK, gates_TK, probs_TE, logits_TE = self.route(x_TD)
-        if timing:
-            if x_TD.is_cuda:
-                torch.cuda.synchronize()
-            self.router_seconds += time.perf_counter() - start
-            self.router_tokens += B * T
-            self.time_router = False
         self.aux_loss, self.z_loss = self.balance_losses(probs_TE, logits_TE, ids_TK)
-        if counting:
+        if self.training and torch.is_grad_enabled():
+            # the demand, counted in training forwards only: evaluation never moves b
             with torch.no_grad():
-                counts_E = torch.bincount(ids_TK.flatten(), minlength=self.num_experts)
-                self.step_counts += counts_E
-                self.log_counts += counts_E
-                self.log_aux = self.log_aux + self.aux_loss.detach()
-                self.log_z = self.log_z + self.z_loss.detach()
-                self.log_forwards += 1
-        dispatch_ids, gates_TK = self._dispatch_ids(ids_TK, gates_TK)
+                self.tokens_per_expert_E += torch.bincount(ids_TK.flatten(),
+                                                           minlength=self.num_experts)
+        dispatch_ids_S, gates_TK = self._dispatch_ids(ids_TK, gates_TK)
         if self.cfg.dispatch == "eager":
-            y_TD, dropped = self._experts_eager(x_TD, dispatch_ids, gates_TK)
+            y_TD, self.dropped_slots = self._experts_eager(x_TD, dispatch_ids_S, gates_TK)
         else:
-            y_TD, dropped = self._experts_sorted(x_TD, dispatch_ids, gates_TK)
-        if counting:
-            self.log_routed_slots += ids_TK.numel()
-            self.log_dropped_slots += dropped
+            y_TD, self.dropped_slots = self._experts_sorted(x_TD, dispatch_ids_S, gates_TK)
         return self.dropout(y_TD.to(x_BTD.dtype).view(B, T, D))
 
     def _dispatch_ids(self, ids_TK: Tensor, gates_TK: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat expert id per (token, slot); E marks a slot that expert dropout removed."""
-        flat_ids = ids_TK.flatten()
+        """Expert id per slot (token, choice); E marks a slot that expert dropout removed."""
+        ids_S = ids_TK.flatten()
         p = self.cfg.expert_dropout
         if not (self.training and p > 0):
-            return flat_ids, gates_TK
+            return ids_S, gates_TK
         keep_TK = torch.rand(gates_TK.shape, device=gates_TK.device) >= p
         keep_TK[:, 0] |= ~keep_TK.any(-1)  # a token keeps at least its first choice
         gates_TK = gates_TK * keep_TK
         gates_TK = gates_TK / gates_TK.sum(-1, keepdim=True)
-        return torch.where(keep_TK.flatten(), flat_ids, self.num_experts), gates_TK
+        return torch.where(keep_TK.flatten(), ids_S, self.num_experts), gates_TK
 
     def capacity(self, n_tokens: int) -> int | None:
         """Slots each expert takes, C = ceil(cf*T*K/E); None when dropless."""
@@ -218,37 +226,37 @@ class MoEFFN(nn.Module):
             return None
         return math.ceil(self.cfg.capacity_factor * n_tokens * self.top_k / self.num_experts)
 
-    def _experts_sorted(self, x_TD: Tensor, dispatch_ids: Tensor, gates_TK: Tensor
+    def _experts_sorted(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
                         ) -> tuple[Tensor, int]:
-        n_slots = dispatch_ids.numel()
-        order = torch.argsort(dispatch_ids, stable=True)
-        counts = torch.bincount(dispatch_ids, minlength=self.num_experts + 1)
+        n_slots = dispatch_ids_S.numel()
+        order_S = torch.argsort(dispatch_ids_S, stable=True)
+        counts = torch.bincount(dispatch_ids_S, minlength=self.num_experts + 1)
         capacity = self.capacity(x_TD.shape[0])
         dropped = 0
         if capacity is None:
             counts_list = counts[:self.num_experts].tolist()
-            order = order[:sum(counts_list)]  # removed slots (id E) sort last
+            order_S = order_S[:sum(counts_list)]  # removed slots (id E) sort last
         else:
             # stable sort keeps token order inside an expert: the earliest C slots stay
-            sorted_ids = dispatch_ids[order]
+            sorted_ids_S = dispatch_ids_S[order_S]
             starts = counts.cumsum(0) - counts
-            rank = torch.arange(n_slots, device=order.device) - starts[sorted_ids]
-            order = order[(rank < capacity) & (sorted_ids < self.num_experts)]
+            rank_S = torch.arange(n_slots, device=order_S.device) - starts[sorted_ids_S]
+            order_S = order_S[(rank_S < capacity) & (sorted_ids_S < self.num_experts)]
             demand = counts[:self.num_experts].tolist()
             counts_list = [min(c, capacity) for c in demand]
             dropped = sum(demand) - sum(counts_list)
-        token_idx, gates_S = order // self.top_k, gates_TK.flatten()[order]
+        token_S, gates_S = order_S // self.top_k, gates_TK.flatten()[order_S]
         multiple = self.row_multiple(x_TD)
         if multiple > 1:
-            token_idx, gates_S, counts_list = pad_groups(token_idx, gates_S, counts_list, multiple)
+            token_S, gates_S, counts_list = pad_groups(token_S, gates_S, counts_list, multiple)
         if torch.is_autocast_enabled(x_TD.device.type):
             # cast the T tokens before gathering T*K copies of them
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
-        y_SD = self.experts.forward_grouped(x_TD.index_select(0, token_idx), counts_list)
+        y_SD = self.experts.forward_grouped(x_TD.index_select(0, token_S), counts_list)
         # fp32 gates promote the product to fp32 in one pass
         y_SD = y_SD * gates_S.unsqueeze(1)
         out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-        return out_TD.index_add_(0, token_idx, y_SD), dropped
+        return out_TD.index_add_(0, token_S, y_SD), dropped
 
     def row_multiple(self, x_TD: Tensor) -> int:
         """Rows each expert group is padded to a multiple of (1 = no padding).
@@ -261,32 +269,32 @@ class MoEFFN(nn.Module):
             return BF16_ROW_MULTIPLE
         return 1
 
-    def _experts_eager(self, x_TD: Tensor, dispatch_ids: Tensor, gates_TK: Tensor
+    def _experts_eager(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
                        ) -> tuple[Tensor, int]:
         """Reference: one boolean mask per expert; same drop policy as the sorted path."""
         out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
         capacity, dropped = self.capacity(x_TD.shape[0]), 0
-        gates_S = gates_TK.flatten()
+        gates_S = gates_TK.flatten()  # in (token, choice) order, like dispatch_ids_S
         for e in range(self.num_experts):
-            slots = torch.nonzero(dispatch_ids == e).squeeze(1)
-            if capacity is not None and slots.numel() > capacity:
-                dropped += slots.numel() - capacity
-                slots = slots[:capacity]
-            if slots.numel() == 0:
+            slots_n = torch.nonzero(dispatch_ids_S == e).squeeze(1)
+            if capacity is not None and slots_n.numel() > capacity:
+                dropped += slots_n.numel() - capacity
+                slots_n = slots_n[:capacity]
+            if slots_n.numel() == 0:
                 continue
-            tokens = slots // self.top_k
-            y_nD = self.experts.forward_one(e, x_TD[tokens])
-            out_TD.index_add_(0, tokens, y_nD.float() * gates_S[slots].unsqueeze(1))
+            tokens_n = slots_n // self.top_k
+            y_nD = self.experts.forward_one(e, x_TD[tokens_n])
+            out_TD.index_add_(0, tokens_n, y_nD.float() * gates_S[slots_n].unsqueeze(1))
         return out_TD, dropped
 
     # ---- balancing ---------------------------------------------------------------------------
     @torch.no_grad()
     def update_bias(self) -> None:
         """Once per optimizer step: nudge b toward balance, keep sum(b) = 0, zero the counts."""
-        counts_E = self.step_counts
+        counts_E = self.tokens_per_expert_E
         if self.cfg.bias_balancing and counts_E.sum() > 0:
             delta_E = self.cfg.bias_update_speed * torch.sign(counts_E.mean() - counts_E)
-            self.expert_bias += delta_E - delta_E.mean()
+            self.expert_bias_E += delta_E - delta_E.mean()
         counts_E.zero_()
 
 
@@ -298,9 +306,6 @@ class MoELM(LM):
         self.moe_cfg = moe_cfg
         self.moe_indices = set(moe_layer_indices(cfg, moe_cfg))
         super().__init__(cfg)
-        self.dead_trackers = {i: DeadExpertTracker(moe_cfg.dead_window)
-                              for i in sorted(self.moe_indices)}
-        self._snapshot: dict | None = None
 
     def make_ffn(self, layer_idx: int) -> nn.Module:
         if layer_idx not in self.moe_indices:
@@ -318,7 +323,7 @@ class MoELM(LM):
             inactive += (ffn.num_experts - ffn.top_k) * per_expert
         return self.num_params() - inactive
 
-    # ---- loop hooks ------------------------------------------------------------------------
+    # ---- the training loop's two calls -----------------------------------------------------
     def extra_loss(self) -> Tensor | None:
         ffns = self.moe_ffns()
         return sum(f.aux_loss + f.z_loss for f in ffns) / len(ffns)
@@ -326,74 +331,3 @@ class MoELM(LM):
     def after_optimizer_step(self) -> None:
         for ffn in self.moe_ffns():
             ffn.update_bias()
-
-    def _take_snapshot(self) -> dict:
-        """Read and reset every layer's telemetry at once (one host sync for all counts)."""
-        ffns = self.moe_ffns()
-        counts_LE = torch.stack([f.log_counts for f in ffns]).tolist()
-        bias_max = torch.stack([f.expert_bias.abs().max() for f in ffns]).tolist()
-        snap: dict = {"loads": {}, "values": {}}
-        per_layer: dict[int, dict[str, float]] = {}
-        latency: dict[int, float] = {}
-        for ffn, counts, max_abs_bias in zip(ffns, counts_LE, bias_max, strict=True):
-            i = ffn.layer_idx
-            snap["loads"][i] = [int(c) for c in counts]
-            stats = load_stats(counts, ffn.top_k)
-            row = {k: float(stats[k]) for k in STAT_KEYS}
-            row["dead_experts"] = float(self.dead_trackers[i].update(counts))
-            n = max(ffn.log_forwards, 1)
-            row["aux_loss"] = float(ffn.log_aux) / n
-            row["z_loss"] = float(ffn.log_z) / n
-            row["max_abs_bias"] = float(max_abs_bias)
-            row["dropped_frac"] = ffn.log_dropped_slots / max(ffn.log_routed_slots, 1)
-            per_layer[i] = row
-            if ffn.router_tokens:
-                latency[i] = 1e6 * ffn.router_seconds / ffn.router_tokens
-            ffn.reset_log()
-            ffn.time_router = True
-        snap["values"] = metric_values(per_layer, "moe")
-        if latency:
-            snap["values"]["route/latency_us"] = sum(latency.values()) / len(latency)
-            snap["values"].update({f"route/L{i}/latency_us": v for i, v in latency.items()})
-        snap["pending"] = {"values", "loads"}
-        return snap
-
-    def _consume(self, part: str) -> dict:
-        # log_values and expert_loads share one snapshot, whichever the loop calls first
-        if self._snapshot is None or part not in self._snapshot["pending"]:
-            self._snapshot = self._take_snapshot()
-        self._snapshot["pending"].discard(part)
-        out = self._snapshot[part]
-        if not self._snapshot["pending"]:
-            self._snapshot = None
-        return out
-
-    def log_values(self) -> dict[str, Tensor | float]:
-        return dict(self._consume("values"))
-
-    def expert_loads(self) -> dict[int, list[int]]:
-        return dict(self._consume("loads"))
-
-    def extra_state(self) -> dict:
-        """Dead-expert streaks and the counts since the last log, so that a resumed run
-        reports the same telemetry as an uninterrupted one (b is in state_dict)."""
-        return {
-            "dead_trackers": {i: t.state_dict() for i, t in self.dead_trackers.items()},
-            "log": {f.layer_idx: {"counts": f.log_counts.tolist(), "forwards": f.log_forwards,
-                                  "aux": float(f.log_aux), "z": float(f.log_z),
-                                  "routed": f.log_routed_slots, "dropped": f.log_dropped_slots}
-                    for f in self.moe_ffns()},
-        }
-
-    def load_extra_state(self, state: dict) -> None:
-        for i, tracker_state in state.get("dead_trackers", {}).items():
-            self.dead_trackers[int(i)].load_state_dict(tracker_state)
-        logs = {int(i): v for i, v in state.get("log", {}).items()}
-        for ffn in self.moe_ffns():
-            if ffn.layer_idx in logs:
-                log = logs[ffn.layer_idx]
-                ffn.log_counts.copy_(torch.tensor(log["counts"]))
-                ffn.log_forwards = int(log["forwards"])
-                ffn.log_aux, ffn.log_z = torch.tensor(log["aux"]), torch.tensor(log["z"])
-                ffn.log_routed_slots = int(log["routed"])
-                ffn.log_dropped_slots = int(log["dropped"])

@@ -13,15 +13,17 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from moedesk.loadstats import load_stats
 from moedesk.profiles import Profile
+from moedesk.stats import names
+from moedesk.stats.load import group_loads, groups, load_stats
 from moedesk.tui.series import SeriesBuffer
 
 # every metric the monitor and runs list show; other names (per-layer moe/L*/...) stay in SQL
 MONITOR_METRICS = (
-    "train/loss", "val/loss", "val/ppl", "train/lr", "train/tokens_per_s", "train/samples_per_s",
-    "moe/imbalance", "route/latency_us", "ff/goodness_delta", "ff/accuracy", "moe/dead_experts",
-    "moe/usage_std", "moe/aux_loss", "moe/z_loss", "sys/step_s",
+    names.TRAIN_LOSS, names.VAL_LOSS, names.VAL_PPL, names.TRAIN_LR, names.TRAIN_TOKENS_PER_S,
+    names.TRAIN_SAMPLES_PER_S, names.MOE_IMBALANCE, names.ROUTE_LATENCY_US,
+    names.FF_GOODNESS_DELTA, names.FF_ACCURACY, names.MOE_DEAD_EXPERTS, names.MOE_USAGE_STD,
+    names.MOE_AUX_LOSS, names.MOE_Z_LOSS, names.SYS_STEP_S,
 )
 PARTS = ("row", "curves", "load", "alerts", "log")
 # a flat ternary router has no clusters: the monitor groups its experts in rows of 3^3,
@@ -113,7 +115,9 @@ class RunData:
         self.latest: dict[str, tuple[int, float | None]] = {}
         self.load_step: int | None = None
         self.load_layers: dict[int, list[float]] = {}  # layer -> load ratio per expert
-        self.load_counts: dict[int, list[float]] = {}
+        # the heatmap's rows: (label, load ratios): one per layer, or one per cluster (or
+        # row of 27) of a ternary run's single layer
+        self.load_rows: list[tuple[str, list[float]]] = []
         self.timeline: deque[tuple[int, tuple[float, ...]]] = deque(maxlen=TIMELINE_LEN)
         self.alerts: list[dict] = []
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
@@ -149,11 +153,12 @@ class RunData:
             layers = by_step[step]
             grid = {}
             for layer, counts in layers.items():
-                # one definition of load: loadstats (c_i / mean); an empty step is all zeros
+                # one definition of load: stats.load (c_i / mean); an empty step is all zeros
                 k = min(max(1, top_k), max(1, len(counts)))
                 grid[layer] = load_stats(counts, k)["loads"]
             self.timeline.append((step, self._timeline_column(layers, grid)))
-            self.load_step, self.load_layers, self.load_counts = step, grid, layers
+            self.load_step, self.load_layers = step, grid
+        self.load_rows = self._heat_rows()
         self.bump("load")
 
     def _timeline_column(self, layers: dict[int, list[float]],
@@ -161,15 +166,16 @@ class RunData:
         """One column of the experts-over-time strip: per expert (or per cluster) load."""
         cluster = self.row.cluster_size if self.row else 0
         if cluster:
-            counts = next(iter(layers.values()))
-            total = sum(counts)
-            groups = [counts[i:i + cluster] for i in range(0, len(counts), cluster)]
-            if total <= 0:
-                return tuple(0.0 for _ in groups)
-            # a cluster's share relative to its fair share (its experts / all experts)
-            return tuple(sum(g) / total * len(counts) / len(g) for g in groups)
+            return tuple(group_loads(next(iter(layers.values())), cluster))
         rows = list(grid.values())
         return tuple(sum(col) / len(rows) for col in zip(*rows, strict=True))
+
+    def _heat_rows(self) -> list[tuple[str, list[float]]]:
+        cluster = self.row.cluster_size if self.row else 0
+        if cluster:
+            ratios = next(iter(self.load_layers.values()))
+            return [(f"c{i}", row) for i, row in enumerate(groups(ratios, cluster))]
+        return [(f"L{i}", self.load_layers[i]) for i in sorted(self.load_layers)]
 
     def set_alerts(self, alerts: list[dict]) -> None:
         self.alerts = alerts

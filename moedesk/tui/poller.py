@@ -18,6 +18,7 @@ from pathlib import Path
 
 from moedesk.paths import db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
+from moedesk.stats import names
 from moedesk.store import Reader, StoreError
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
 
@@ -168,7 +169,7 @@ class Poller:
         cached = self._loss_cache.get(info.id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        name = "ff/goodness_delta" if info.kind == "ternary" else "train/loss"
+        name = names.FF_GOODNESS_DELTA if info.kind == "ternary" else names.TRAIN_LOSS
         value = reader.last_value(info.id, name)
         self._loss_cache[info.id] = (key, value)
         return value

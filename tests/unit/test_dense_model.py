@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moedesk.profiles.schema import ModelSection, TrainSection
-from moedesk.train.model import LM, Attention, SwiGLU, apply_rope, ffn_hidden_size, rope_tables
+from moedesk.train.model import LM, Attention, SwiGLU, apply_rope, rope_tables
 from moedesk.train.optim import param_groups
 
 
@@ -34,10 +34,12 @@ def test_forward_shapes_and_loss():
 
 
 def test_ffn_hidden_default_rounds_8_3_dim_up_to_32():
-    assert ffn_hidden_size(small_cfg(dim=64)) == 192      # 170.7 -> 192
-    assert ffn_hidden_size(small_cfg(dim=256)) == 704     # 682.7 -> 704
-    assert ffn_hidden_size(small_cfg(dim=96)) == 256      # exactly 256
-    assert ffn_hidden_size(small_cfg(ffn_hidden=100)) == 100
+    def width(cfg) -> int:  # the built model's FFN width (sizing.dense_ffn_hidden decides it)
+        return LM(cfg).blocks[0].ffn.w1.weight.shape[0]
+
+    assert width(small_cfg(dim=64)) == 192      # 170.7 -> 192
+    assert width(small_cfg(dim=96)) == 256      # exactly 256
+    assert width(small_cfg(ffn_hidden=100)) == 100
 
 
 def test_future_tokens_do_not_change_past_logits():

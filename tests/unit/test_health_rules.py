@@ -7,10 +7,12 @@ import math
 import pytest
 
 from moedesk.health.engine import HealthEngine, RunContext
+from moedesk.health.rules import worst_of
 from moedesk.health.thresholds import RULES
 from moedesk.profiles import profile_from_dict
 from moedesk.profiles.schema import TernarySection, TrainSection
 from moedesk.runner.supervise import make_engine, run_context
+from moedesk.stats import names
 
 
 def config(kind="topk", num_experts=8, top_k=2, stop_on="critical", **rules) -> dict:
@@ -280,3 +282,17 @@ def test_run_context_reads_the_profile_not_restated_defaults():
     unbalanced = profile_from_dict({"name": "t", "kind": "topk", "seed": 0, "moe": {
         "bias_balancing": False, "aux_loss_weight": 0.0}})
     assert run_context(unbalanced).balanced is False
+
+
+def test_worst_of_reads_the_layers_of_that_metric_only():
+    values = {"moe/min_share": 0.1, "moe/L0/min_share": 0.2, "moe/L1/min_share": 0.05,
+              "route/L2/min_share": 0.0, "moe/L3/max_share": 0.0, "moe/L4/min_share": math.nan,
+              "moe/L5/x/min_share": 0.0}
+    assert worst_of(values, names.MOE_MIN_SHARE, pick=min) == ("moe/L1/min_share", 0.05)
+    assert worst_of(values, names.MOE_MIN_SHARE) == ("moe/L0/min_share", 0.2)
+    assert worst_of({"moe/min_share": 0.1}, names.MOE_MIN_SHARE) == ("moe/min_share", 0.1)
+    assert worst_of({"moe/min_share": math.nan}, names.MOE_MIN_SHARE) is None
+
+
+def test_every_rule_reads_a_catalogued_metric():
+    assert all(spec.metric in names.ALL for spec in RULES.values())

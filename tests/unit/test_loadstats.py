@@ -11,7 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moedesk.loadstats import DeadExpertTracker, aggregate, load_stats, metric_values
+from moedesk.stats import names
+from moedesk.stats.load import (
+    SCALAR_KEYS,
+    DeadExpertTracker,
+    aggregate,
+    group_loads,
+    groups,
+    load_stats,
+    metric_values,
+    scalar_stats,
+)
 
 
 def test_uniform_load_is_perfectly_balanced():
@@ -128,9 +138,54 @@ def test_dead_expert_tracker_needs_a_full_window_of_zeros():
         DeadExpertTracker(window=0)
 
 
-def test_loadstats_imports_neither_torch_nor_numpy():
-    code = ("import sys, moedesk.loadstats, moedesk.profiles.sizing; "
-            "print(any(m in sys.modules for m in ('torch', 'numpy')))")
+def test_group_loads_are_the_mean_load_ratio_of_each_group():
+    counts = [6, 2, 0, 0, 4, 4, 8]  # groups of 3: [6, 2, 0], [0, 4, 4], [8]
+    assert groups(counts, 3) == [[6, 2, 0], [0, 4, 4], [8]]
+    loads = load_stats(counts, 1)["loads"]
+    got = group_loads(counts, 3)
+    want = [sum(g) / len(g) for g in groups(loads, 3)]
+    assert got == pytest.approx(want)
+    assert got == pytest.approx([8 / 24 * 7 / 3, 8 / 24 * 7 / 3, 8 / 24 * 7])
+    assert group_loads([0, 0, 0, 0], 2) == [0.0, 0.0]  # no evidence: no load
+    with pytest.raises(ValueError):
+        groups(counts, 0)
+
+
+def test_scalar_stats_is_the_scalar_row_of_load_stats():
+    counts = [30, 0, 10, 5]
+    row = scalar_stats(counts, 2)
+    full = load_stats(counts, 2)
+    assert list(row) == list(SCALAR_KEYS)
+    assert all(row[k] == full[k] for k in SCALAR_KEYS) and row["zero_experts"] == 1.0
+
+
+def test_every_load_statistic_has_a_catalogued_metric_name():
+    for key in (*SCALAR_KEYS, "dead_experts"):
+        assert names.metric(names.MOE, key) in names.ALL, key
+    values = metric_values({2: scalar_stats([1, 2, 3], 1)})
+    assert set(values) - set(names.ALL) == {names.layer_metric(names.MOE, 2, k)
+                                            for k in SCALAR_KEYS}
+
+
+def test_per_layer_names_parse_back():
+    name = names.layer_metric(names.MOE, 12, "usage_std")
+    assert name == "moe/L12/usage_std"
+    assert names.parse_layer(name) == (names.MOE, 12, "usage_std")
+    assert names.parse_layer(name).overall == names.MOE_USAGE_STD
+    for other in ("moe/usage_std", "moe/Lx/usage_std", "moe/L/usage_std", "train/loss",
+                  "a/L1/b/c"):
+        assert names.parse_layer(other) is None, other
+    assert names.split(names.ROUTE_LATENCY_US) == ("route", "latency_us")
+    with pytest.raises(ValueError):
+        names.split(name)
+    assert len(set(names.ALL)) == len(names.ALL)
+    assert {n.partition("/")[0] for n in names.ALL} == set(names.FAMILIES)
+
+
+def test_stats_is_a_leaf_without_torch_or_numpy():
+    code = ("import sys, moedesk.stats.load, moedesk.stats.names, moedesk.stats.routing; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy') or "
+            "(m.startswith('moedesk.') and not m.startswith('moedesk.stats'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moedesk.compare.routing import explained_share, mutual_information, specialization
 from moedesk.profiles import load_profile, profile_to_dict
 from moedesk.runner.ingest import Ingestor
+from moedesk.stats.routing import explained_share, mutual_information, specialization
 from moedesk.store import Reader, connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.train import loop
@@ -74,19 +74,21 @@ def test_recorded_routing_is_what_the_router_chose_on_the_validation_windows():
         loop.evaluate(model, val_batches, lambda: torch.autocast("cpu", enabled=False))
     for hook in hooks:
         hook.remove()
-    assert all("route" not in vars(ffn) for ffn in model.moe_ffns())  # method restored
+    # nothing patched, and the recording hooks are gone again
+    assert all("route" not in vars(ffn) and not ffn.router._forward_hooks
+               for ffn in model.moe_ffns())
     payloads = analysis.payloads()
     assert set(payloads) == {"routing/L0", "routing/L1"}
     labels = torch.cat([data.window_labels("val", s) for s in
                         data.val_starts(n_windows).split(p.train.batch_size)]).flatten()
     for ffn in model.moe_ffns():
         payload = payloads[f"routing/L{ffn.layer_idx}"]
-        x_SD = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs[ffn.layer_idx]])
-        ids_SK = ffn.route(x_SD)[0]
+        x_TD = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs[ffn.layer_idx]])
+        ids_TK = ffn.route(x_TD)[0]
         E, K = ffn.num_experts, ffn.top_k
-        assert payload["tokens"] == n_windows * p.data.seq_len == ids_SK.shape[0]
-        assert payload["histogram"] == torch.bincount(ids_SK.flatten(), minlength=E).tolist()
-        assert payload["first_choice"] == torch.bincount(ids_SK[:, 0], minlength=E).tolist()
+        assert payload["tokens"] == n_windows * p.data.seq_len == ids_TK.shape[0]
+        assert payload["histogram"] == torch.bincount(ids_TK.flatten(), minlength=E).tolist()
+        assert payload["first_choice"] == torch.bincount(ids_TK[:, 0], minlength=E).tolist()
         assert sum(payload["histogram"]) == payload["tokens"] * K
         assert payload["class_tokens"] == torch.bincount(
             labels.long(), minlength=len(data.label_names)).tolist()
@@ -94,7 +96,7 @@ def test_recorded_routing_is_what_the_router_chose_on_the_validation_windows():
         assert [sum(row) for row in payload["by_frequency"]] == payload["histogram"]
         # one expert, one class: count the tokens of that class the router sent there
         c = data.label_names.index("noun")
-        expect = int(((ids_SK == 1).any(1) & (labels == c)).sum())
+        expect = int(((ids_TK == 1).any(1) & (labels == c)).sum())
         assert payload["by_class"][1][c] == expect
     # a second call without recording has nothing (no stale results)
     assert analysis.payloads() == {}

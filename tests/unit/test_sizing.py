@@ -86,13 +86,13 @@ def test_memory_is_bytes_per_parameter():
     assert "active" in size.lines()[0] and human_bytes(3 * 2**20) == "3.0 MiB"
 
 
-def test_defaults_follow_the_dense_ffn():
-    from moedesk.train.model import ffn_hidden_size
-
-    for dim in (64, 128, 200, 256, 512):
-        p = profile(model={"dim": dim, "n_heads": 4})
-        assert dense_ffn_hidden(p.model) == ffn_hidden_size(p.model)
-        assert expert_hidden(p.model, p.moe) == ffn_hidden_size(p.model) // 2
+def test_ffn_width_defaults():
+    # 8/3 * dim rounded up to 32; K experts of the default width hold the dense FFN's weights
+    for dim, want in ((64, 192), (256, 704), (96, 256)):
+        p = profile(model={"dim": dim})
+        assert dense_ffn_hidden(p.model) == want
+        assert expert_hidden(p.model, p.moe) == want // p.moe.top_k
+    assert dense_ffn_hidden(profile(model={"ffn_hidden": 100}).model) == 100
     assert moe_layer_indices(profile().model, profile(moe={"skip_first_n_moe": 1}).moe) == [1, 2]
 
 

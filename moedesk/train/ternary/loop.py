@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from moedesk.loadstats import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
 from moedesk.profiles import Profile, profile_to_dict
+from moedesk.stats import names
+from moedesk.stats.load import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
 from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from moedesk.train.emit import Emitter
-from moedesk.train.loop import rss_mb
 from moedesk.train.stopflag import StopFlag
+from moedesk.train.system import rss_mb
 from moedesk.train.ternary.data import EpochBatches, TernaryDataError, held_out_pairs, load_samples
 from moedesk.train.ternary.model import StepStats, TernaryMoE
 
@@ -133,9 +134,10 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
 
     def evaluate(at_step: int) -> float:
         result = model.evaluate(eval_x, eval_neg, tc.batch_size)
-        emitter.metrics(at_step, {"ff/accuracy": result.accuracy, "ff/tie_rate": result.tie_rate,
-                                  "ff/eval_goodness_pos": result.goodness_pos,
-                                  "ff/eval_goodness_neg": result.goodness_neg})
+        emitter.metrics(at_step, {names.FF_ACCURACY: result.accuracy,
+                                  names.FF_TIE_RATE: result.tie_rate,
+                                  names.FF_EVAL_GOODNESS_POS: result.goodness_pos,
+                                  names.FF_EVAL_GOODNESS_NEG: result.goodness_neg})
         emitter.log(f"Evaluation - step {at_step} | FF accuracy: {result.accuracy:.3f} "
                     f"(ties {result.tie_rate:.3f})")
         return result.accuracy
@@ -163,31 +165,31 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
             row = {k: float(v) for k, v in load_stats(counts, cfg.active_experts).items()
                    if k in SCALAR_KEYS}
             row["dead_experts"] = float(dead.update(counts))
-            values = metric_values({0: row}, "moe")
+            values = metric_values({0: row}, names.MOE)
             pairs = max(window.pairs, 1)
             step_s = window.train_seconds / window.steps
             values.update({
-                "ff/goodness_pos": window.goodness_pos / pairs,
-                "ff/goodness_neg": window.goodness_neg / pairs,
-                "ff/goodness_delta": (window.goodness_pos - window.goodness_neg) / pairs,
-                "ff/weights_changed": window.weights_changed / (
+                names.FF_GOODNESS_POS: window.goodness_pos / pairs,
+                names.FF_GOODNESS_NEG: window.goodness_neg / pairs,
+                names.FF_GOODNESS_DELTA: (window.goodness_pos - window.goodness_neg) / pairs,
+                names.FF_WEIGHTS_CHANGED: window.weights_changed / (
                     window.steps * cfg.num_experts * model.bank.weights_per_expert),
-                "route/latency_us": 1e6 * window.route_seconds / window.samples,
-                "route/ref_imbalance": reference_imbalance(window.counts_E, window.samples),
-                "train/epoch": batches.position.epoch
+                names.ROUTE_LATENCY_US: 1e6 * window.route_seconds / window.samples,
+                names.ROUTE_REF_IMBALANCE: reference_imbalance(window.counts_E, window.samples),
+                names.TRAIN_EPOCH: batches.position.epoch
                 + batches.position.batch / batches.batches_per_epoch,
-                "train/samples_per_s": window.samples / max(window.train_seconds, 1e-9),
-                "sys/step_s": step_s,
-                "sys/rss_mb": rss_mb(),
+                names.TRAIN_SAMPLES_PER_S: window.samples / max(window.train_seconds, 1e-9),
+                names.SYS_STEP_S: step_s,
+                names.SYS_RSS_MB: rss_mb(),
             })
             emitter.metrics(step, values)
             emitter.expert_load(step, {0: counts})
             logs += 1
             if logs % 10 == 0 or is_end:
                 emitter.log(f"Step {step}/{tc.steps} | goodness delta "
-                            f"{values['ff/goodness_delta']:.3f} | imbalance "
-                            f"{values['moe/imbalance']:.3f} | samples/s "
-                            f"{values['train/samples_per_s']:.0f}")
+                            f"{values[names.FF_GOODNESS_DELTA]:.3f} | imbalance "
+                            f"{values[names.MOE_IMBALANCE]:.3f} | samples/s "
+                            f"{values[names.TRAIN_SAMPLES_PER_S]:.0f}")
             window.reset()
 
         # 5. held-out accuracy; an epoch end also decides early stopping (a stop request

@@ -8,8 +8,6 @@ get points downsampled to their width; the heatmap redraws only lines that chang
 
 from __future__ import annotations
 
-import math
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,7 +15,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
-from moedesk.loadstats import aggregate, load_stats
+from moedesk.stats import names
 from moedesk.tui import bands
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunData, RunRow
@@ -147,19 +145,19 @@ class MonitorScreen(Screen):
     def _apply_curves(self, data: RunData, row: RunRow) -> None:
         loss_chart = self.query_one("#loss-chart", LineChart)
         lr_chart = self.query_one("#lr-chart", LineChart)
-        if row.kind == "ternary" and "train/loss" not in data.series:
+        if row.kind == "ternary" and names.TRAIN_LOSS not in data.series:
             loss_chart.title = "goodness delta (positive - negative)"
-            self._series_lines(data, loss_chart, [("ff/goodness_delta", "Δg", TRAIN)])
+            self._series_lines(data, loss_chart, [(names.FF_GOODNESS_DELTA, "Δg", TRAIN)])
         else:
             loss_chart.title = "loss"
-            self._series_lines(data, loss_chart, [("train/loss", "train", TRAIN),
-                                                  ("val/loss", "val", VAL)])
-        if row.kind == "ternary" and "train/lr" not in data.series:
+            self._series_lines(data, loss_chart, [(names.TRAIN_LOSS, "train", TRAIN),
+                                                  (names.VAL_LOSS, "val", VAL)])
+        if row.kind == "ternary" and names.TRAIN_LR not in data.series:
             lr_chart.title = "held-out accuracy"
-            self._series_lines(data, lr_chart, [("ff/accuracy", "acc", OTHER)])
+            self._series_lines(data, lr_chart, [(names.FF_ACCURACY, "acc", OTHER)])
         else:
             lr_chart.title = "learning rate"
-            self._series_lines(data, lr_chart, [("train/lr", "lr", OTHER)])
+            self._series_lines(data, lr_chart, [(names.TRAIN_LR, "lr", OTHER)])
         self.query_one("#run-stats", Static).update(self._stats_text(data, row), layout=False)
 
     def _stats_text(self, data: RunData, row: RunRow) -> Text:
@@ -170,20 +168,20 @@ class MonitorScreen(Screen):
         progress = Text(no_wrap=True, overflow="ellipsis")
         progress.append(fmt.status_text(row.status))
         progress.append(f"  step {fmt.step_text(row.step, row.total_steps)}")
-        step_s = data.value("sys/step_s")
+        step_s = data.value(names.SYS_STEP_S)
         if step_s:
             progress.append(f"  {step_s * 1000:.0f} ms/step", style="dim")
             if row.total_steps and row.active:
                 progress.append(f"  ETA {fmt.duration((row.total_steps - row.step) * step_s)}",
                                 style="dim")
         speed = Text(no_wrap=True, overflow="ellipsis")
-        rate = data.value("train/samples_per_s") if row.kind == "ternary" else None
+        rate = data.value(names.TRAIN_SAMPLES_PER_S) if row.kind == "ternary" else None
         if rate is not None:
             speed.append(f"{fmt.count(rate)} samples/s")
-        elif data.value("train/tokens_per_s") is not None:
-            speed.append(f"{fmt.count(data.value('train/tokens_per_s'))} tokens/s")
+        elif data.value(names.TRAIN_TOKENS_PER_S) is not None:
+            speed.append(f"{fmt.count(data.value(names.TRAIN_TOKENS_PER_S))} tokens/s")
         if row.kind == "ternary":
-            delta = data.value("ff/goodness_delta")
+            delta = data.value(names.FF_GOODNESS_DELTA)
             label, colour = bands.goodness_verdict(row, delta)
             speed.append(f"  goodness Δ {fmt.number(delta, 3)} ")
             speed.append(label, style=colour)
@@ -191,10 +189,10 @@ class MonitorScreen(Screen):
         if row.error and row.status in ("failed", "crashed"):
             experts.append(row.error.splitlines()[0], style="#ff5f5f")
         elif row.kind in ("topk", "ternary"):
-            dead = data.value("moe/dead_experts")
+            dead = data.value(names.MOE_DEAD_EXPERTS)
             if dead is not None:
                 experts.append(f"dead experts {dead:.0f}", style="bold #ff5f5f" if dead else "")
-            usage = data.value("moe/usage_std")
+            usage = data.value(names.MOE_USAGE_STD)
             if usage is not None:
                 experts.append(f"  usage std {usage:.3f}", style="dim")
         return Text("\n").join([progress, speed, experts])
@@ -206,34 +204,20 @@ class MonitorScreen(Screen):
             return
         if data.load_step is None:
             heatmap.clear_grid("expert load: waiting for the first logged step")
-        elif row.cluster_size:
-            ratios = next(iter(data.load_layers.values()))
-            size = row.cluster_size
-            rows = [ratios[i:i + size] for i in range(0, len(ratios), size)]
-            heatmap.set_grid([f"c{i}" for i in range(len(rows))], rows,
-                             f"{len(ratios)} experts, {size} per row · step {data.load_step}")
         else:
-            layers = sorted(data.load_layers)
-            heatmap.set_grid([f"L{i}" for i in layers], [data.load_layers[i] for i in layers],
-                             f"layers × {row.num_experts} experts · step {data.load_step}")
+            labels, rows = [label for label, _ in data.load_rows], [r for _, r in data.load_rows]
+            if row.cluster_size:
+                caption = (f"{sum(map(len, rows))} experts, {row.cluster_size} per row · "
+                           f"step {data.load_step}")
+            else:
+                caption = f"layers × {row.num_experts} experts · step {data.load_step}"
+            heatmap.set_grid(labels, rows, caption)
         timeline.set_columns(list(data.timeline), "cluster" if row.cluster_size else "expert",
                              data.generation)
-        self.query_one("#imbalance", BandGauge).set_value(self._imbalance(data, row))
-        latency = data.value("route/latency_us")
-        self.query_one("#latency", BandGauge).set_value(latency)
-
-    @staticmethod
-    def _imbalance(data: RunData, row: RunRow) -> float | None:
-        logged = data.value("moe/imbalance")
-        if logged is not None:
-            return logged
-        if not data.load_counts:
-            return None
-        # the trainer did not log it: the same statistic from the newest counts
-        per_layer = {layer: {"imbalance": load_stats(c, min(row.top_k, len(c)))["imbalance"]}
-                     for layer, c in data.load_counts.items() if c}
-        value = aggregate(per_layer).get("imbalance")
-        return None if value is None or math.isnan(value) else value
+        # both trainers log the imbalance at every logged step (an empty window: NaN, stored
+        # as NULL, shown as no value)
+        self.query_one("#imbalance", BandGauge).set_value(data.value(names.MOE_IMBALANCE))
+        self.query_one("#latency", BandGauge).set_value(data.value(names.ROUTE_LATENCY_US))
 
     def _apply_log(self, data: RunData) -> None:
         new = data.log_total - self._log_seen

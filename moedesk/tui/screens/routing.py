@@ -2,7 +2,7 @@
 
 It shows what `moedesk analysis RUN` prints, for the newest evaluation: the layers and
 the step, a one-line reading of specialization, the per-expert assignment bars and the
-expert-by-class heatmap. All numbers come from `moedesk.compare.routing`: the shares
+expert-by-class heatmap. All numbers come from `moedesk.stats.routing`: the shares
 (`class_expert_shares`) and the U statistics (`specialization`). The rows are the
 `routing/L{i}` analysis rows (`moedesk.store.analysis`). They are read in a thread
 worker over a read-only Reader. Once every `CHECK_S` seconds a worker compares each
@@ -24,8 +24,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from moedesk.compare.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.paths import db_path
+from moedesk.stats.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.store import Reader, StoreError
 from moedesk.store.analysis import ROUTING_PREFIX
 from moedesk.tui.widgets.routing_charts import ClassHeatmap, ExpertBars

@@ -2,7 +2,7 @@
 
 Top-k runs: one row per MoE layer, one column per expert. Ternary runs: the 243 experts
 as a grid with one row per routing cluster (rows of 27 for a flat router). Each cell is
-the expert's load ratio (tokens / fair share, from `moedesk.loadstats`); the last line
+the expert's load ratio (tokens / fair share, from `moedesk.stats.load`); the last line
 is the colour legend. When rows outnumber the lines available two rows share a line
 (upper half-block over lower). An update only swaps the level grid and drops the line
 cache; `render_line` rebuilds a line from shared segments (`palette`), which keeps a

@@ -1,15 +1,20 @@
-"""Expert-load statistics: the one definition used by the trainers, health rules and the TUI.
+"""Expert-load statistics: the one definition used by the trainers, the reports and the TUI.
 
 Input is one layer's per-expert counts over a window (a logged step): c_i = the number of
 (token, slot) pairs routed to expert i, E experts, K experts chosen per token, so the sum
-S = T*K for T tokens when nothing is dropped. Pure Python (no torch, no numpy) so the
-health rules and the TUI can import it. docs/loadstats.md states every formula.
+S = T*K for T tokens when nothing is dropped. `load_stats` gives one layer's shares, load
+ratios and scalars, `aggregate` the overall row, `metric_values` their metric names,
+`group_loads` the load of consecutive groups (ternary clusters), `DeadExpertTracker` the
+experts idle for a whole window. Pure Python (no torch, no numpy) so the health rules and
+the TUI can import it. docs/loadstats.md states every formula.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+
+from moedesk.stats.names import MOE, layer_metric, metric
 
 # scalar statistics of one layer, in the order the TUI shows them
 SCALAR_KEYS = ("imbalance", "cv", "max_vio", "entropy_norm", "usage_std", "min_share",
@@ -72,6 +77,29 @@ def load_stats(counts: Sequence[float], top_k: int) -> dict:
     }
 
 
+def scalar_stats(counts: Sequence[float], top_k: int) -> dict[str, float]:
+    """The `SCALAR_KEYS` of `load_stats` as floats: one layer's row of metrics."""
+    stats = load_stats(counts, top_k)
+    return {key: float(stats[key]) for key in SCALAR_KEYS}
+
+
+def groups(values: Sequence, size: int) -> list[list]:
+    """Consecutive groups of `size` values (ternary clusters); the last may be shorter."""
+    if size < 1:
+        raise ValueError(f"group size must be >= 1, got {size}")
+    return [list(values[i:i + size]) for i in range(0, len(values), size)]
+
+
+def group_loads(counts: Sequence[float], size: int) -> list[float]:
+    """Load ratio of each group of `size` consecutive experts: its share of S over its fair
+    share (its experts / E), i.e. the mean load ratio of its members; zeros when S = 0."""
+    total = sum(counts)
+    parts = groups(counts, size)
+    if total <= 0:
+        return [0.0] * len(parts)
+    return [sum(g) / total * len(counts) / len(g) for g in parts]
+
+
 def aggregate(per_layer: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     """The overall row: the mean of each scalar over layers, `dead_experts` summed.
 
@@ -91,12 +119,12 @@ def aggregate(per_layer: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
-def metric_values(per_layer: Mapping[int, Mapping[str, float]], prefix: str = "moe"
+def metric_values(per_layer: Mapping[int, Mapping[str, float]], family: str = MOE
                   ) -> dict[str, float]:
-    """Flat metric names: `{prefix}/{key}` overall and `{prefix}/L{i}/{key}` per layer."""
-    values = {f"{prefix}/{k}": v for k, v in aggregate(per_layer).items()}
+    """Flat metric names (stats/names.py): `family/key` overall, `family/L{i}/key` per layer."""
+    values = {metric(family, k): v for k, v in aggregate(per_layer).items()}
     for layer, stats in sorted(per_layer.items()):
-        values.update({f"{prefix}/L{layer}/{k}": float(v) for k, v in stats.items()})
+        values.update({layer_metric(family, layer, k): float(v) for k, v in stats.items()})
     return values
 
 

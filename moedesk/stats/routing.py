@@ -5,12 +5,16 @@ Do experts specialize on word classes, or on something arbitrary like token freq
 property explains: U(X) = I(expert; X) / H(expert), from the (token, slot) assignment
 counts, with the Miller-Madow bias (R-1)(C-1)/(2N) nats subtracted from I so that a
 property with many categories does not look informative by chance. U = 0: routing
-ignores X; U = 1: X decides the expert. Pure Python, used by the report and the CLI.
+ignores X; U = 1: X decides the expert. The experts' shares are `load.load_stats`'s (the
+one definition); the usage statistics of a histogram are `load_stats`'s too. Pure Python,
+used by the compare report, the CLI and the TUI's routing screen.
 """
 
 from __future__ import annotations
 
 import math
+
+from moedesk.stats.load import load_stats
 
 # U at or above this: the property explains a real part of the routing
 SPECIALIZATION_THRESHOLD = 0.10
@@ -53,11 +57,6 @@ def explained_share(matrix: list[list[float]]) -> dict:
             "categories": sum(1 for col in zip(*matrix, strict=True) if sum(col) > 0)}
 
 
-def population_std(values: list[float]) -> float:
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
-
-
 def class_expert_shares(payload: dict) -> list[list[float]]:
     """[class][expert]: the share of a class's (token, slot) assignments each expert got
     (rows sum to 1; uniform routing gives 1/E everywhere). Empty classes give zeros."""
@@ -72,9 +71,8 @@ def class_expert_shares(payload: dict) -> list[list[float]]:
 def specialization(payload: dict) -> dict:
     """Everything the report says about one layer's routing analysis, computed."""
     histogram = [float(c) for c in payload["histogram"]]
-    total = sum(histogram)
     num_experts = len(histogram)
-    shares = [c / total if total else 0.0 for c in histogram]
+    shares = load_stats(histogram, payload["top_k"])["shares"]
     by_class = payload["by_class"]
     class_tokens = payload["class_tokens"]
     n_tokens = sum(class_tokens)
@@ -101,8 +99,5 @@ def specialization(payload: dict) -> dict:
     else:
         pattern = "token frequency"
     return {"layer": payload["layer"], "tokens": payload["tokens"], "shares": shares,
-            "fair_share": 1.0 / num_experts, "usage_std": population_std(shares),
-            "unused_experts": sum(1 for c in histogram if c == 0),
-            "max_share": max(shares), "min_share": min(shares),
             "class": by_class_u, "frequency": by_frequency_u, "pattern": pattern,
             "per_expert": per_expert}

@@ -1,0 +1,125 @@
+"""Metric names: the one catalogue of what the trainers emit and what every reader reads.
+
+A metric is FAMILY/KEY, or FAMILY/L{i}/KEY for MoE layer i (the block index), with a
+float value (non-finite values travel as strings, runner/protocol.py):
+  train/  loss, lr, grad_norm, tokens_per_s         each logged step (dense, topk)
+          epoch, samples_per_s                      each logged step (ternary)
+  val/    loss, ppl                                 each evaluation (dense, topk)
+  sys/    step_s, rss_mb                            each logged step (every kind)
+  data/   batch_hash                                each logged step (dense, topk)
+  moe/    the load statistics of stats/load.py (imbalance, cv, max_vio, entropy_norm,
+          usage_std, min_share, max_share, max_token_fraction, zero_experts) and
+          dead_experts (topk, ternary); aux_loss, z_loss, max_abs_bias, dropped_frac
+          (topk); each also per layer as moe/L{i}/KEY. The overall moe/KEY is the mean of
+          the layers (zero_experts, dead_experts: their sum; stats.load.aggregate)
+  route/  latency_us (topk: also route/L{i}/latency_us), ref_imbalance (ternary)
+  ff/     goodness_pos, goodness_neg, goodness_delta, weights_changed (each logged step);
+          accuracy, tie_rate, eval_goodness_pos, eval_goodness_neg (each evaluation)
+The per-expert counts are not metrics: they travel as `expert_load` events.
+Pure stdlib: the trainers, the health rules, the TUI and the CLI all import it. Adding a
+metric means one constant here plus the code that computes or reads it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+TRAIN, VAL, SYS, DATA, MOE, ROUTE, FF = "train", "val", "sys", "data", "moe", "route", "ff"
+FAMILIES = (TRAIN, VAL, SYS, DATA, MOE, ROUTE, FF)
+LAYER_FAMILIES = (MOE, ROUTE)  # the families with per-layer names
+
+
+def metric(family: str, key: str) -> str:
+    """The overall name FAMILY/KEY."""
+    return f"{family}/{key}"
+
+
+def layer_metric(family: str, layer: int, key: str) -> str:
+    """The per-layer name FAMILY/L{layer}/KEY."""
+    return f"{family}/L{int(layer)}/{key}"
+
+
+def per_layer(overall: str, layer: int) -> str:
+    """The per-layer form of an overall name: per_layer("moe/cv", 1) = "moe/L1/cv"."""
+    family, key = split(overall)
+    return layer_metric(family, layer, key)
+
+
+def prefix(family: str) -> str:
+    """FAMILY/: matches every name of the family, per-layer ones included."""
+    return f"{family}/"
+
+
+class LayerName(NamedTuple):
+    family: str
+    layer: int
+    key: str
+
+    @property
+    def overall(self) -> str:
+        """The overall name this per-layer name belongs to (moe/L1/cv -> moe/cv)."""
+        return metric(self.family, self.key)
+
+
+def parse_layer(name: str) -> LayerName | None:
+    """FAMILY/L{i}/KEY -> (family, i, key); None for any other name."""
+    parts = name.split("/")
+    if len(parts) != 3 or not parts[1].startswith("L") or not parts[1][1:].isdigit():
+        return None
+    return LayerName(parts[0], int(parts[1][1:]), parts[2])
+
+
+def split(name: str) -> tuple[str, str]:
+    """An overall name FAMILY/KEY -> (family, key)."""
+    family, sep, key = name.partition("/")
+    if not sep or not key or "/" in key:
+        raise ValueError(f"{name!r} is not an overall metric name FAMILY/KEY")
+    return family, key
+
+
+# ---- train/, val/, sys/, data/ --------------------------------------------------------------
+TRAIN_LOSS = metric(TRAIN, "loss")
+TRAIN_LR = metric(TRAIN, "lr")
+TRAIN_GRAD_NORM = metric(TRAIN, "grad_norm")
+TRAIN_TOKENS_PER_S = metric(TRAIN, "tokens_per_s")
+TRAIN_EPOCH = metric(TRAIN, "epoch")
+TRAIN_SAMPLES_PER_S = metric(TRAIN, "samples_per_s")
+VAL_LOSS = metric(VAL, "loss")
+VAL_PPL = metric(VAL, "ppl")
+SYS_STEP_S = metric(SYS, "step_s")
+SYS_RSS_MB = metric(SYS, "rss_mb")
+DATA_BATCH_HASH = metric(DATA, "batch_hash")
+
+# ---- moe/: load statistics (keys of stats.load.SCALAR_KEYS), then the trainers' own -----
+MOE_IMBALANCE = metric(MOE, "imbalance")
+MOE_CV = metric(MOE, "cv")
+MOE_MAX_VIO = metric(MOE, "max_vio")
+MOE_ENTROPY_NORM = metric(MOE, "entropy_norm")
+MOE_USAGE_STD = metric(MOE, "usage_std")
+MOE_MIN_SHARE = metric(MOE, "min_share")
+MOE_MAX_SHARE = metric(MOE, "max_share")
+MOE_MAX_TOKEN_FRACTION = metric(MOE, "max_token_fraction")
+MOE_ZERO_EXPERTS = metric(MOE, "zero_experts")
+MOE_DEAD_EXPERTS = metric(MOE, "dead_experts")
+MOE_AUX_LOSS = metric(MOE, "aux_loss")
+MOE_Z_LOSS = metric(MOE, "z_loss")
+MOE_MAX_ABS_BIAS = metric(MOE, "max_abs_bias")
+MOE_DROPPED_FRAC = metric(MOE, "dropped_frac")
+
+# ---- route/ -------------------------------------------------------------------------------
+ROUTE_LATENCY_US = metric(ROUTE, "latency_us")
+ROUTE_REF_IMBALANCE = metric(ROUTE, "ref_imbalance")
+
+# ---- ff/ (ternary) ------------------------------------------------------------------------
+FF_GOODNESS_POS = metric(FF, "goodness_pos")
+FF_GOODNESS_NEG = metric(FF, "goodness_neg")
+FF_GOODNESS_DELTA = metric(FF, "goodness_delta")
+FF_WEIGHTS_CHANGED = metric(FF, "weights_changed")
+FF_ACCURACY = metric(FF, "accuracy")
+FF_TIE_RATE = metric(FF, "tie_rate")
+FF_EVAL_GOODNESS_POS = metric(FF, "eval_goodness_pos")
+FF_EVAL_GOODNESS_NEG = metric(FF, "eval_goodness_neg")
+
+# every overall name above, in catalogue order
+ALL = tuple(v for k, v in list(globals().items()) if k.isupper() and isinstance(v, str)
+            and "/" in v)
