@@ -24,12 +24,12 @@ from moedesk.train.ternary.router import TernaryRouter, random_trits
 CASES = [(topology, batch) for batch in (1, 64) for topology in ("flat", "hierarchical")]
 
 
-def time_case(router: TernaryRouter, x_BL: torch.Tensor, iters: int, clock) -> float:
+def time_case(router: TernaryRouter, x_BW: torch.Tensor, iters: int, clock) -> float:
     """Microseconds per sample over `iters` route() calls."""
     start = clock()
     for _ in range(iters):
-        router.route(x_BL)
-    return 1e6 * (clock() - start) / (iters * x_BL.shape[0])
+        router.route(x_BW)
+    return 1e6 * (clock() - start) / (iters * x_BW.shape[0])
 
 
 def main() -> None:

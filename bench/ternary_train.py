@@ -35,9 +35,9 @@ def samples_per_s(model: TernaryMoE, batches: EpochBatches, steps: int, threads:
     start = time.perf_counter()
     samples = 0
     for _ in range(steps):
-        x_BL, _ = batches.next_batch()
-        model.train_step(x_BL)
-        samples += len(x_BL)
+        x_BW, _ = batches.next_batch()
+        model.train_step(x_BW)
+        samples += len(x_BW)
     return samples / (time.perf_counter() - start)
 
 
@@ -47,13 +47,13 @@ def phase_breakdown(model: TernaryMoE, batches: EpochBatches, steps: int) -> dic
     cfg, spent = model.cfg, {"route": 0.0, "negatives": 0.0, "forward": 0.0, "update": 0.0,
                              "thresholds": 0.0}
     for _ in range(steps):
-        x_BL, _ = batches.next_batch()
+        x_BW, _ = batches.next_batch()
         t0 = time.perf_counter()
-        experts_BK = model.router.route(x_BL)
+        experts_BK = model.router.route(x_BW)
         t1 = time.perf_counter()
-        x_neg_BL = corrupt(x_BL, cfg.input_dim, cfg.corruption, model.generator)
+        x_neg_BW = corrupt(x_BW, cfg.input_dim, cfg.corruption, model.generator)
         t2 = time.perf_counter()
-        fwd = model.bank.forward_pairs(*model._pairs(x_BL, x_neg_BL, experts_BK))
+        fwd = model.bank.forward_pairs(*model._pairs(x_BW, x_neg_BW, experts_BK))
         t3 = time.perf_counter()
         model.bank.update_contrastive(fwd, cfg.update_fraction, cfg.margin, model.generator)
         t4 = time.perf_counter()
@@ -71,8 +71,8 @@ def pair_accuracy(score_pos: torch.Tensor, score_neg: torch.Tensor) -> float:
 
 def baselines(profile, train: torch.Tensor, held_out: torch.Tensor) -> dict[str, float]:
     dim = profile.ternary.input_dim
-    x_NL, x_neg_NL = held_out_pairs(profile, held_out)
-    pos, neg = x_NL[:, :dim], x_neg_NL[:, :dim]
+    x_BW, x_neg_BW = held_out_pairs(profile, held_out)
+    pos, neg = x_BW[:, :dim], x_neg_BW[:, :dim]
     template_D = train[:, :dim].float().mean(0)
     # per-position frequency of each trit value, +1 smoothing
     counts_VD = torch.stack([(train[:, :dim] == v).sum(0) for v in (-1, 0, 1)]).float() + 1

@@ -94,7 +94,7 @@ def test_checkpoint_holds_every_weight_and_counter(tiny_run):
     model = state["model"]
     assert [tuple(w.shape) for w in model["experts"]["weights"]] == [(27, 48, 48), (27, 48, 32)]
     assert all(w.dtype == torch.int8 for w in model["experts"]["weights"])
-    assert model["router"]["spec_ED"].shape == (27, 48)
+    assert model["router"]["spec_ER"].shape == (27, 48)
     assert float(model["router"]["counts_E"].sum()) > 0
     assert state["data"]["batch"] == 60 and state["config"]["kind"] == "ternary"
 

@@ -85,9 +85,9 @@ def test_size_report_matches_the_built_model_and_packs_five_trits_per_byte():
         model = TernaryMoE(profile)
         assert size.total_params == model.total_params
         assert size.active_params == model.active_params
-        assert size.expert_trits == sum(w[0].numel() for w in model.bank.weights)
-        assert size.centroid_trits == model.router.centroid_CD.numel()
-        assert size.spec_trits == model.router.spec_ED.numel()
+        assert size.expert_trits == sum(w[0].numel() for w in model.bank.weights_EIO)
+        assert size.centroid_trits == model.router.centroid_CR.numel()
+        assert size.spec_trits == model.router.spec_ER.numel()
     size = model_size(load_profile(REPO / "profiles" / "ternary243.toml"))
     # the reference's 64 -> 128 -> 128 -> 64 expert: 32,768 weight trits
     assert size.expert_trits == 32768 and size.all_expert_trits == 243 * 32768

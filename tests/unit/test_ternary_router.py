@@ -30,7 +30,7 @@ def test_flat_and_hierarchical_pick_exactly_k_distinct_experts():
 def test_flat_routing_is_the_top_k_of_the_integer_dot_products():
     router = _router(topology="flat", load_balance_alpha=0.0)
     x = _inputs(8)
-    scores = x.int() @ router.spec_ED.int().t()  # exact integer dot products
+    scores = x.int() @ router.spec_ER.int().t()  # exact integer dot products
     experts = router.route(x)
     for b in range(8):
         chosen = scores[b, experts[b]]
@@ -57,14 +57,14 @@ def test_hierarchical_picks_only_from_the_chosen_clusters():
 
 def test_centroids_are_majority_votes_and_discriminate():
     router = _router()
-    spec = router.spec_ED.int()
+    spec = router.spec_ER.int()
     for c in range(router.num_clusters):
         members = spec[c * 16:(c + 1) * 16]
-        assert torch.equal(router.centroid_CD[c].int(), torch.sign(members.sum(0)))
+        assert torch.equal(router.centroid_CR[c].int(), torch.sign(members.sum(0)))
     # the reference's truncating division would leave every full cluster all-zero
-    assert int((router.centroid_CD != 0).sum(1).min()) > 64
+    assert int((router.centroid_CR != 0).sum(1).min()) > 64
     # and different clusters score a sample differently, so level 1 is a real choice
-    cluster_scores = _inputs(64).float() @ router.centroid_CD.float().t()
+    cluster_scores = _inputs(64).float() @ router.centroid_CR.float().t()
     assert int(cluster_scores.std(1).min()) > 1
     assert len({tuple(r) for r in router.chosen_clusters(_inputs(64)).tolist()}) > 10
 
@@ -87,7 +87,7 @@ def test_routing_is_deterministic_in_the_seed():
     x = _inputs(16)
     assert torch.equal(_router().route(x), _router().route(x))
     other = TernaryRouter(TernarySection(), seed=4)
-    assert not torch.equal(_router().spec_ED, other.spec_ED)
+    assert not torch.equal(_router().spec_ER, other.spec_ER)
 
 
 def test_load_penalty_spreads_a_collapsed_routing():
@@ -127,7 +127,7 @@ def test_state_round_trip_restores_counters_and_specializations():
     fresh.load_state_dict(state)
     x = _inputs(20, seed=8)
     assert torch.equal(fresh.route(x), router.route(x))
-    assert torch.equal(fresh.centroid_CD, router.centroid_CD)
+    assert torch.equal(fresh.centroid_CR, router.centroid_CR)
 
 
 def test_short_inputs_are_zero_padded():

@@ -11,6 +11,9 @@ just (epoch, batch in epoch). Negatives are positives with `corruption` of the e
 input positions changed: each chosen trit gets +1 or -1 added in GF(3), so it always
 becomes one of the two other values (the reference draws a uniform trit, a no-op one
 time in three). The held-out negatives are drawn once from their own seed.
+
+Shape letters: B samples (a batch, or the held-out set), W trits per sample, J positions
+changed in one negative.
 """
 
 from __future__ import annotations
@@ -90,26 +93,26 @@ def load_samples(profile: Profile) -> tuple[Tensor, Tensor]:
     return train, val
 
 
-def corrupt(x_BL: Tensor, input_dim: int, corruption: float, generator: torch.Generator
+def corrupt(x_BW: Tensor, input_dim: int, corruption: float, generator: torch.Generator
             ) -> Tensor:
     """Negatives: round(corruption * input_dim) (at least 1) distinct expert-input
     positions per sample, each moved to one of its two other trit values."""
-    batch = x_BL.shape[0]
-    dim = min(input_dim, x_BL.shape[1])
+    batch = x_BW.shape[0]
+    dim = min(input_dim, x_BW.shape[1])
     n_changed = min(dim, max(1, round(corruption * dim)))
-    where_BN = torch.rand(batch, dim, generator=generator).argsort(dim=1)[:, :n_changed]
-    shift_BN = (torch.randint(0, 2, (batch, n_changed), generator=generator) * 2 - 1)
-    out = x_BL.clone()
-    out.scatter_(1, where_BN, gf3_add(out.gather(1, where_BN), shift_BN.to(torch.int8)))
+    where_BJ = torch.rand(batch, dim, generator=generator).argsort(dim=1)[:, :n_changed]
+    shift_BJ = (torch.randint(0, 2, (batch, n_changed), generator=generator) * 2 - 1)
+    out = x_BW.clone()
+    out.scatter_(1, where_BJ, gf3_add(out.gather(1, where_BJ), shift_BJ.to(torch.int8)))
     return out
 
 
 def held_out_pairs(profile: Profile, held_out: Tensor) -> tuple[Tensor, Tensor]:
     """The evaluation set: the first eval_batches x batch_size held-out samples and their
     negatives, drawn from a fixed seed so every run over the same data sees the same pairs."""
-    x_NL = held_out[:profile.train.eval_batches * profile.train.batch_size]
+    x_BW = held_out[:profile.train.eval_batches * profile.train.batch_size]
     generator = torch.Generator().manual_seed(derived_seed(0, 3))
-    return x_NL, corrupt(x_NL, profile.ternary.input_dim, profile.ternary.corruption, generator)
+    return x_BW, corrupt(x_BW, profile.ternary.input_dim, profile.ternary.corruption, generator)
 
 
 @dataclass

@@ -7,6 +7,8 @@ stopping) and at the end, and checkpoints every `checkpoint.every` steps, every
 `ternary.checkpoint_every_epochs` epochs, at the end and on a stop request. A checkpoint
 holds everything the next step depends on, so a resumed run logs exactly what an
 uninterrupted one would have (timings aside).
+
+Shape letters: B samples, W trits per sample, E experts.
 """
 
 from __future__ import annotations
@@ -150,9 +152,9 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
 
         # 3. one batch: route, negatives, goodness, Hebbian update
         t0 = time.perf_counter()
-        x_BL, ends_epoch = batches.next_batch()
-        stats = model.train_step(x_BL)
-        window.add(stats, len(x_BL), time.perf_counter() - t0)
+        x_BW, ends_epoch = batches.next_batch()
+        stats = model.train_step(x_BW)
+        window.add(stats, len(x_BW), time.perf_counter() - t0)
 
         # 4. telemetry over the steps since the last log (a --stop-at step is not forced
         #    into a log: its partial window travels in the checkpoint instead, so a resumed

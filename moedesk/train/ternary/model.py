@@ -7,6 +7,9 @@ negative) pairs whose positive has the higher total goodness over the positive's
 routed experts, ties counting half (so an expert bank that cannot tell them apart
 scores exactly 0.5). Routing during evaluation uses the load counters as they are and
 does not change them.
+
+Shape letters: B samples (a batch, or the held-out set), W trits per sample, E experts,
+K experts chosen per sample, P (sample, expert) pairs.
 """
 
 from __future__ import annotations
@@ -63,20 +66,20 @@ class TernaryMoE:
         return (self.cfg.active_experts * self.bank.weights_per_expert
                 + self.cfg.num_experts * self.cfg.specialization_dim)
 
-    def _pairs(self, x_BL: Tensor, x_neg_BL: Tensor, experts_BK: Tensor):
+    def _pairs(self, x_BW: Tensor, x_neg_BW: Tensor, experts_BK: Tensor):
         k = experts_BK.shape[1]
-        return (x_BL.repeat_interleave(k, 0), x_neg_BL.repeat_interleave(k, 0),
+        return (x_BW.repeat_interleave(k, 0), x_neg_BW.repeat_interleave(k, 0),
                 experts_BK.reshape(-1))
 
-    def train_step(self, x_BL: Tensor) -> StepStats:
+    def train_step(self, x_BW: Tensor) -> StepStats:
         cfg = self.cfg
         # 1. route the positives (this counts towards the load counters)
         t0 = time.perf_counter()
-        experts_BK = self.router.route(x_BL, update=True)
+        experts_BK = self.router.route(x_BW, update=True)
         route_seconds = time.perf_counter() - t0
         # 2. negatives, then every routed expert on both, in one grouped pass
-        x_neg_BL = corrupt(x_BL, cfg.input_dim, cfg.corruption, self.generator)
-        fwd = self.bank.forward_pairs(*self._pairs(x_BL, x_neg_BL, experts_BK))
+        x_neg_BW = corrupt(x_BW, cfg.input_dim, cfg.corruption, self.generator)
+        fwd = self.bank.forward_pairs(*self._pairs(x_BW, x_neg_BW, experts_BK))
         # 3. learn, then move the dead zones towards the target activity
         if cfg.hebbian_rule == "reference":
             changed = self.bank.update_reference(fwd)
@@ -90,11 +93,11 @@ class TernaryMoE:
                          torch.bincount(experts_BK.reshape(-1), minlength=cfg.num_experts))
 
     @torch.no_grad()
-    def evaluate(self, x_NL: Tensor, x_neg_NL: Tensor, batch_size: int) -> EvalStats:
+    def evaluate(self, x_BW: Tensor, x_neg_BW: Tensor, batch_size: int) -> EvalStats:
         wins = ties = g_pos = g_neg = 0.0
         pairs = 0
-        for start in range(0, len(x_NL), batch_size):
-            x, x_neg = x_NL[start:start + batch_size], x_neg_NL[start:start + batch_size]
+        for start in range(0, len(x_BW), batch_size):
+            x, x_neg = x_BW[start:start + batch_size], x_neg_BW[start:start + batch_size]
             experts_BK = self.router.route(x, update=False)
             fwd = self.bank.forward_pairs(*self._pairs(x, x_neg, experts_BK))
             k = experts_BK.shape[1]
@@ -105,7 +108,7 @@ class TernaryMoE:
             g_pos += float(total_pos_B.sum())
             g_neg += float(total_neg_B.sum())
             pairs += fwd.delta_P.numel()
-        n = len(x_NL)
+        n = len(x_BW)
         return EvalStats((wins + 0.5 * ties) / n, ties / n, g_pos / pairs, g_neg / pairs)
 
     def state_dict(self) -> dict:

@@ -15,6 +15,11 @@ score, where load is an expert's (or cluster's) decayed selection count over its
 share and score_std = sqrt(2/3 * specialization_dim) is the spread of a dot product with
 random trits, so alpha is unit-free. Counters halve every `rebalance_interval` batches.
 All ties break towards the lower expert (or cluster) id (`top_k_stable`).
+
+Shape letters: B samples, W trits per sample, R trits the router reads
+(specialization_dim), E experts, K experts chosen per sample, C clusters, A clusters
+chosen per sample, Y the candidates of one top-k (experts or clusters). A `_t` suffix
+marks a transposed copy (`spec_t_RE` is `spec_ER` transposed, kept for the matmul).
 """
 
 from __future__ import annotations
@@ -32,26 +37,26 @@ def random_trits(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     return (torch.randint(0, 3, shape, generator=generator) - 1).to(torch.int8)
 
 
-def majority_centroids(spec_ED: Tensor, cluster_of_E: Tensor, num_clusters: int) -> Tensor:
+def majority_centroids(spec_ER: Tensor, cluster_of_E: Tensor, num_clusters: int) -> Tensor:
     """Per-dimension sign of the members' sum: +1 / -1 where the cluster leans, 0 on a tie."""
-    sums_CD = torch.zeros(num_clusters, spec_ED.shape[1], dtype=torch.int32)
-    sums_CD.index_add_(0, cluster_of_E, spec_ED.to(torch.int32))
-    return torch.sign(sums_CD).to(torch.int8)
+    sums_CR = torch.zeros(num_clusters, spec_ER.shape[1], dtype=torch.int32)
+    sums_CR.index_add_(0, cluster_of_E, spec_ER.to(torch.int32))
+    return torch.sign(sums_CR).to(torch.int8)
 
 
 SCORE_GRID = 1024  # penalized scores are compared at 1/1024 of a dot-product unit
 
 
-def top_k_stable(scores_BN: Tensor, k: int, allowed_BN: Tensor | None = None) -> Tensor:
+def top_k_stable(scores_BY: Tensor, k: int, allowed_BY: Tensor | None = None) -> Tensor:
     """Indices of the k highest scores per row, best first; equal scores go to the lower
     index, entries not `allowed` never win. Each score becomes a unique float64 key (the
-    score on a 1/1024 grid, times N, plus N-1-index; exact below 2^53), so `topk` order is
+    score on a 1/1024 grid, times Y, plus Y-1-index; exact below 2^53), so `topk` order is
     fully determined: a stable sort gives the same answer at about three times the cost."""
-    n = scores_BN.shape[1]
-    keys_BN = torch.round(scores_BN.double() * SCORE_GRID).mul_(n).add_(_tiebreak(n))
-    if allowed_BN is not None:
-        keys_BN.masked_fill_(~allowed_BN, -math.inf)
-    return torch.topk(keys_BN, k, dim=1).indices
+    n = scores_BY.shape[1]
+    keys_BY = torch.round(scores_BY.double() * SCORE_GRID).mul_(n).add_(_tiebreak(n))
+    if allowed_BY is not None:
+        keys_BY.masked_fill_(~allowed_BY, -math.inf)
+    return torch.topk(keys_BY, k, dim=1).indices
 
 
 _TIEBREAKS: dict[int, Tensor] = {}
@@ -76,12 +81,12 @@ class TernaryRouter:
         self.rebalance_interval = cfg.rebalance_interval
         self.score_std = math.sqrt(2.0 / 3.0 * self.dim)
         generator = torch.Generator().manual_seed(seed)
-        self.spec_ED = random_trits((self.num_experts, self.dim), generator)
-        self.spec_T_DE = self.spec_ED.t().float().contiguous()
+        self.spec_ER = random_trits((self.num_experts, self.dim), generator)
+        self.spec_t_RE = self.spec_ER.t().float().contiguous()
         self.num_clusters = math.ceil(self.num_experts / self.cluster_size)
         self.cluster_of_E = torch.arange(self.num_experts) // self.cluster_size
-        self.centroid_CD = majority_centroids(self.spec_ED, self.cluster_of_E, self.num_clusters)
-        self.centroid_T_DC = self.centroid_CD.t().float().contiguous()
+        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
+        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
         # a cluster's load penalty is its members' mean penalty: one [C, E] averaging matrix
         members_CE = (self.cluster_of_E.unsqueeze(0) == torch.arange(self.num_clusters)
                       .unsqueeze(1)).float()
@@ -92,9 +97,9 @@ class TernaryRouter:
         self.batches_since_decay = 0
 
     # ---- scoring -------------------------------------------------------------------------
-    def _inputs(self, x_BL: Tensor) -> Tensor:
+    def _inputs(self, x_BW: Tensor) -> Tensor:
         """The first `dim` trits of each sample as float (zero-padded if shorter)."""
-        x = x_BL[:, :self.dim].float()
+        x = x_BW[:, :self.dim].float()
         if x.shape[1] < self.dim:
             x = torch.nn.functional.pad(x, (0, self.dim - x.shape[1]))
         return x
@@ -107,42 +112,42 @@ class TernaryRouter:
         load = self.counts_E / (total / self.num_experts)
         return (self.alpha * self.score_std * (load - 1.0)).float()
 
-    def scores(self, x_BL: Tensor) -> Tensor:
+    def scores(self, x_BW: Tensor) -> Tensor:
         """Integer dot products with every specialization, as float32 [B, E] (exact)."""
-        return self._inputs(x_BL) @ self.spec_T_DE
+        return self._inputs(x_BW) @ self.spec_t_RE
 
-    def route(self, x_BL: Tensor, update: bool = True) -> Tensor:
+    def route(self, x_BW: Tensor, update: bool = True) -> Tensor:
         """The K experts for each sample, int64 [B, K] in descending (penalized) score order.
 
         `update` adds the selections to the load counters (training); evaluation routes
         with the counters frozen.
         """
-        x_BD = self._inputs(x_BL)
+        x_BR = self._inputs(x_BW)
         penalty_E = self.load_penalty_E()
-        scores_BE = x_BD @ self.spec_T_DE - penalty_E
-        allowed_BE = self._chosen_cluster_mask(x_BD, penalty_E) if self.hierarchical else None
+        scores_BE = x_BR @ self.spec_t_RE - penalty_E
+        allowed_BE = self._chosen_cluster_mask(x_BR, penalty_E) if self.hierarchical else None
         experts_BK = top_k_stable(scores_BE, self.top_k, allowed_BE)
         if update:
             self.record(experts_BK)
         return experts_BK
 
-    def chosen_clusters(self, x_BL: Tensor) -> Tensor:
+    def chosen_clusters(self, x_BW: Tensor) -> Tensor:
         """Level 1 alone: the `active_clusters` clusters of each sample, int64 [B, A]."""
-        x_BD = self._inputs(x_BL)
-        return self._clusters(x_BD, self.load_penalty_E())
+        x_BR = self._inputs(x_BW)
+        return self._clusters(x_BR, self.load_penalty_E())
 
-    def _clusters(self, x_BD: Tensor, penalty_E: Tensor) -> Tensor:
-        cluster_scores_BC = x_BD @ self.centroid_T_DC - penalty_E @ self.member_mean_EC
+    def _clusters(self, x_BR: Tensor, penalty_E: Tensor) -> Tensor:
+        cluster_scores_BC = x_BR @ self.centroid_t_RC - penalty_E @ self.member_mean_EC
         return top_k_stable(cluster_scores_BC, self.active_clusters)
 
-    def _chosen_cluster_mask(self, x_BD: Tensor, penalty_E: Tensor) -> Tensor:
+    def _chosen_cluster_mask(self, x_BR: Tensor, penalty_E: Tensor) -> Tensor:
         """bool [B, E]: the members of each sample's chosen clusters.
 
         At 243 experts one GEMM over every expert is cheaper than gathering the
         candidates' vectors; masking the others gives the same choice as scoring only
         the candidates."""
-        clusters_BA = self._clusters(x_BD, penalty_E)
-        chosen_BC = torch.zeros(x_BD.shape[0], self.num_clusters, dtype=torch.bool)
+        clusters_BA = self._clusters(x_BR, penalty_E)
+        chosen_BC = torch.zeros(x_BR.shape[0], self.num_clusters, dtype=torch.bool)
         chosen_BC.scatter_(1, clusters_BA, True)
         return chosen_BC[:, self.cluster_of_E]
 
@@ -158,17 +163,17 @@ class TernaryRouter:
             self.batches_since_decay = 0
 
     def state_dict(self) -> dict:
-        return {"spec_ED": self.spec_ED.clone(), "counts_E": self.counts_E.clone(),
+        return {"spec_ER": self.spec_ER.clone(), "counts_E": self.counts_E.clone(),
                 "batches_since_decay": self.batches_since_decay}
 
     def load_state_dict(self, state: dict) -> None:
-        spec = state["spec_ED"]
+        spec = state["spec_ER"] if "spec_ER" in state else state["spec_ED"]  # older name
         if tuple(spec.shape) != (self.num_experts, self.dim):
             raise ValueError(f"specializations have shape {tuple(spec.shape)}, the profile "
                              f"needs ({self.num_experts}, {self.dim})")
-        self.spec_ED = spec.to(torch.int8).clone()
-        self.spec_T_DE = self.spec_ED.t().float().contiguous()
-        self.centroid_CD = majority_centroids(self.spec_ED, self.cluster_of_E, self.num_clusters)
-        self.centroid_T_DC = self.centroid_CD.t().float().contiguous()
+        self.spec_ER = spec.to(torch.int8).clone()
+        self.spec_t_RE = self.spec_ER.t().float().contiguous()
+        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
+        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
         self.counts_E = state["counts_E"].to(torch.float64).clone()
         self.batches_since_decay = int(state["batches_since_decay"])
