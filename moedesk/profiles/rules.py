@@ -88,6 +88,16 @@ def _ternary_problems(p: Profile) -> list[Problem]:
     if p.data.source == "tokens":
         out.append(Problem("data.source", "got 'tokens'; ternary runs read 'grammar', 'text' or "
                                           "'trits'"))
+    if t.negatives == "shuffle_words" and (p.data.source == "trits" or t.encoding != "balanced"):
+        what = ("data.source = 'trits'" if p.data.source == "trits"
+                else f"ternary.encoding = {t.encoding!r}")
+        out.append(Problem("ternary.negatives", f"got 'shuffle_words' with {what}; word "
+                                                "shuffles need text in the 'balanced' encoding "
+                                                "(use 'shuffle' or 'hybrid')"))
+    if t.negatives == "hybrid" and p.train.batch_size < 2:
+        out.append(Problem("ternary.negatives", f"got 'hybrid' with train.batch_size = "
+                                                f"{p.train.batch_size}; a hybrid splices two "
+                                                "samples of a batch, so batches need >= 2"))
     if p.train.device == "cuda":
         out.append(Problem("train.device", "got 'cuda'; ternary runs are CPU-only (use 'auto' "
                                            "or 'cpu')"))

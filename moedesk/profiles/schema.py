@@ -102,6 +102,15 @@ class TernarySection:
                                        "unit's dead zone moves one step per batch towards it. "
                                        "0 = fixed dead zones (the reference).", min=0.0,
                                   max=1.0)
+    goodness: str = knob("last", "last = the non-zero output trits of the last layer (the "
+                                 "reference); layers = summed over every layer's outputs "
+                                 "(layer-local goodness).", choices=("last", "layers"))
+    specialization_learning: float = knob(0.0, "Share of each routed expert's specialization "
+                                               "trits that may step per batch towards the "
+                                               "sign of its samples' centred sum (competitive "
+                                               "Hebbian routing); 0 = fixed random "
+                                               "specializations (the reference).",
+                                          min=0.0, max=1.0)
     hebbian_rule: str = knob("contrastive", "contrastive = reinforce the positive's and weaken "
                                             "the negative's active patterns (learns); reference "
                                             "= the documented sign-only rule on the positive.",
@@ -113,7 +122,15 @@ class TernarySection:
     margin: int = knob(0, "Contrastive only: pairs whose goodness delta is already above "
                           "margin do not drive the update.", min=-4096, max=4096)
     corruption: float = knob(0.1, "Share of the expert input positions changed to make a "
-                                  "negative sample.", min=0.0, max=1.0, min_exclusive=True)
+                                  "negative sample (negatives = corrupt).", min=0.0, max=1.0,
+                             min_exclusive=True)
+    negatives: str = knob("corrupt", "Negative samples: corrupt = the seeds' random trit "
+                                     "changes (per-position statistics give them away); "
+                                     "hybrid = a real window spliced onto another at a symbol "
+                                     "boundary; shuffle = the window's bytes in a random order; "
+                                     "shuffle_words = its interior words in a new order "
+                                     "(balanced text only). See docs/ternary.md.",
+                          choices=("corrupt", "hybrid", "shuffle", "shuffle_words"))
     encoding: str = knob("balanced", "Bytes to trits: balanced = lossless 6-trit balanced ternary "
                                      "per byte; letters = the seeds' A-M/N-Z mapping.",
                          choices=("balanced", "letters"))

@@ -7,13 +7,10 @@ trit-sample file gives samples directly, each truncated or zero-padded to the wi
 The last `data.val_fraction` of the samples is held out.
 
 Epoch order is a permutation drawn from (seed, epoch) alone, so the data position is
-just (epoch, batch in epoch). Negatives are positives with `corruption` of the expert
-input positions changed: each chosen trit gets +1 or -1 added in GF(3), so it always
-becomes one of the two other values (the reference draws a uniform trit, a no-op one
-time in three). The held-out negatives are drawn once from their own seed.
+just (epoch, batch in epoch). Negatives come from `negatives.py` (`ternary.negatives`);
+the held-out negatives are drawn once from their own seed.
 
-Shape letters: B samples (a batch, or the held-out set), W trits per sample, J positions
-changed in one negative.
+Shape letters: B samples (a batch, or the held-out set), W trits per sample.
 """
 
 from __future__ import annotations
@@ -26,7 +23,8 @@ import torch
 from torch import Tensor
 
 from moedesk.profiles.schema import Profile, TernarySection
-from moedesk.train.ternary.trits import ENCODERS, TritFileError, gf3_add, read_trit_samples
+from moedesk.train.ternary.negatives import make_negatives, symbols_of
+from moedesk.train.ternary.trits import ENCODERS, TritFileError, read_trit_samples
 
 
 class TernaryDataError(Exception):
@@ -93,26 +91,19 @@ def load_samples(profile: Profile) -> tuple[Tensor, Tensor]:
     return train, val
 
 
-def corrupt(x_BW: Tensor, input_dim: int, corruption: float, generator: torch.Generator
-            ) -> Tensor:
-    """Negatives: round(corruption * input_dim) (at least 1) distinct expert-input
-    positions per sample, each moved to one of its two other trit values."""
-    batch = x_BW.shape[0]
-    dim = min(input_dim, x_BW.shape[1])
-    n_changed = min(dim, max(1, round(corruption * dim)))
-    where_BJ = torch.rand(batch, dim, generator=generator).argsort(dim=1)[:, :n_changed]
-    shift_BJ = (torch.randint(0, 2, (batch, n_changed), generator=generator) * 2 - 1)
-    out = x_BW.clone()
-    out.scatter_(1, where_BJ, gf3_add(out.gather(1, where_BJ), shift_BJ.to(torch.int8)))
-    return out
-
-
-def held_out_pairs(profile: Profile, held_out: Tensor) -> tuple[Tensor, Tensor]:
+def held_out_pairs(profile: Profile, held_out: Tensor, pair_seed: int = 0
+                   ) -> tuple[Tensor, Tensor]:
     """The evaluation set: the first eval_batches x batch_size held-out samples and their
-    negatives, drawn from a fixed seed so every run over the same data sees the same pairs."""
+    negatives, drawn from a fixed seed (`pair_seed`, 0 in training) so every run over the
+    same data sees the same pairs."""
     x_BW = held_out[:profile.train.eval_batches * profile.train.batch_size]
-    generator = torch.Generator().manual_seed(derived_seed(0, 3))
-    return x_BW, corrupt(x_BW, profile.ternary.input_dim, profile.ternary.corruption, generator)
+    if profile.ternary.negatives == "hybrid" and len(x_BW) < 2:
+        raise TernaryDataError(f"{len(x_BW)} held-out sample; hybrid negatives need 2 "
+                               "(raise data.val_fraction)")
+    generator = torch.Generator().manual_seed(derived_seed(pair_seed, 3))
+    t = profile.ternary
+    return x_BW, make_negatives(x_BW, t.negatives, symbols_of(t.encoding, profile.data.source),
+                                t.input_dim, t.corruption, generator)
 
 
 @dataclass

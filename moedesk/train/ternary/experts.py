@@ -7,7 +7,9 @@ checkpoint stores int8). A layer's output is the ternary sign of its integer
 pre-activation with a dead zone: y = sign(pre) where |pre| > threshold, else 0. With
 `adaptive_threshold` each unit's threshold moves one step per batch towards the target
 activity on positives (homeostasis); threshold 0 and no adaptation is the reference's
-plain sign. Goodness is the number of non-zero output trits of the last layer.
+plain sign. Goodness is the number of non-zero output trits of the last layer, or with
+`goodness = "layers"` of every layer (layer-local goodness: each layer's activity counts,
+and the margin gate reads the sum).
 
 Routing produces (sample, expert) pairs. `group_pairs` places them in a padded
 [E, M] layout (row = expert, M = the busiest expert's pair count) so that one batched
@@ -94,9 +96,11 @@ class PairForward:
 
 
 class ExpertBank:
-    def __init__(self, num_experts: int, dims: list[int], threshold: float, seed: int):
+    def __init__(self, num_experts: int, dims: list[int], threshold: float, seed: int,
+                 goodness: str = "last"):
         self.num_experts = num_experts
         self.dims = dims
+        self.goodness = goodness
         generator = torch.Generator().manual_seed(seed)
         self.weights_EIO = [random_trits((num_experts, fan_in, fan_out), generator).float()
                         for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True)]
@@ -122,7 +126,10 @@ class ExpertBank:
             inputs_E2MI.append(x_E2MI)
             outputs_E2MO.append(y_E2MO)
             x_E2MI = y_E2MO
-        goodness_E2M = (x_E2MI != 0).sum(-1)
+        if self.goodness == "layers":  # layer-local: every layer's active units count
+            goodness_E2M = sum((y != 0).sum(-1) for y in outputs_E2MO)
+        else:
+            goodness_E2M = (x_E2MI != 0).sum(-1)
         return PairForward(groups, inputs_E2MI, outputs_E2MO, goodness_E2M[expert_P, 0, groups.slot_P],
                            goodness_E2M[expert_P, 1, groups.slot_P])
 

@@ -89,10 +89,10 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
         torch.set_num_threads(tc.threads)
     try:
         train, held_out = load_samples(profile)
+        eval_x, eval_neg = held_out_pairs(profile, held_out)
     except TernaryDataError as exc:
         return finish("failed", str(exc))
     batches = EpochBatches(train, tc.batch_size, profile.seed)
-    eval_x, eval_neg = held_out_pairs(profile, held_out)
     model = TernaryMoE(profile)
     window = LogWindow(cfg.num_experts)
     dead = DeadExpertTracker(cfg.dead_window)

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from moedesk.profiles.schema import Profile
-from moedesk.train.ternary.data import corrupt, derived_seed
+from moedesk.train.ternary.data import derived_seed
 from moedesk.train.ternary.experts import ExpertBank, layer_dims
+from moedesk.train.ternary.negatives import make_negatives, symbols_of
 from moedesk.train.ternary.router import TernaryRouter
 
 
@@ -48,10 +49,11 @@ class TernaryMoE:
     def __init__(self, profile: Profile):
         cfg = profile.ternary
         self.cfg = cfg
+        self.symbols = symbols_of(cfg.encoding, profile.data.source)
         self.router = TernaryRouter(cfg, derived_seed(profile.seed, 0))
         dims = layer_dims(cfg.input_dim, cfg.hidden_dim, cfg.output_dim, cfg.expert_layers)
         self.bank = ExpertBank(cfg.num_experts, dims, cfg.activation_threshold,
-                               derived_seed(profile.seed, 1))
+                               derived_seed(profile.seed, 1), cfg.goodness)
         # negatives and the contrastive rule's random positions
         self.generator = torch.Generator().manual_seed(derived_seed(profile.seed, 2))
 
@@ -71,14 +73,22 @@ class TernaryMoE:
         return (x_BW.repeat_interleave(k, 0), x_neg_BW.repeat_interleave(k, 0),
                 experts_BK.reshape(-1))
 
+    def negatives(self, x_BW: Tensor) -> Tensor:
+        """The profile's negatives for a batch, drawn from the model's generator."""
+        cfg = self.cfg
+        return make_negatives(x_BW, cfg.negatives, self.symbols, cfg.input_dim,
+                              cfg.corruption, self.generator)
+
     def train_step(self, x_BW: Tensor) -> StepStats:
         cfg = self.cfg
         # 1. route the positives (this counts towards the load counters)
         t0 = time.perf_counter()
         experts_BK = self.router.route(x_BW, update=True)
         route_seconds = time.perf_counter() - t0
+        if cfg.specialization_learning > 0:
+            self.router.learn(x_BW, experts_BK, cfg.specialization_learning, self.generator)
         # 2. negatives, then every routed expert on both, in one grouped pass
-        x_neg_BW = corrupt(x_BW, cfg.input_dim, cfg.corruption, self.generator)
+        x_neg_BW = self.negatives(x_BW)
         fwd = self.bank.forward_pairs(*self._pairs(x_BW, x_neg_BW, experts_BK))
         # 3. learn, then move the dead zones towards the target activity
         if cfg.hebbian_rule == "reference":

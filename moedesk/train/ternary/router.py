@@ -151,6 +151,29 @@ class TernaryRouter:
         chosen_BC.scatter_(1, clusters_BA, True)
         return chosen_BC[:, self.cluster_of_E]
 
+    # ---- learned specializations (competitive Hebbian) ------------------------------------
+    def set_specializations(self, spec_ER: Tensor) -> None:
+        self.spec_ER = spec_ER.to(torch.int8).clone()
+        self.spec_t_RE = self.spec_ER.t().float().contiguous()
+        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
+        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
+
+    def learn(self, x_BW: Tensor, experts_BK: Tensor, fraction: float,
+              generator: torch.Generator) -> int:
+        """Move each routed expert's specialization one trit step towards the sign of its
+        samples' centred sum, on a random `fraction` of its positions; returns the moves."""
+        x_BR = self._inputs(x_BW)
+        centred_BR = x_BR - x_BR.mean(0, keepdim=True)
+        sums_ER = torch.zeros(self.num_experts, self.dim)
+        flat_B = torch.arange(x_BR.shape[0]).repeat_interleave(experts_BK.shape[1])
+        sums_ER.index_add_(0, experts_BK.reshape(-1), centred_BR[flat_B])
+        target_ER = torch.sign(sums_ER)
+        draw_ER = torch.rand(self.num_experts, self.dim, generator=generator) < fraction
+        spec_ER = self.spec_ER.float()
+        moves_ER = draw_ER & (target_ER != 0) & (target_ER != spec_ER)
+        self.set_specializations(spec_ER + target_ER * moves_ER)
+        return int(moves_ER.sum())
+
     # ---- load counters -------------------------------------------------------------------
     def record(self, experts_BK: Tensor) -> None:
         """Count one batch's selections; halve the counters every `rebalance_interval` batches."""
@@ -171,9 +194,6 @@ class TernaryRouter:
         if tuple(spec.shape) != (self.num_experts, self.dim):
             raise ValueError(f"specializations have shape {tuple(spec.shape)}, the profile "
                              f"needs ({self.num_experts}, {self.dim})")
-        self.spec_ER = spec.to(torch.int8).clone()
-        self.spec_t_RE = self.spec_ER.t().float().contiguous()
-        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
-        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
+        self.set_specializations(spec)
         self.counts_E = state["counts_E"].to(torch.float64).clone()
         self.batches_since_decay = int(state["batches_since_decay"])
