@@ -31,9 +31,10 @@ import torch
 
 from moedesk.profiles import load_profile, parse_overrides
 from moedesk.train.ternary.baselines import BASELINES, Baselines
-from moedesk.train.ternary.data import EpochBatches, held_out_pairs, load_samples
+from moedesk.train.ternary.batches import EpochBatches
+from moedesk.train.ternary.data import eval_set, load_data, load_samples, run_symbols
 from moedesk.train.ternary.model import TernaryMoE
-from moedesk.train.ternary.negatives import NEGATIVES, symbols_of
+from moedesk.train.ternary.negatives import NEGATIVES
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "ternary243.toml"
 CASES = [("contrastive", 1), ("contrastive", 2), ("reference", 1), ("reference", 2)]
@@ -100,15 +101,15 @@ def accuracy_table(negatives: list[str], seeds: list[int], steps: int) -> None:
     print("  ".join(f"{h:>14}" for h in head))
     for kind in negatives:
         base_profile = load_profile(PROFILE, parse_overrides([f"ternary.negatives={kind}"]))
-        train, held_out = load_samples(base_profile)
-        t = base_profile.ternary
-        scorers = Baselines(train, symbols_of(t.encoding, base_profile.data.source)
-                            .trits_per_symbol)
+        data = load_data(base_profile)
+        train = data.train_BW
+        scorers = Baselines(train, run_symbols(base_profile).trits_per_symbol)
         found: dict[str, list[float]] = {name: [] for name in (*BASELINES, "model", "gap")}
         for seed in seeds:
             profile = load_profile(PROFILE, parse_overrides([f"ternary.negatives={kind}",
                                                              f"seed={seed}"]))
-            pos, neg = held_out_pairs(profile, held_out, pair_seed=seed)
+            pairs = eval_set(profile, data, pair_seed=seed)
+            pos, neg = pairs.pos_BW, pairs.neg_BW
             base = scorers.accuracies(pos, neg)
             model = train_and_score(profile, train, pos, neg, steps)
             for name, value in base.items():

@@ -13,7 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from moedesk.profiles.rules import resolve_data_path
+from moedesk.profiles.rules import resolve_paths
 from moedesk.profiles.schema import SECTIONS, Profile
 from moedesk.profiles.validate import Problem, ProfileError, build_profile
 
@@ -70,8 +70,7 @@ def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
 def validate_data(data: dict, file: str = "") -> Profile:
     """Validate parsed data and resolve data.path to an absolute path."""
     profile = build_profile(data, file)
-    if profile.data.path:
-        profile.data.path = str(resolve_data_path(profile))
+    resolve_paths(profile)
     return profile
 
 

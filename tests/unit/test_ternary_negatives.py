@@ -9,7 +9,7 @@ import torch
 
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
 from moedesk.train.ternary.baselines import Baselines, pair_accuracy
-from moedesk.train.ternary.data import held_out_pairs, load_samples
+from moedesk.train.ternary.data import eval_set, load_data
 from moedesk.train.ternary.negatives import (
     corrupt,
     hybrid,
@@ -118,26 +118,25 @@ def test_bigram_sees_trit_order_that_frequencies_cannot():
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    profile = load_profile(TINY)
-    train, held_out = load_samples(profile)
-    return train, held_out, Baselines(train, 6)
+    data = load_data(load_profile(TINY))
+    return data, Baselines(data.train_BW, 6)
 
 
 @pytest.mark.parametrize("kind", ["hybrid", "shuffle", "shuffle_words"])
 def test_hard_generators_put_the_non_learned_scorers_near_chance(tiny_data, kind):
-    train, held_out, scorers = tiny_data
+    data, scorers = tiny_data
     profile = load_profile(TINY, parse_overrides([f"ternary.negatives={kind}",
                                                   "train.eval_batches=16"]))
-    pos, neg = held_out_pairs(profile, held_out)
-    acc = scorers.accuracies(pos, neg)
+    pairs = eval_set(profile, data)
+    acc = scorers.accuracies(pairs.pos_BW, pairs.neg_BW)
     for name in ("template", "frequency", "bigram"):
         assert abs(acc[name] - 0.5) < 0.08, (kind, name, acc)
 
 
 def test_corrupt_negatives_are_easy_for_the_same_scorers(tiny_data):
-    _, held_out, scorers = tiny_data
-    pos, neg = held_out_pairs(load_profile(TINY), held_out)
-    acc = scorers.accuracies(pos, neg)
+    data, scorers = tiny_data
+    pairs = eval_set(load_profile(TINY), data)
+    acc = scorers.accuracies(pairs.pos_BW, pairs.neg_BW)
     assert acc["frequency"] > 0.9 and acc["bigram"] > 0.9
 
 

@@ -139,9 +139,14 @@ class ExpertBank:
         mask_EM[groups.expert_P, groups.slot_P] = active_P.float()
         return mask_EM.unsqueeze(-1)
 
-    def update_reference(self, fwd: PairForward) -> int:
+    @staticmethod
+    def _kept(active_P: Tensor, keep_P: Tensor | None) -> Tensor:
+        """Pairs that take part: `active_P`, minus those expert dropout skips."""
+        return active_P if keep_P is None else active_P & keep_P
+
+    def update_reference(self, fwd: PairForward, keep_P: Tensor | None = None) -> int:
         """The documented rule; returns how many weight trits changed."""
-        mask_EM1 = self._pair_mask(fwd.groups, fwd.delta_P > 0)
+        mask_EM1 = self._pair_mask(fwd.groups, self._kept(fwd.delta_P > 0, keep_P))
         changed = 0
         for layer, weight_EIO in enumerate(self.weights_EIO):
             # GF(3) sum of the gated positives' inputs, as a balanced trit per input unit
@@ -153,9 +158,9 @@ class ExpertBank:
         return changed
 
     def update_contrastive(self, fwd: PairForward, update_fraction: float, margin: int,
-                           generator: torch.Generator) -> int:
+                           generator: torch.Generator, keep_P: Tensor | None = None) -> int:
         """The default rule; returns how many weight trits changed."""
-        mask_EM1 = self._pair_mask(fwd.groups, fwd.delta_P <= margin)
+        mask_EM1 = self._pair_mask(fwd.groups, self._kept(fwd.delta_P <= margin, keep_P))
         changed = 0
         for layer, weight_EIO in enumerate(self.weights_EIO):
             x_E2MI, y_E2MO = fwd.inputs_E2MI[layer], fwd.outputs_E2MO[layer]
@@ -179,9 +184,12 @@ class ExpertBank:
             changed += int(moved_EQ.scatter_(1, where_EU, moves_EU).sum())
         return changed
 
-    def adapt_thresholds(self, fwd: PairForward, target: float) -> None:
-        """Homeostasis: move each used unit's dead zone one step towards `target` activity."""
-        real_EM1 = self._pair_mask(fwd.groups, torch.ones_like(fwd.delta_P, dtype=torch.bool))
+    def adapt_thresholds(self, fwd: PairForward, target: float,
+                         keep_P: Tensor | None = None) -> None:
+        """Homeostasis: move each used unit's dead zone one step towards `target` activity
+        on the positives of the (kept) pairs."""
+        real_EM1 = self._pair_mask(fwd.groups, self._kept(
+            torch.ones_like(fwd.delta_P, dtype=torch.bool), keep_P))
         pairs_E1 = real_EM1.sum(1)
         used_E1 = pairs_E1 > 0
         for layer, threshold_EO in enumerate(self.thresholds_EO):
