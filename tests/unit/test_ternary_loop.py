@@ -19,7 +19,8 @@ from moedesk.train.ternary.trits import write_trit_samples
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "profiles" / "tiny_ternary.toml"
 # wall-clock figures differ between runs; everything else must match exactly
-TIMING = {"route/latency_us", "train/samples_per_s", "sys/step_s", "sys/rss_mb"}
+TIMING = {"route/latency_us", "route/us_per_sample", "train/samples_per_s", "sys/step_s",
+          "sys/rss_mb"}
 
 
 def _profile(*overrides: str):
@@ -73,6 +74,7 @@ def test_events_follow_the_protocol(tiny_run):
                          "reason": "trained 60 steps"}]
     metrics = _metrics(emitter)
     for name in ("ff/goodness_pos", "ff/goodness_neg", "ff/goodness_delta", "route/latency_us",
+                 "route/us_per_sample", "ff/pairs_updated", "route/active_experts",
                  "train/samples_per_s", "sys/step_s", "sys/rss_mb", "moe/imbalance",
                  "moe/entropy_norm", "moe/usage_std", "moe/dead_experts", "moe/L0/imbalance"):
         assert name in metrics[60], name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moedesk.profiles import ProfileError, load_profile, validate_data
+from moedesk.profiles import ProfileError, load_profile, parse_overrides, validate_data
 from moedesk.sizing import model_size
 from moedesk.train.ternary.model import TernaryMoE
 
@@ -88,7 +88,8 @@ def test_size_report_matches_the_built_model_and_packs_five_trits_per_byte():
         assert size.expert_trits == sum(w[0].numel() for w in model.bank.weights_EIO)
         assert size.centroid_trits == model.router.centroid_CR.numel()
         assert size.spec_trits == model.router.spec_ER.numel()
-    size = model_size(load_profile(REPO / "profiles" / "ternary243.toml"))
+    size = model_size(load_profile(REPO / "profiles" / "ternary243.toml",
+                                   parse_overrides(["ternary.input_dim=64"])))
     # the reference's 64 -> 128 -> 128 -> 64 expert: 32,768 weight trits
     assert size.expert_trits == 32768 and size.all_expert_trits == 243 * 32768
     assert size.experts_packed_bytes == -(-243 * 32768 // 5) + 243 * 320 * 4

@@ -135,3 +135,35 @@ def test_short_inputs_are_zero_padded():
     x = _inputs(4, dim=40)
     padded = torch.nn.functional.pad(x, (0, 88))
     assert torch.equal(router.route(x, update=False), router.route(padded, update=False))
+
+
+def test_one_sample_path_makes_the_batched_paths_choices_and_counts():
+    for topology in ("flat", "hierarchical"):
+        for alpha in (0.0, 0.1, 1.0):
+            fast = _router(topology=topology, load_balance_alpha=alpha, rebalance_interval=7)
+            batched = _router(topology=topology, load_balance_alpha=alpha, rebalance_interval=7)
+            x = _inputs(200, seed=11)
+            x[::5] = 0  # all-zero samples: every score ties, only the penalties differ
+            x[1::7, 100:] = 0
+            for i in range(200):
+                one = fast.route(x[i:i + 1])  # the numpy path
+                assert torch.equal(one, batched._route_batch(x[i:i + 1], True)), (topology, i)
+            assert torch.equal(fast.counts_E, batched.counts_E)
+            assert fast.batches_since_decay == batched.batches_since_decay
+            # frozen counters: a single sample routes as it would inside a batch
+            together = fast.route(x[:20], update=False)
+            alone = torch.cat([fast.route(x[i:i + 1], update=False) for i in range(20)])
+            assert torch.equal(together, alone)
+
+
+def test_one_sample_path_pads_short_inputs_and_survives_a_state_round_trip():
+    router = _router(load_balance_alpha=0.3)
+    router.route(_inputs(50))
+    short = _inputs(1, dim=40)
+    padded = torch.nn.functional.pad(short, (0, 88))
+    assert torch.equal(router.route(short, update=False), router.route(padded, update=False))
+    fresh = TernaryRouter(TernarySection(load_balance_alpha=0.3), seed=99)
+    fresh.load_state_dict(router.state_dict())
+    x = _inputs(1, seed=12)
+    assert torch.equal(fresh.route(x), router.route(x))
+    assert torch.equal(fresh.counts_E, router.counts_E)

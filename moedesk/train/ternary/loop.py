@@ -78,6 +78,20 @@ def reference_imbalance(counts_E: torch.Tensor, routes: int) -> float:
     return float(((u_E - 1.0 / len(counts_E)) ** 2).mean().sqrt())
 
 
+LATENCY_CALLS = 5  # single-sample routing calls timed per logged step (median)
+
+
+def single_call_latency_us(model: TernaryMoE, x_BW: torch.Tensor) -> float:
+    """Median wall time of routing one sample, the latency seed 000's 100 / 500 us
+    thresholds are about (counters frozen: the timing changes nothing)."""
+    times = []
+    for _ in range(LATENCY_CALLS):
+        t0 = time.perf_counter()
+        model.router.route(x_BW[:1], update=False)
+        times.append(time.perf_counter() - t0)
+    return 1e6 * sorted(times)[LATENCY_CALLS // 2]
+
+
 def active_experts_at(profile: Profile, step: int) -> int:
     """K for step `step` (1-based; 0 = before training): active_experts, then each
     active_experts_schedule entry from its active_experts_at step on."""
@@ -235,7 +249,8 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
                 "ff/weights_changed": window.weights_changed / (
                     window.steps * cfg.num_experts * model.bank.weights_per_expert),
                 "ff/pairs_updated": window.pairs_updated / pairs,
-                "route/latency_us": 1e6 * window.route_seconds / window.samples,
+                "route/latency_us": single_call_latency_us(model, x_BW),
+                "route/us_per_sample": 1e6 * window.route_seconds / window.samples,
                 "route/ref_imbalance": reference_imbalance(window.counts_E, window.samples),
                 "route/active_experts": float(model.active_experts),
                 "train/epoch": batches.position.epoch

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -87,14 +88,37 @@ class TernaryRouter:
         self.cluster_of_E = torch.arange(self.num_experts) // self.cluster_size
         self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
         self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
-        # a cluster's load penalty is its members' mean penalty: one [C, E] averaging matrix
-        members_CE = (self.cluster_of_E.unsqueeze(0) == torch.arange(self.num_clusters)
-                      .unsqueeze(1)).float()
-        self.member_mean_EC = (members_CE / members_CE.sum(1, keepdim=True)).t().contiguous()
-        self.no_penalty_E = torch.zeros(self.num_experts)
+        self.cluster_of_E_np = self.cluster_of_E.numpy()
+        self.members_C = np.bincount(self.cluster_of_E_np, minlength=self.num_clusters)
+        # the one-sample path: n and n-1-id of each key column (experts, sentinel, clusters);
+        # each cluster's members, the short last cluster padded with the sentinel column E
+        num_e, num_c = self.num_experts, self.num_clusters
+        self._n_F = np.array([num_e] * (num_e + 1) + [num_c] * num_c, dtype=np.float64)
+        self._tiebreak_F = -np.concatenate([_tiebreak(num_e).numpy(), [0.0],
+                                            _tiebreak(num_c).numpy()])
+        self._members_CS = np.full((num_c, self.cluster_size), num_e, dtype=np.int64)
+        self._members_CS.reshape(-1)[:num_e] = np.arange(num_e)
+        self._inv_members_C = 1.0 / self.members_C
         # selection counts, decayed by halving; float so halving stays exact
         self.counts_E = torch.zeros(self.num_experts, dtype=torch.float64)
         self.batches_since_decay = 0
+        self._counts_version = 0  # bumped whenever counts_E changes: the penalties' cache key
+        self._grid_cache: tuple[int, np.ndarray] | None = None
+        self._penalty_cache: tuple[int, Tensor, Tensor] | None = None
+        self._offset_cache: tuple[int, np.ndarray] | None = None
+        self._sync_views()
+
+    def _sync_views(self) -> None:
+        """What the one-sample path reads: one float64 matrix whose product with a sample
+        gives every expert's, the sentinel's and every cluster's negated routing key up to
+        the load offset (F = E + 1 + C columns), and a numpy view of the counters."""
+        num_e, num_c = self.num_experts, self.num_clusters
+        self._neg_scaled_RF = np.concatenate(
+            [self.spec_t_RE.numpy().astype(np.float64) * -(SCORE_GRID * num_e),
+             np.zeros((self.dim, 1)),
+             self.centroid_t_RC.numpy().astype(np.float64) * -(SCORE_GRID * num_c)], axis=1)
+        self._counts_np = self.counts_E.numpy()
+        self._counts_version += 1
 
     # ---- scoring -------------------------------------------------------------------------
     def _inputs(self, x_BW: Tensor) -> Tensor:
@@ -104,13 +128,51 @@ class TernaryRouter:
             x = torch.nn.functional.pad(x, (0, self.dim - x.shape[1]))
         return x
 
+    def _grid(self) -> np.ndarray:
+        """alpha * score_std * (load - 1) x 1024, rounded: per expert, the one-sample path's
+        sentinel, and per cluster (a cluster's load = its members' mean load); float64
+        [E + 1 + C], zeros before any routing. On the 1/1024 score grid a penalized integer
+        score is exact, so `top_k_stable` sees it unchanged. Cached until the counters
+        change (exact: sums of halved counts are exact in float64)."""
+        if self._grid_cache is not None and self._grid_cache[0] == self._counts_version:
+            return self._grid_cache[1]
+        counts_E, num_e, num_c = self._counts_np, self.num_experts, self.num_clusters
+        total = float(counts_E.sum())
+        grid_F = np.zeros(num_e + 1 + num_c)
+        if self.alpha > 0 and total > 0:
+            scale = self.alpha * self.score_std * SCORE_GRID
+            per_load = scale * num_e / total
+            np.multiply(counts_E, per_load, out=grid_F[:num_e])
+            np.multiply(np.bincount(self.cluster_of_E_np, weights=counts_E, minlength=num_c),
+                        self._inv_members_C, out=grid_F[num_e + 1:])
+            grid_F[num_e + 1:] *= per_load
+            grid_F -= scale
+            np.round(grid_F, out=grid_F)
+        self._grid_cache = (self._counts_version, grid_F)
+        return grid_F
+
+    def penalties(self) -> tuple[Tensor, Tensor]:
+        """The load penalties on the score grid, float64 [E] and [C] (the batched path)."""
+        if self._penalty_cache is None or self._penalty_cache[0] != self._counts_version:
+            grid_F, num_e = self._grid(), self.num_experts
+            self._penalty_cache = (self._counts_version,
+                                   torch.from_numpy(grid_F[:num_e] / SCORE_GRID),
+                                   torch.from_numpy(grid_F[num_e + 1:] / SCORE_GRID))
+        return self._penalty_cache[1], self._penalty_cache[2]
+
+    def _offsets(self) -> np.ndarray:
+        """The one-sample path's key offsets: negated key = offset - score x 1024 x n, with
+        offset = penalty x 1024 x n - (n-1-id); +inf for the sentinel."""
+        if self._offset_cache is None or self._offset_cache[0] != self._counts_version:
+            offset_F = self._grid() * self._n_F
+            offset_F += self._tiebreak_F
+            offset_F[self.num_experts] = np.inf
+            self._offset_cache = (self._counts_version, offset_F)
+        return self._offset_cache[1]
+
     def load_penalty_E(self) -> Tensor:
-        """alpha * score_std * (load - 1) per expert; zeros before any routing."""
-        total = float(self.counts_E.sum())
-        if self.alpha == 0 or total == 0:
-            return self.no_penalty_E
-        load = self.counts_E / (total / self.num_experts)
-        return (self.alpha * self.score_std * (load - 1.0)).float()
+        """The experts' load penalty, float64 [E] (on the score grid)."""
+        return self.penalties()[0]
 
     def scores(self, x_BW: Tensor) -> Tensor:
         """Integer dot products with every specialization, as float32 [B, E] (exact)."""
@@ -120,33 +182,59 @@ class TernaryRouter:
         """The K experts for each sample, int64 [B, K] in descending (penalized) score order.
 
         `update` adds the selections to the load counters (training); evaluation routes
-        with the counters frozen.
+        with the counters frozen. One sample takes `_route_one` (the same choices).
         """
+        if x_BW.shape[0] == 1:
+            return self._route_one(x_BW, update)
+        return self._route_batch(x_BW, update)
+
+    def _route_batch(self, x_BW: Tensor, update: bool) -> Tensor:
         x_BR = self._inputs(x_BW)
-        penalty_E = self.load_penalty_E()
-        scores_BE = x_BR @ self.spec_t_RE - penalty_E
-        allowed_BE = self._chosen_cluster_mask(x_BR, penalty_E) if self.hierarchical else None
+        pen_E, pen_C = self.penalties()
+        scores_BE = (x_BR @ self.spec_t_RE).double() - pen_E
+        allowed_BE = self._chosen_cluster_mask(x_BR, pen_C) if self.hierarchical else None
         experts_BK = top_k_stable(scores_BE, self.top_k, allowed_BE)
         if update:
             self.record(experts_BK)
         return experts_BK
 
+    def _route_one(self, x_BW: Tensor, update: bool) -> Tensor:
+        """One sample in numpy: a single routing call (what seed 000's < 100 us is about)
+        would otherwise be a couple of dozen torch dispatches. One matvec gives every
+        negated key of `top_k_stable` (score on the grid x n + n-1-id) directly, so the
+        choices and their order are the batched path's."""
+        row = x_BW.numpy()[0]
+        x_R = np.zeros(self.dim)
+        x_R[:min(row.shape[0], self.dim)] = row[:self.dim]
+        neg_key_F = x_R @ self._neg_scaled_RF
+        neg_key_F += self._offsets()
+        num_e = self.num_experts
+        if self.hierarchical:
+            clusters_A = np.argpartition(neg_key_F[num_e + 1:], self.active_clusters - 1)[
+                :self.active_clusters]
+            ids_Y = self._members_CS[clusters_A].reshape(-1)  # may hold the sentinel E
+            experts_K = ids_Y[np.argsort(neg_key_F[ids_Y])[:self.top_k]]
+        else:
+            experts_K = np.argsort(neg_key_F[:num_e])[:self.top_k]
+        if update:
+            self._counts_np[experts_K] += 1.0  # K distinct experts: no repeated index
+            self._after_batch()
+        return torch.from_numpy(experts_K.reshape(1, -1))
+
     def chosen_clusters(self, x_BW: Tensor) -> Tensor:
         """Level 1 alone: the `active_clusters` clusters of each sample, int64 [B, A]."""
-        x_BR = self._inputs(x_BW)
-        return self._clusters(x_BR, self.load_penalty_E())
+        return self._clusters(self._inputs(x_BW), self.penalties()[1])
 
-    def _clusters(self, x_BR: Tensor, penalty_E: Tensor) -> Tensor:
-        cluster_scores_BC = x_BR @ self.centroid_t_RC - penalty_E @ self.member_mean_EC
-        return top_k_stable(cluster_scores_BC, self.active_clusters)
+    def _clusters(self, x_BR: Tensor, pen_C: Tensor) -> Tensor:
+        return top_k_stable((x_BR @ self.centroid_t_RC).double() - pen_C, self.active_clusters)
 
-    def _chosen_cluster_mask(self, x_BR: Tensor, penalty_E: Tensor) -> Tensor:
+    def _chosen_cluster_mask(self, x_BR: Tensor, pen_C: Tensor) -> Tensor:
         """bool [B, E]: the members of each sample's chosen clusters.
 
         At 243 experts one GEMM over every expert is cheaper than gathering the
         candidates' vectors; masking the others gives the same choice as scoring only
         the candidates."""
-        clusters_BA = self._clusters(x_BR, penalty_E)
+        clusters_BA = self._clusters(x_BR, pen_C)
         chosen_BC = torch.zeros(x_BR.shape[0], self.num_clusters, dtype=torch.bool)
         chosen_BC.scatter_(1, clusters_BA, True)
         return chosen_BC[:, self.cluster_of_E]
@@ -157,6 +245,7 @@ class TernaryRouter:
         self.spec_t_RE = self.spec_ER.t().float().contiguous()
         self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
         self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
+        self._sync_views()
 
     def learn(self, x_BW: Tensor, experts_BK: Tensor, fraction: float,
               generator: torch.Generator) -> int:
@@ -180,6 +269,10 @@ class TernaryRouter:
         flat = experts_BK.reshape(-1)
         self.counts_E.index_put_((flat,), torch.ones(flat.shape, dtype=torch.float64),
                                  accumulate=True)
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        self._counts_version += 1
         self.batches_since_decay += 1
         if self.batches_since_decay >= self.rebalance_interval:
             self.counts_E *= 0.5
@@ -197,3 +290,4 @@ class TernaryRouter:
         self.set_specializations(spec)
         self.counts_E = state["counts_E"].to(torch.float64).clone()
         self.batches_since_decay = int(state["batches_since_decay"])
+        self._sync_views()
