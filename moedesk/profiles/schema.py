@@ -216,7 +216,7 @@ class DataSection:
     grammar_seed: int = knob(0, "Seed of the grammar corpus (fixed so every run sees the same "
                                 "text).", min=0, max=2**31 - 1)
     sources: list[dict] = knob([], "A weighted mix of sources ([[data.sources]] tables with "
-                                   "name, source = grammar | text | trits, path, weight > 0, "
+                                   "name, source (grammar, text or trits), path, weight > 0, "
                                    "and grammar_seed / grammar_sentences for grammar); replaces "
                                    "data.source and data.path. Held-out accuracy is logged per "
                                    "source. See docs/ternary.md.", kinds=("ternary",))
