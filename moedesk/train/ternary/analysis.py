@@ -24,7 +24,7 @@ this kind has:
 "unit" is "window": `tokens` counts held-out windows.
 
 Shape letters: B held-out windows, K experts chosen per window, A clusters chosen per
-window, E experts, C classes, S sources, Q typicality quarters.
+window, E experts, J classes, Y rows of a count table (experts or clusters).
 """
 
 from __future__ import annotations
@@ -50,17 +50,17 @@ def _counts_by(ids_BK: Tensor, group_B: Tensor, rows: int, groups: int) -> list[
     return flat.view(rows, groups).tolist()
 
 
-def _weighted_by(ids_BK: Tensor, weight_BC: Tensor, rows: int) -> list[list[float]]:
+def _weighted_by(ids_BK: Tensor, weight_BJ: Tensor, rows: int) -> list[list[float]]:
     """[rows][C]: sum over the (window, slot) assignments of each window's weights."""
-    out_RC = torch.zeros(rows, weight_BC.shape[1], dtype=torch.float64)
+    out_YJ = torch.zeros(rows, weight_BJ.shape[1], dtype=torch.float64)
     k = ids_BK.shape[1]
-    out_RC.index_add_(0, ids_BK.reshape(-1), weight_BC.double().repeat_interleave(k, 0))
-    return [[round(v, 6) for v in row] for row in out_RC.tolist()]
+    out_YJ.index_add_(0, ids_BK.reshape(-1), weight_BJ.double().repeat_interleave(k, 0))
+    return [[round(v, 6) for v in row] for row in out_YJ.tolist()]
 
 
 def routing_payload(*, experts_BK: Tensor, clusters_BA: Tensor | None, goodness_pos_BK: Tensor,
                     goodness_neg_BK: Tensor, source_B: Tensor, source_names: tuple[str, ...],
-                    classes_BC: Tensor, class_names: tuple[str, ...], typicality_B: Tensor,
+                    classes_BJ: Tensor, class_names: tuple[str, ...], typicality_B: Tensor,
                     num_experts: int, num_clusters: int) -> dict:
     """The `routing/L0` payload of one evaluation (see the module docstring)."""
     windows, top_k = experts_BK.shape
@@ -86,8 +86,8 @@ def routing_payload(*, experts_BK: Tensor, clusters_BA: Tensor | None, goodness_
         "histogram": pairs_E.long().tolist(),
         "first_choice": torch.bincount(experts_BK[:, 0], minlength=num_experts).tolist(),
         "classes": list(class_names),
-        "class_tokens": [round(v, 6) for v in classes_BC.double().sum(0).tolist()],
-        "by_class": _weighted_by(experts_BK, classes_BC, num_experts),
+        "class_tokens": [round(v, 6) for v in classes_BJ.double().sum(0).tolist()],
+        "by_class": _weighted_by(experts_BK, classes_BJ, num_experts),
         "frequency_buckets": list(TYPICALITY_BUCKETS),
         "bucket_tokens": torch.bincount(typicality_B, minlength=len(TYPICALITY_BUCKETS)).tolist(),
         "by_frequency": _counts_by(experts_BK, typicality_B, num_experts,
@@ -106,6 +106,6 @@ def routing_payload(*, experts_BK: Tensor, clusters_BA: Tensor | None, goodness_
             "cluster_histogram": torch.bincount(clusters_BA.reshape(-1),
                                                 minlength=num_clusters).tolist(),
             "by_source_cluster": _counts_by(clusters_BA, source_B, num_clusters, sources),
-            "by_class_cluster": _weighted_by(clusters_BA, classes_BC, num_clusters),
+            "by_class_cluster": _weighted_by(clusters_BA, classes_BJ, num_clusters),
         })
     return payload

@@ -13,8 +13,8 @@ trainer's rule (the positive must score higher; ties count half):
 Counts are +1 smoothed. A generator whose negatives keep every position's statistics
 (hybrid, shuffle, shuffle_words) puts template and frequency near 0.5 by construction.
 
-Shape letters: B samples, W trits per sample, V the 3 trit values, X trits per symbol,
-U whole symbols per sample.
+Shape letters: B samples, W trits per sample, V the 3 trit values (the trits' vocabulary),
+X trits per symbol, T whole symbols per sample (a window's byte positions).
 """
 
 from __future__ import annotations
@@ -48,33 +48,33 @@ class Baselines:
                               torch.ones(width - 1, count, dtype=torch.float64))
         trans_W33 = trans_W9.view(width - 1, 3, 3)
         self.log_trans_W9 = (trans_W33 / trans_W33.sum(2, keepdim=True)).log().view(width - 1, 9)
-        symbols_BU = self._symbols(train)
+        symbols_BT = self._symbols(train)
         values = 3 ** self.per
         sym_pairs = torch.ones(values * values, dtype=torch.float64)
-        if symbols_BU.shape[1] > 1:
-            sym_pairs.index_add_(0, (symbols_BU[:, :-1] * values + symbols_BU[:, 1:]).reshape(-1),
-                                 torch.ones(symbols_BU[:, 1:].numel(), dtype=torch.float64))
+        if symbols_BT.shape[1] > 1:
+            sym_pairs.index_add_(0, (symbols_BT[:, :-1] * values + symbols_BT[:, 1:]).reshape(-1),
+                                 torch.ones(symbols_BT[:, 1:].numel(), dtype=torch.float64))
         sym_pairs = sym_pairs.view(values, values)
         self.log_sym_trans = (sym_pairs / sym_pairs.sum(1, keepdim=True)).log()
 
     def _symbols(self, x_BW: Tensor) -> Tensor:
         """Whole symbols as integers 0 .. 3^X - 1 (from trit values 0, 1, 2): [B, U]."""
         whole = x_BW.shape[1] // self.per
-        digits_BUX = x_BW[:, :whole * self.per].reshape(x_BW.shape[0], whole, self.per)
+        digits_BTX = x_BW[:, :whole * self.per].reshape(x_BW.shape[0], whole, self.per)
         powers_X = torch.tensor([3 ** i for i in range(self.per)])
-        return (digits_BUX * powers_X).sum(-1)
+        return (digits_BTX * powers_X).sum(-1)
 
     def scores(self, x_BW: Tensor) -> dict[str, Tensor]:
         """Every scorer's score per sample, float64 [B] each."""
         x = x_BW.long() + 1
         log_p_BW = self.log_p_VW.gather(0, x)
         log_steps_BW = self.log_trans_W9.t().gather(0, x[:, :-1] * 3 + x[:, 1:])
-        symbols_BU = self._symbols(x)
+        symbols_BT = self._symbols(x)
         return {
             "template": (x - 1).double() @ self.template_W,
             "frequency": log_p_BW.sum(1),
             "bigram": log_p_BW[:, 0] + log_steps_BW.sum(1),
-            "symbol_bigram": self.log_sym_trans[symbols_BU[:, :-1], symbols_BU[:, 1:]].sum(1),
+            "symbol_bigram": self.log_sym_trans[symbols_BT[:, :-1], symbols_BT[:, 1:]].sum(1),
         }
 
     def accuracies(self, pos_BW: Tensor, neg_BW: Tensor) -> dict[str, float]:

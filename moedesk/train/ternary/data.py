@@ -12,7 +12,8 @@ each word class of the grammar corpus, or each byte class of a text file) for th
 routing analysis. Negatives come from `negatives.py`; the held-out ones are drawn once
 from their own seed, within each source. Batches and epochs live in `batches.py`.
 
-Shape letters: B samples (a batch, or the held-out set), W trits per sample, C classes.
+Shape letters: B samples (a batch, or the held-out set), W trits per sample, T a window's
+bytes (its token positions), J classes.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _window_bytes(spec: SourceSpec) -> tuple[bytes, Tensor | None, tuple[str, ..
 
 
 def encode_windows(text: bytes, width: int, encoding: str) -> Tensor:
-    """Non-overlapping byte windows, each encoded and cut to `width` trits: int8 [N, width]."""
+    """Non-overlapping byte windows, each encoded and cut to `width` trits: int8 [B, W]."""
     encode, trits_per_byte = ENCODERS[encoding]
     window = math.ceil(width / trits_per_byte)
     count = len(text) // window
@@ -71,16 +72,16 @@ def encode_windows(text: bytes, width: int, encoding: str) -> Tensor:
 
 def window_classes(class_of_byte: Tensor, width: int, encoding: str, num_classes: int
                    ) -> Tensor:
-    """Class histogram of each window of `encode_windows`: float [N, C] byte counts."""
+    """Class histogram of each window of `encode_windows`: float [B, J] byte counts."""
     window = math.ceil(width / ENCODERS[encoding][1])
     count = len(class_of_byte) // window
-    ids = class_of_byte[:count * window].reshape(count, window)
-    hist = torch.zeros(count, num_classes)
-    return hist.scatter_add_(1, ids, torch.ones(ids.shape))
+    ids_BT = class_of_byte[:count * window].reshape(count, window)
+    hist_BJ = torch.zeros(count, num_classes)
+    return hist_BJ.scatter_add_(1, ids_BT, torch.ones(ids_BT.shape))
 
 
 def fit_samples(samples: list[Tensor], width: int) -> Tensor:
-    """Trit-file samples truncated or zero-padded to `width`: int8 [N, width]."""
+    """Trit-file samples truncated or zero-padded to `width`: int8 [B, W]."""
     out = torch.zeros(len(samples), width, dtype=torch.int8)
     for i, sample in enumerate(samples):
         n = min(width, sample.numel())
@@ -129,7 +130,7 @@ class TernaryData:
     train_length_B: Tensor  # int64, trits before padding or truncation
     held_out_BW: Tensor
     held_out_source_B: Tensor
-    held_out_classes_BC: Tensor  # float byte counts per class (zeros where unknown)
+    held_out_classes_BJ: Tensor  # float byte counts per class (zeros where unknown)
     class_names: tuple[str, ...]
 
 
@@ -186,7 +187,7 @@ def load_data(profile: Profile) -> TernaryData:
 
 
 def load_samples(profile: Profile) -> tuple[Tensor, Tensor]:
-    """(train, held-out) samples of every source, int8 [N, width] each."""
+    """(train, held-out) samples of every source, int8 [B, W] each."""
     data = load_data(profile)
     return data.train_BW, data.held_out_BW
 
@@ -198,7 +199,7 @@ class EvalSet:
     pos_BW: Tensor
     neg_BW: Tensor
     source_B: Tensor  # int64, index into TernaryData.names
-    classes_BC: Tensor
+    classes_BJ: Tensor
 
 
 def eval_set(profile: Profile, data: TernaryData, pair_seed: int = 0) -> EvalSet:
@@ -219,5 +220,5 @@ def eval_set(profile: Profile, data: TernaryData, pair_seed: int = 0) -> EvalSet
         neg.append(make_negatives(x_BW, t.negatives, symbols, t.input_dim, t.corruption,
                                   generator))
         src.append(data.held_out_source_B[rows])
-        cls.append(data.held_out_classes_BC[rows])
+        cls.append(data.held_out_classes_BJ[rows])
     return EvalSet(torch.cat(pos), torch.cat(neg), torch.cat(src), torch.cat(cls))

@@ -31,7 +31,7 @@ weights at the start of the step):
 
 Shape letters: E experts, P (sample, expert) pairs, W trits per sample, M pair slots per
 expert (the padded layout's width), 2 the positive/negative phase, I / O a layer's
-fan-in / fan-out units, Z one expert's 2 x M (phase, slot) rows flattened, Q one expert's
+fan-in / fan-out units (`x_EI2M` has its (phase, slot) axes flattened), Q one expert's
 weight positions in a layer (I x O), U the positions drawn for one update; a trailing 1
 is a broadcast axis.
 """
@@ -166,8 +166,8 @@ class ExpertBank:
             x_E2MI, y_E2MO = fwd.inputs_E2MI[layer], fwd.outputs_E2MO[layer]
             # one matmul for both phases: the negatives' inputs enter with a minus sign
             signed_E2M1 = mask_EM1.unsqueeze(1) * torch.tensor([1.0, -1.0]).view(1, 2, 1, 1)
-            x_EIZ = (x_E2MI * signed_E2M1).flatten(1, 2).transpose(1, 2)
-            hebb_EIO = torch.bmm(x_EIZ, y_E2MO.flatten(1, 2))
+            x_EI2M = (x_E2MI * signed_E2M1).flatten(1, 2).transpose(1, 2)
+            hebb_EIO = torch.bmm(x_EI2M, y_E2MO.flatten(1, 2))
             # each expert considers a random `update_fraction` of its positions (with
             # replacement, so duplicates just repeat the same write)
             num_e, n = weight_EIO.shape[0], weight_EIO.shape[1] * weight_EIO.shape[2]

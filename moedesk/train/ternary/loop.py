@@ -194,7 +194,7 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
         emitter.emit("analysis", step=at_step, name="routing/L0", payload=routing_payload(
             experts_BK=result.experts_BK, clusters_BA=result.clusters_BA,
             goodness_pos_BK=result.goodness_pos_BK, goodness_neg_BK=result.goodness_neg_BK,
-            source_B=evals.source_B, source_names=data.names, classes_BC=evals.classes_BC,
+            source_B=evals.source_B, source_names=data.names, classes_BJ=evals.classes_BJ,
             class_names=data.class_names, typicality_B=typicality_B,
             num_experts=cfg.num_experts, num_clusters=model.router.num_clusters))
         emitter.log(f"Evaluation - step {at_step} | FF accuracy: {result.accuracy:.3f} "

@@ -17,8 +17,9 @@ A symbol is `trits_per_symbol` trits: 6 for the balanced encoding (one byte), 1 
 letters encoding and for trit files. Every generator is vectorized over the batch and
 drawn from the caller's generator, so a seeded run makes the same negatives.
 
-Shape letters: B samples, W trits per sample, U whole symbols per sample, X trits per
-symbol, Y word tokens per sample (at most U + 1).
+Shape letters: B samples, W trits per sample, T whole symbols per sample (a window's byte
+positions: its tokens), X trits per symbol, Z word tokens per sample (at most T + 1),
+J positions changed in one corrupt negative; 2 the two word separators.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Symbols:
     """How trits group into symbols, and which symbols separate words."""
 
     trits_per_symbol: int
-    separators_SX: Tensor | None  # int8 [separators, X]; None: words are unknown
+    separators_2X: Tensor | None  # int8 [separators, X]; None: words are unknown
 
 
 def symbols_of(encoding: str, source: str) -> Symbols:
@@ -90,11 +91,11 @@ def hybrid(x_BW: Tensor, per: int, generator: torch.Generator) -> Tensor:
 
 def shuffle(x_BW: Tensor, per: int, generator: torch.Generator) -> Tensor:
     """The whole symbols of each sample in a random order (the partial tail stays)."""
-    symbols_BUX, tail = _split(x_BW, per)
-    batch, whole, _ = symbols_BUX.shape
-    order_BU = torch.rand(batch, whole, generator=generator).argsort(dim=1)
-    mixed_BUX = symbols_BUX.gather(1, order_BU.unsqueeze(-1).expand_as(symbols_BUX))
-    return torch.cat([mixed_BUX.reshape(batch, -1), tail], dim=1)
+    symbols_BTX, tail = _split(x_BW, per)
+    batch, whole, _ = symbols_BTX.shape
+    order_BT = torch.rand(batch, whole, generator=generator).argsort(dim=1)
+    mixed_BTX = symbols_BTX.gather(1, order_BT.unsqueeze(-1).expand_as(symbols_BTX))
+    return torch.cat([mixed_BTX.reshape(batch, -1), tail], dim=1)
 
 
 def shuffle_words(x_BW: Tensor, symbols: Symbols, generator: torch.Generator) -> Tensor:
@@ -103,31 +104,31 @@ def shuffle_words(x_BW: Tensor, symbols: Symbols, generator: torch.Generator) ->
     permutation that happens to be the identity is replaced by a rotation by one, so a
     sample with two or more interior words always changes order; a sample with fewer
     comes back unchanged."""
-    if symbols.separators_SX is None:
+    if symbols.separators_2X is None:
         raise ValueError("shuffle_words needs word separators: the balanced encoding of text")
-    symbols_BUX, tail = _split(x_BW, symbols.trits_per_symbol)
-    batch, whole, _ = symbols_BUX.shape
-    is_sep_BU = (symbols_BUX.unsqueeze(2) == symbols.separators_SX).all(-1).any(-1)
+    symbols_BTX, tail = _split(x_BW, symbols.trits_per_symbol)
+    batch, whole, _ = symbols_BTX.shape
+    is_sep_BT = (symbols_BTX.unsqueeze(2) == symbols.separators_2X).all(-1).any(-1)
     # token of a symbol = separators strictly before it: a word and its separator share one
-    token_BU = torch.cumsum(is_sep_BU.long(), 1) - is_sep_BU.long()
-    last_B1 = token_BU[:, -1:]  # the trailing (partial) word, possibly just a separator
+    token_BT = torch.cumsum(is_sep_BT.long(), 1) - is_sep_BT.long()
+    last_B1 = token_BT[:, -1:]  # the trailing (partial) word, possibly just a separator
     tokens = whole + 1
-    ids_BY = torch.arange(tokens).expand(batch, tokens)
-    interior_BY = (ids_BY > 0) & (ids_BY < last_B1)
+    ids_BZ = torch.arange(tokens).expand(batch, tokens)
+    interior_BZ = (ids_BZ > 0) & (ids_BZ < last_B1)
     # random order of the interior tokens; the fixed ones keep their rank
-    fixed_BY = torch.where(ids_BY == 0, 0.0, ids_BY + 2.0)  # first, then last (and unused)
-    key_BY = torch.where(interior_BY, torch.rand(batch, tokens, generator=generator) + 1.0,
-                         fixed_BY)
-    rank_BY = key_BY.argsort(1).argsort(1)
-    identity_B = (rank_BY == ids_BY).all(1)
-    n_interior_B1 = interior_BY.sum(1, keepdim=True)
-    rotated_BY = torch.where(interior_BY, (ids_BY % n_interior_B1.clamp(min=1)) + 1, ids_BY)
-    rank_BY = torch.where(identity_B.unsqueeze(1), rotated_BY, rank_BY)
+    fixed_BZ = torch.where(ids_BZ == 0, 0.0, ids_BZ + 2.0)  # first, then last (and unused)
+    key_BZ = torch.where(interior_BZ, torch.rand(batch, tokens, generator=generator) + 1.0,
+                         fixed_BZ)
+    rank_BZ = key_BZ.argsort(1).argsort(1)
+    identity_B = (rank_BZ == ids_BZ).all(1)
+    n_interior_B1 = interior_BZ.sum(1, keepdim=True)
+    rotated_BZ = torch.where(interior_BZ, (ids_BZ % n_interior_B1.clamp(min=1)) + 1, ids_BZ)
+    rank_BZ = torch.where(identity_B.unsqueeze(1), rotated_BZ, rank_BZ)
     # sort symbols by (new rank of their token, position): words move, letters stay in order
-    unit_key_BU = rank_BY.gather(1, token_BU) * whole + torch.arange(whole)
-    order_BU = unit_key_BU.argsort(1)
-    mixed_BUX = symbols_BUX.gather(1, order_BU.unsqueeze(-1).expand_as(symbols_BUX))
-    return torch.cat([mixed_BUX.reshape(batch, -1), tail], dim=1)
+    unit_key_BT = rank_BZ.gather(1, token_BT) * whole + torch.arange(whole)
+    order_BT = unit_key_BT.argsort(1)
+    mixed_BTX = symbols_BTX.gather(1, order_BT.unsqueeze(-1).expand_as(symbols_BTX))
+    return torch.cat([mixed_BTX.reshape(batch, -1), tail], dim=1)
 
 
 def make_negatives(x_BW: Tensor, kind: str, symbols: Symbols, input_dim: int,

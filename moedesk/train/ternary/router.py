@@ -18,7 +18,8 @@ All ties break towards the lower expert (or cluster) id (`top_k_stable`).
 
 Shape letters: B samples, W trits per sample, R trits the router reads
 (specialization_dim), E experts, K experts chosen per sample, C clusters, A clusters
-chosen per sample, Y the candidates of one top-k (experts or clusters). A `_t` suffix
+chosen per sample, Y the candidates of one top-k (experts or clusters; in the one-sample
+path every expert, a sentinel, then every cluster). A `_t` suffix
 marks a transposed copy (`spec_t_RE` is `spec_ER` transposed, kept for the matmul).
 """
 
@@ -93,11 +94,11 @@ class TernaryRouter:
         # the one-sample path: n and n-1-id of each key column (experts, sentinel, clusters);
         # each cluster's members, the short last cluster padded with the sentinel column E
         num_e, num_c = self.num_experts, self.num_clusters
-        self._n_F = np.array([num_e] * (num_e + 1) + [num_c] * num_c, dtype=np.float64)
-        self._tiebreak_F = -np.concatenate([_tiebreak(num_e).numpy(), [0.0],
+        self._n_Y = np.array([num_e] * (num_e + 1) + [num_c] * num_c, dtype=np.float64)
+        self._tiebreak_Y = -np.concatenate([_tiebreak(num_e).numpy(), [0.0],
                                             _tiebreak(num_c).numpy()])
-        self._members_CS = np.full((num_c, self.cluster_size), num_e, dtype=np.int64)
-        self._members_CS.reshape(-1)[:num_e] = np.arange(num_e)
+        self._members_CY = np.full((num_c, self.cluster_size), num_e, dtype=np.int64)
+        self._members_CY.reshape(-1)[:num_e] = np.arange(num_e)
         self._inv_members_C = 1.0 / self.members_C
         # selection counts, decayed by halving; float so halving stays exact
         self.counts_E = torch.zeros(self.num_experts, dtype=torch.float64)
@@ -113,7 +114,7 @@ class TernaryRouter:
         gives every expert's, the sentinel's and every cluster's negated routing key up to
         the load offset (F = E + 1 + C columns), and a numpy view of the counters."""
         num_e, num_c = self.num_experts, self.num_clusters
-        self._neg_scaled_RF = np.concatenate(
+        self._neg_scaled_RY = np.concatenate(
             [self.spec_t_RE.numpy().astype(np.float64) * -(SCORE_GRID * num_e),
              np.zeros((self.dim, 1)),
              self.centroid_t_RC.numpy().astype(np.float64) * -(SCORE_GRID * num_c)], axis=1)
@@ -138,36 +139,36 @@ class TernaryRouter:
             return self._grid_cache[1]
         counts_E, num_e, num_c = self._counts_np, self.num_experts, self.num_clusters
         total = float(counts_E.sum())
-        grid_F = np.zeros(num_e + 1 + num_c)
+        grid_Y = np.zeros(num_e + 1 + num_c)
         if self.alpha > 0 and total > 0:
             scale = self.alpha * self.score_std * SCORE_GRID
             per_load = scale * num_e / total
-            np.multiply(counts_E, per_load, out=grid_F[:num_e])
+            np.multiply(counts_E, per_load, out=grid_Y[:num_e])
             np.multiply(np.bincount(self.cluster_of_E_np, weights=counts_E, minlength=num_c),
-                        self._inv_members_C, out=grid_F[num_e + 1:])
-            grid_F[num_e + 1:] *= per_load
-            grid_F -= scale
-            np.round(grid_F, out=grid_F)
-        self._grid_cache = (self._counts_version, grid_F)
-        return grid_F
+                        self._inv_members_C, out=grid_Y[num_e + 1:])
+            grid_Y[num_e + 1:] *= per_load
+            grid_Y -= scale
+            np.round(grid_Y, out=grid_Y)
+        self._grid_cache = (self._counts_version, grid_Y)
+        return grid_Y
 
     def penalties(self) -> tuple[Tensor, Tensor]:
         """The load penalties on the score grid, float64 [E] and [C] (the batched path)."""
         if self._penalty_cache is None or self._penalty_cache[0] != self._counts_version:
-            grid_F, num_e = self._grid(), self.num_experts
+            grid_Y, num_e = self._grid(), self.num_experts
             self._penalty_cache = (self._counts_version,
-                                   torch.from_numpy(grid_F[:num_e] / SCORE_GRID),
-                                   torch.from_numpy(grid_F[num_e + 1:] / SCORE_GRID))
+                                   torch.from_numpy(grid_Y[:num_e] / SCORE_GRID),
+                                   torch.from_numpy(grid_Y[num_e + 1:] / SCORE_GRID))
         return self._penalty_cache[1], self._penalty_cache[2]
 
     def _offsets(self) -> np.ndarray:
         """The one-sample path's key offsets: negated key = offset - score x 1024 x n, with
         offset = penalty x 1024 x n - (n-1-id); +inf for the sentinel."""
         if self._offset_cache is None or self._offset_cache[0] != self._counts_version:
-            offset_F = self._grid() * self._n_F
-            offset_F += self._tiebreak_F
-            offset_F[self.num_experts] = np.inf
-            self._offset_cache = (self._counts_version, offset_F)
+            offset_Y = self._grid() * self._n_Y
+            offset_Y += self._tiebreak_Y
+            offset_Y[self.num_experts] = np.inf
+            self._offset_cache = (self._counts_version, offset_Y)
         return self._offset_cache[1]
 
     def load_penalty_E(self) -> Tensor:
@@ -206,16 +207,16 @@ class TernaryRouter:
         row = x_BW.numpy()[0]
         x_R = np.zeros(self.dim)
         x_R[:min(row.shape[0], self.dim)] = row[:self.dim]
-        neg_key_F = x_R @ self._neg_scaled_RF
-        neg_key_F += self._offsets()
+        neg_key_Y = x_R @ self._neg_scaled_RY
+        neg_key_Y += self._offsets()
         num_e = self.num_experts
         if self.hierarchical:
-            clusters_A = np.argpartition(neg_key_F[num_e + 1:], self.active_clusters - 1)[
+            clusters_A = np.argpartition(neg_key_Y[num_e + 1:], self.active_clusters - 1)[
                 :self.active_clusters]
-            ids_Y = self._members_CS[clusters_A].reshape(-1)  # may hold the sentinel E
-            experts_K = ids_Y[np.argsort(neg_key_F[ids_Y])[:self.top_k]]
+            ids_Y = self._members_CY[clusters_A].reshape(-1)  # may hold the sentinel E
+            experts_K = ids_Y[np.argsort(neg_key_Y[ids_Y])[:self.top_k]]
         else:
-            experts_K = np.argsort(neg_key_F[:num_e])[:self.top_k]
+            experts_K = np.argsort(neg_key_Y[:num_e])[:self.top_k]
         if update:
             self._counts_np[experts_K] += 1.0  # K distinct experts: no repeated index
             self._after_batch()
