@@ -104,9 +104,8 @@ class TernaryRouter:
         self.counts_E = torch.zeros(self.num_experts, dtype=torch.float64)
         self.batches_since_decay = 0
         self._counts_version = 0  # bumped whenever counts_E changes: the penalties' cache key
-        self._grid_cache: tuple[int, np.ndarray] | None = None
-        self._penalty_cache: tuple[int, Tensor, Tensor] | None = None
-        self._offset_cache: tuple[int, np.ndarray] | None = None
+        self._offsets_version = -1  # the counters' version _offset_Y was computed for
+        self._grid_Y = self._offset_Y = np.zeros(0)
         self._sync_views()
 
     def _sync_views(self) -> None:
@@ -129,14 +128,16 @@ class TernaryRouter:
             x = torch.nn.functional.pad(x, (0, self.dim - x.shape[1]))
         return x
 
-    def _grid(self) -> np.ndarray:
-        """alpha * score_std * (load - 1) x 1024, rounded: per expert, the one-sample path's
-        sentinel, and per cluster (a cluster's load = its members' mean load); float64
-        [E + 1 + C], zeros before any routing. On the 1/1024 score grid a penalized integer
-        score is exact, so `top_k_stable` sees it unchanged. Cached until the counters
-        change (exact: sums of halved counts are exact in float64)."""
-        if self._grid_cache is not None and self._grid_cache[0] == self._counts_version:
-            return self._grid_cache[1]
+    def _offsets(self) -> np.ndarray:
+        """The routing keys' offsets, float64 [E + 1 + C] (experts, the one-sample path's
+        sentinel, clusters): key = dot x 1024 x n - offset, offset = grid x n - (n-1-id),
+        where grid = alpha * score_std * (load - 1) x 1024, rounded (a cluster's load is its
+        members' mean load; zeros before any routing). That is exactly `top_k_stable`'s key
+        of the penalized score on its 1/1024 grid (n = E for experts, C for clusters), and
+        exact in float64 (sums of halved counts are exact). +inf for the sentinel. Cached
+        until the counters change."""
+        if self._offsets_version == self._counts_version:
+            return self._offset_Y
         counts_E, num_e, num_c = self._counts_np, self.num_experts, self.num_clusters
         total = float(counts_E.sum())
         grid_Y = np.zeros(num_e + 1 + num_c)
@@ -145,35 +146,29 @@ class TernaryRouter:
             per_load = scale * num_e / total
             np.multiply(counts_E, per_load, out=grid_Y[:num_e])
             np.multiply(np.bincount(self.cluster_of_E_np, weights=counts_E, minlength=num_c),
-                        self._inv_members_C, out=grid_Y[num_e + 1:])
-            grid_Y[num_e + 1:] *= per_load
+                        self._inv_members_C * per_load, out=grid_Y[num_e + 1:])
             grid_Y -= scale
             np.round(grid_Y, out=grid_Y)
-        self._grid_cache = (self._counts_version, grid_Y)
-        return grid_Y
+        offset_Y = grid_Y * self._n_Y
+        offset_Y += self._tiebreak_Y
+        offset_Y[num_e] = np.inf
+        self._grid_Y, self._offset_Y, self._offsets_version = grid_Y, offset_Y, self._counts_version
+        return offset_Y
 
-    def penalties(self) -> tuple[Tensor, Tensor]:
-        """The load penalties on the score grid, float64 [E] and [C] (the batched path)."""
-        if self._penalty_cache is None or self._penalty_cache[0] != self._counts_version:
-            grid_Y, num_e = self._grid(), self.num_experts
-            self._penalty_cache = (self._counts_version,
-                                   torch.from_numpy(grid_Y[:num_e] / SCORE_GRID),
-                                   torch.from_numpy(grid_Y[num_e + 1:] / SCORE_GRID))
-        return self._penalty_cache[1], self._penalty_cache[2]
+    def _offset_tensors(self) -> tuple[Tensor, Tensor]:
+        """torch views of the experts' and the clusters' offsets (the batched path)."""
+        offset_Y, num_e = self._offsets(), self.num_experts
+        return torch.from_numpy(offset_Y[:num_e]), torch.from_numpy(offset_Y[num_e + 1:])
 
-    def _offsets(self) -> np.ndarray:
-        """The one-sample path's key offsets: negated key = offset - score x 1024 x n, with
-        offset = penalty x 1024 x n - (n-1-id); +inf for the sentinel."""
-        if self._offset_cache is None or self._offset_cache[0] != self._counts_version:
-            offset_Y = self._grid() * self._n_Y
-            offset_Y += self._tiebreak_Y
-            offset_Y[self.num_experts] = np.inf
-            self._offset_cache = (self._counts_version, offset_Y)
-        return self._offset_cache[1]
+    def _keys(self, x_BR: Tensor, spec_t_RY: Tensor, offset_Y: Tensor) -> Tensor:
+        """`top_k_stable`'s keys of the penalized scores, float64 [B, Y], in three passes."""
+        keys_BY = (x_BR @ spec_t_RY).double()
+        return keys_BY.mul_(SCORE_GRID * spec_t_RY.shape[1]).sub_(offset_Y)
 
     def load_penalty_E(self) -> Tensor:
         """The experts' load penalty, float64 [E] (on the score grid)."""
-        return self.penalties()[0]
+        self._offsets()
+        return torch.from_numpy(self._grid_Y[:self.num_experts] / SCORE_GRID)
 
     def scores(self, x_BW: Tensor) -> Tensor:
         """Integer dot products with every specialization, as float32 [B, E] (exact)."""
@@ -191,10 +186,10 @@ class TernaryRouter:
 
     def _route_batch(self, x_BW: Tensor, update: bool) -> Tensor:
         x_BR = self._inputs(x_BW)
-        pen_E, pen_C = self.penalties()
-        scores_BE = (x_BR @ self.spec_t_RE).double() - pen_E
-        allowed_BE = self._chosen_cluster_mask(x_BR, pen_C) if self.hierarchical else None
-        experts_BK = top_k_stable(scores_BE, self.top_k, allowed_BE)
+        keys_BE = self._keys(x_BR, self.spec_t_RE, self._offset_tensors()[0])
+        if self.hierarchical:
+            keys_BE.masked_fill_(~self._chosen_cluster_mask(x_BR), -math.inf)
+        experts_BK = torch.topk(keys_BE, self.top_k, dim=1).indices
         if update:
             self.record(experts_BK)
         return experts_BK
@@ -215,8 +210,9 @@ class TernaryRouter:
                 :self.active_clusters]
             ids_Y = self._members_CY[clusters_A].reshape(-1)  # may hold the sentinel E
             experts_K = ids_Y[np.argsort(neg_key_Y[ids_Y])[:self.top_k]]
-        else:
-            experts_K = np.argsort(neg_key_Y[:num_e])[:self.top_k]
+        else:  # the K best of all experts, then their order
+            best_K = np.argpartition(neg_key_Y[:num_e], self.top_k - 1)[:self.top_k]
+            experts_K = best_K[np.argsort(neg_key_Y[best_K])]
         if update:
             self._counts_np[experts_K] += 1.0  # K distinct experts: no repeated index
             self._after_batch()
@@ -224,18 +220,19 @@ class TernaryRouter:
 
     def chosen_clusters(self, x_BW: Tensor) -> Tensor:
         """Level 1 alone: the `active_clusters` clusters of each sample, int64 [B, A]."""
-        return self._clusters(self._inputs(x_BW), self.penalties()[1])
+        return self._clusters(self._inputs(x_BW))
 
-    def _clusters(self, x_BR: Tensor, pen_C: Tensor) -> Tensor:
-        return top_k_stable((x_BR @ self.centroid_t_RC).double() - pen_C, self.active_clusters)
+    def _clusters(self, x_BR: Tensor) -> Tensor:
+        keys_BC = self._keys(x_BR, self.centroid_t_RC, self._offset_tensors()[1])
+        return torch.topk(keys_BC, self.active_clusters, dim=1).indices
 
-    def _chosen_cluster_mask(self, x_BR: Tensor, pen_C: Tensor) -> Tensor:
+    def _chosen_cluster_mask(self, x_BR: Tensor) -> Tensor:
         """bool [B, E]: the members of each sample's chosen clusters.
 
         At 243 experts one GEMM over every expert is cheaper than gathering the
         candidates' vectors; masking the others gives the same choice as scoring only
         the candidates."""
-        clusters_BA = self._clusters(x_BR, pen_C)
+        clusters_BA = self._clusters(x_BR)
         chosen_BC = torch.zeros(x_BR.shape[0], self.num_clusters, dtype=torch.bool)
         chosen_BC.scatter_(1, clusters_BA, True)
         return chosen_BC[:, self.cluster_of_E]
