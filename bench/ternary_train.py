@@ -52,24 +52,30 @@ def samples_per_s(model: TernaryMoE, batches: EpochBatches, steps: int, threads:
 
 
 def phase_breakdown(model: TernaryMoE, batches: EpochBatches, steps: int) -> dict[str, float]:
-    """Milliseconds per step of each phase of the default step, one thread."""
+    """Milliseconds per step of each phase of the default step (as `train_step` runs them,
+    with the profile's specialization learning), one thread."""
     torch.set_num_threads(1)
-    cfg, spent = model.cfg, {"route": 0.0, "negatives": 0.0, "forward": 0.0, "update": 0.0,
-                             "thresholds": 0.0}
+    cfg = model.cfg
+    spent = {"route": 0.0, "specializations": 0.0, "negatives": 0.0, "forward": 0.0,
+             "update": 0.0, "thresholds": 0.0}
     for _ in range(steps):
         x_BW, _ = batches.next_batch()
         t0 = time.perf_counter()
         experts_BK = model.router.route(x_BW)
         t1 = time.perf_counter()
-        x_neg_BW = model.negatives(x_BW)
+        if cfg.specialization_learning > 0:
+            model.router.learn(x_BW, experts_BK, cfg.specialization_learning, model.generator)
         t2 = time.perf_counter()
-        fwd = model.bank.forward_pairs(*model._pairs(x_BW, x_neg_BW, experts_BK))
+        x_neg_BW = model.negatives(x_BW)
         t3 = time.perf_counter()
-        model.bank.update_contrastive(fwd, cfg.update_fraction, cfg.margin, model.generator)
+        fwd = model.bank.forward_pairs(*model._pairs(x_BW, x_neg_BW, experts_BK))
         t4 = time.perf_counter()
-        model.bank.adapt_thresholds(fwd, cfg.target_activity)
+        model.bank.update_contrastive(fwd, cfg.update_fraction, cfg.margin, model.generator)
         t5 = time.perf_counter()
-        for name, dt in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+        model.bank.adapt_thresholds(fwd, cfg.target_activity)
+        t6 = time.perf_counter()
+        times = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)
+        for name, dt in zip(spent, times, strict=True):
             spent[name] += dt
     return {name: 1e3 * total / steps for name, total in spent.items()}
 
