@@ -50,12 +50,13 @@ def _counts_by(ids_BK: Tensor, group_B: Tensor, rows: int, groups: int) -> list[
     return flat.view(rows, groups).tolist()
 
 
-def _weighted_by(ids_BK: Tensor, weight_BJ: Tensor, rows: int) -> list[list[float]]:
-    """[rows][C]: sum over the (window, slot) assignments of each window's weights."""
-    out_YJ = torch.zeros(rows, weight_BJ.shape[1], dtype=torch.float64)
+def _weighted_by(ids_BK: Tensor, weight_BJ: Tensor, rows: int) -> list[list[int]]:
+    """[rows][J]: sum over the (window, slot) assignments of each window's (integer)
+    weights, e.g. its bytes of each class."""
+    out_YJ = torch.zeros(rows, weight_BJ.shape[1], dtype=torch.int64)
     k = ids_BK.shape[1]
-    out_YJ.index_add_(0, ids_BK.reshape(-1), weight_BJ.double().repeat_interleave(k, 0))
-    return [[round(v, 6) for v in row] for row in out_YJ.tolist()]
+    out_YJ.index_add_(0, ids_BK.reshape(-1), weight_BJ.long().repeat_interleave(k, 0))
+    return out_YJ.tolist()
 
 
 def routing_payload(*, experts_BK: Tensor, clusters_BA: Tensor | None, goodness_pos_BK: Tensor,
@@ -86,7 +87,7 @@ def routing_payload(*, experts_BK: Tensor, clusters_BA: Tensor | None, goodness_
         "histogram": pairs_E.long().tolist(),
         "first_choice": torch.bincount(experts_BK[:, 0], minlength=num_experts).tolist(),
         "classes": list(class_names),
-        "class_tokens": [round(v, 6) for v in classes_BJ.double().sum(0).tolist()],
+        "class_tokens": classes_BJ.long().sum(0).tolist(),
         "by_class": _weighted_by(experts_BK, classes_BJ, num_experts),
         "frequency_buckets": list(TYPICALITY_BUCKETS),
         "bucket_tokens": torch.bincount(typicality_B, minlength=len(TYPICALITY_BUCKETS)).tolist(),
