@@ -31,34 +31,42 @@ def pair_accuracy(score_pos_B: Tensor, score_neg_B: Tensor) -> float:
     return float(wins.mean())
 
 
+CHUNK = 16384  # samples per pass: the counts of a large corpus never need it whole in int64
+
+
 class Baselines:
     """The scorers above, fitted once on the training samples (int8 [B, W])."""
 
     def __init__(self, train_BW: Tensor, trits_per_symbol: int):
-        train = train_BW.long() + 1  # trit values as 0, 1, 2
-        count, width = train.shape
+        count, width = train_BW.shape
         self.per = trits_per_symbol
-        self.template_W = (train - 1).double().mean(0)
-        freq_VW = torch.stack([(train == v).sum(0) for v in range(3)]).double() + 1
-        self.log_p_VW = (freq_VW / freq_VW.sum(0)).log()
+        values = 3 ** self.per
+        sum_W = torch.zeros(width, dtype=torch.float64)
+        freq_VW = torch.ones(3, width, dtype=torch.float64)  # +1 smoothing
         # transitions into position i (1..W-1) from its predecessor: W - 1 rows of 3 x 3
-        pair_BW = train[:, :-1] * 3 + train[:, 1:]
         trans_W9 = torch.ones(width - 1, 9, dtype=torch.float64)
-        trans_W9.scatter_add_(1, pair_BW.t().contiguous(),
-                              torch.ones(width - 1, count, dtype=torch.float64))
+        sym_pairs = torch.ones(values * values, dtype=torch.float64)
+        for start in range(0, count, CHUNK):
+            train = train_BW[start:start + CHUNK].long() + 1  # trit values as 0, 1, 2
+            sum_W += (train - 1).sum(0).double()
+            for v in range(3):
+                freq_VW[v] += (train == v).sum(0).double()
+            pair_BW = train[:, :-1] * 3 + train[:, 1:]
+            trans_W9.scatter_add_(1, pair_BW.t().contiguous(),
+                                  torch.ones(pair_BW.shape[::-1], dtype=torch.float64))
+            symbols_BT = self._symbols(train)
+            if symbols_BT.shape[1] > 1:
+                flat = (symbols_BT[:, :-1] * values + symbols_BT[:, 1:]).reshape(-1)
+                sym_pairs.index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.float64))
+        self.template_W = sum_W / count
+        self.log_p_VW = (freq_VW / freq_VW.sum(0)).log()
         trans_W33 = trans_W9.view(width - 1, 3, 3)
         self.log_trans_W9 = (trans_W33 / trans_W33.sum(2, keepdim=True)).log().view(width - 1, 9)
-        symbols_BT = self._symbols(train)
-        values = 3 ** self.per
-        sym_pairs = torch.ones(values * values, dtype=torch.float64)
-        if symbols_BT.shape[1] > 1:
-            sym_pairs.index_add_(0, (symbols_BT[:, :-1] * values + symbols_BT[:, 1:]).reshape(-1),
-                                 torch.ones(symbols_BT[:, 1:].numel(), dtype=torch.float64))
         sym_pairs = sym_pairs.view(values, values)
         self.log_sym_trans = (sym_pairs / sym_pairs.sum(1, keepdim=True)).log()
 
     def _symbols(self, x_BW: Tensor) -> Tensor:
-        """Whole symbols as integers 0 .. 3^X - 1 (from trit values 0, 1, 2): [B, U]."""
+        """Whole symbols as integers 0 .. 3^X - 1 (from trit values 0, 1, 2): [B, T]."""
         whole = x_BW.shape[1] // self.per
         digits_BTX = x_BW[:, :whole * self.per].reshape(x_BW.shape[0], whole, self.per)
         powers_X = torch.tensor([3 ** i for i in range(self.per)])
@@ -66,6 +74,10 @@ class Baselines:
 
     def scores(self, x_BW: Tensor) -> dict[str, Tensor]:
         """Every scorer's score per sample, float64 [B] each."""
+        parts = [self._scores(x_BW[start:start + CHUNK]) for start in range(0, len(x_BW), CHUNK)]
+        return {name: torch.cat([part[name] for part in parts]) for name in BASELINES}
+
+    def _scores(self, x_BW: Tensor) -> dict[str, Tensor]:
         x = x_BW.long() + 1
         log_p_BW = self.log_p_VW.gather(0, x)
         log_steps_BW = self.log_trans_W9.t().gather(0, x[:, :-1] * 3 + x[:, 1:])

@@ -163,8 +163,8 @@ def load_data(profile: Profile) -> TernaryData:
             zip(specs, loaded, strict=True)):
         held = max(1, math.floor(len(samples) * profile.data.val_fraction))
         train = samples[:-held]
-        label = f"source {spec.name!r}" if profile.data.sources else \
-            f"data.source = {spec.source!r}"
+        label = (f"source {spec.name!r}" if profile.data.sources
+                 else f"data.source = {spec.source!r}")
         if len(train) < profile.train.batch_size:
             raise TernaryDataError(f"{len(train)} training samples of {width} trits from "
                                    f"{label}; need at least train.batch_size = "
