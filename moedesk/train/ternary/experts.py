@@ -32,8 +32,8 @@ weights at the start of the step):
 Shape letters: E experts, P (sample, expert) pairs, W trits per sample, M pair slots per
 expert (the padded layout's width), 2 the positive/negative phase, I / O a layer's
 fan-in / fan-out units (`x_EI2M` has its (phase, slot) axes flattened), Q one expert's
-weight positions in a layer (I x O), U the positions drawn for one update; a trailing 1
-is a broadcast axis.
+weight positions in a layer (I x O), U positions drawn at random (for one update); a
+trailing 1 is a broadcast axis.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ drawn from the caller's generator, so a seeded run makes the same negatives.
 
 Shape letters: B samples, W trits per sample, T whole symbols per sample (a window's byte
 positions: its tokens), X trits per symbol, Z word tokens per sample (at most T + 1),
-J positions changed in one corrupt negative; 2 the two word separators.
+U positions drawn at random (the trits a corrupt negative changes); 2 the two word
+separators.
 """
 
 from __future__ import annotations
@@ -56,14 +57,14 @@ def symbols_of(encoding: str, source: str) -> Symbols:
 def corrupt(x_BW: Tensor, input_dim: int, corruption: float, generator: torch.Generator
             ) -> Tensor:
     """round(corruption * input_dim) (at least 1) distinct expert-input positions per
-    sample, each moved to one of its two other trit values (J = those positions)."""
+    sample, each moved to one of its two other trit values (U = those positions)."""
     batch = x_BW.shape[0]
     dim = min(input_dim, x_BW.shape[1])
     n_changed = min(dim, max(1, round(corruption * dim)))
-    where_BJ = torch.rand(batch, dim, generator=generator).argsort(dim=1)[:, :n_changed]
-    shift_BJ = (torch.randint(0, 2, (batch, n_changed), generator=generator) * 2 - 1)
+    where_BU = torch.rand(batch, dim, generator=generator).argsort(dim=1)[:, :n_changed]
+    shift_BU = (torch.randint(0, 2, (batch, n_changed), generator=generator) * 2 - 1)
     out = x_BW.clone()
-    out.scatter_(1, where_BJ, gf3_add(out.gather(1, where_BJ), shift_BJ.to(torch.int8)))
+    out.scatter_(1, where_BU, gf3_add(out.gather(1, where_BU), shift_BU.to(torch.int8)))
     return out
 
 
