@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from moedesk.profiles.errors import Problem, ProfileError
-from moedesk.profiles.rules import resolve_data_path
+from moedesk.profiles.rules import resolve_paths
 from moedesk.profiles.schema import SECTIONS, Profile
 from moedesk.profiles.validate import build_profile
 
@@ -71,8 +71,7 @@ def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:
 def validate_data(data: dict, file: str = "") -> Profile:
     """Validate parsed data and resolve data.path to an absolute path."""
     profile = build_profile(data, file)
-    if profile.data.path:
-        profile.data.path = str(resolve_data_path(profile))
+    resolve_paths(profile)
     return profile
 
 

@@ -9,6 +9,7 @@ the check of a profile's `[health.RULE]` overrides against the health part's one
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from moedesk.health.thresholds import RULES
@@ -88,9 +89,26 @@ def _ternary_problems(p: Profile) -> list[Problem]:
                                    f"clusters hold {smallest} experts (cluster_size "
                                    f"{t.cluster_size}, last cluster {last}), fewer than "
                                    f"active_experts ({t.active_experts})"))
+            too_many = [k for k in t.active_experts_schedule if k > smallest]
+            if too_many:
+                out.append(Problem("ternary.active_experts_schedule",
+                                   f"got {t.active_experts_schedule}; the smallest "
+                                   f"{t.active_clusters} clusters hold {smallest} experts, "
+                                   f"fewer than {max(too_many)}"))
     if p.data.source == "tokens":
         out.append(Problem("data.source", "got 'tokens'; ternary runs read 'grammar', 'text' or "
                                           "'trits'"))
+    kinds = {s.get("source", "grammar") for s in p.data.sources} or {p.data.source}
+    if t.negatives == "shuffle_words" and ("trits" in kinds or t.encoding != "balanced"):
+        what = ("a 'trits' source" if "trits" in kinds else f"ternary.encoding = {t.encoding!r}")
+        out.append(Problem("ternary.negatives", f"got 'shuffle_words' with {what}; word "
+                                                "shuffles need text in the 'balanced' encoding "
+                                                "(use 'shuffle' or 'hybrid')"))
+    if t.negatives == "hybrid" and p.train.batch_size < 2:
+        out.append(Problem("ternary.negatives", f"got 'hybrid' with train.batch_size = "
+                                                f"{p.train.batch_size}; a hybrid splices two "
+                                                "samples of a batch, so batches need >= 2"))
+    out += _schedule_problems(p) + _curriculum_problems(p, kinds)
     if p.train.device == "cuda":
         out.append(Problem("train.device", "got 'cuda'; ternary runs are CPU-only (use 'auto' "
                                            "or 'cpu')"))
@@ -99,6 +117,120 @@ def _ternary_problems(p: Profile) -> list[Problem]:
                                                "one batch (Hebbian updates have no gradients "
                                                "to accumulate); use 1"))
     return out
+
+
+def _schedule_problems(p: Profile) -> list[Problem]:
+    t, out = p.ternary, []
+    schedule, at = t.active_experts_schedule, t.active_experts_at
+    if len(schedule) != len(at):
+        out.append(Problem("ternary.active_experts_at", f"got {at}; needs one step per "
+                                                        f"active_experts_schedule entry "
+                                                        f"({len(schedule)})"))
+    elif at and (at[0] < 1 or any(b <= a for a, b in zip(at, at[1:], strict=False))
+                 or at[-1] > p.train.steps):
+        out.append(Problem("ternary.active_experts_at", f"got {at}; steps must increase and "
+                                                        f"lie in 1..train.steps "
+                                                        f"({p.train.steps})"))
+    top = min(32, t.num_experts)
+    if any(not 1 <= k <= top for k in schedule):
+        out.append(Problem("ternary.active_experts_schedule",
+                           f"got {schedule}; each entry must be in 1..{top} (<= 32 and <= "
+                           "ternary.num_experts)"))
+    return out
+
+
+def _curriculum_problems(p: Profile, kinds: set[str]) -> list[Problem]:
+    t, out = p.ternary, []
+    if t.curriculum_phases == 1:
+        return out
+    if t.curriculum_phases > p.train.steps:
+        out.append(Problem("ternary.curriculum_phases", f"got {t.curriculum_phases}; must be "
+                                                        f"<= train.steps ({p.train.steps})"))
+    if t.curriculum_by == "length" and kinds != {"trits"}:
+        out.append(Problem("ternary.curriculum_by", "got 'length'; text windows all have the "
+                                                    "same length, so only trit-file sources "
+                                                    "can be ordered by it (use 'typicality' "
+                                                    "or 'scores')"))
+    if t.curriculum_by == "scores":
+        if p.data.sources:
+            out.append(Problem("ternary.curriculum_by", "got 'scores' with [[data.sources]]; "
+                                                        "a scores file orders one source"))
+        if not t.curriculum_scores:
+            out.append(Problem("ternary.curriculum_scores", "missing; curriculum_by = 'scores' "
+                                                            "needs a file"))
+        elif not _resolve(p, t.curriculum_scores).is_file():
+            out.append(Problem("ternary.curriculum_scores",
+                               f"got {t.curriculum_scores!r}; no such file "
+                               f"({_resolve(p, t.curriculum_scores)})"))
+    return out
+
+
+SOURCE_KEYS = ("name", "source", "path", "weight", "grammar_seed", "grammar_sentences")
+SOURCE_KINDS = ("grammar", "text", "trits")
+
+
+def _source_problems(p: Profile) -> list[Problem]:
+    """Each [[data.sources]] entry: known keys, a unique metric-safe name, a readable file."""
+    out: list[Problem] = []
+    names: set[str] = set()
+    if p.data.sources and p.kind != "ternary":
+        return [Problem("data.sources", f"got {len(p.data.sources)} sources; only ternary runs "
+                                        f"read a source mix (kind = {p.kind!r})")]
+    for i, entry in enumerate(p.data.sources):
+        key = f"data.sources[{i}]"
+        for extra in sorted(set(entry) - set(SOURCE_KEYS)):
+            out.append(Problem(f"{key}.{extra}", "unknown key; allowed keys: "
+                                                 + ", ".join(SOURCE_KEYS)))
+        name = entry.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            out.append(Problem(f"{key}.name", f"got {name!r}; required: letters, digits, "
+                                              "'_', '.' or '-' (it names the source's metrics)"))
+        elif name in names:
+            out.append(Problem(f"{key}.name", f"got {name!r}; names must be unique"))
+        else:
+            names.add(name)
+        kind = entry.get("source", "grammar")
+        if kind not in SOURCE_KINDS:
+            out.append(Problem(f"{key}.source", f"got {kind!r}; allowed values: "
+                                                + ", ".join(repr(k) for k in SOURCE_KINDS)))
+        elif kind != "grammar":
+            path = entry.get("path")
+            if not isinstance(path, str) or not path:
+                out.append(Problem(f"{key}.path", f"missing; source = {kind!r} needs a file"))
+            elif not _resolve(p, path).is_file():
+                out.append(Problem(f"{key}.path", f"got {path!r}; no such file "
+                                                  f"({_resolve(p, path)})"))
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
+                math.isfinite(weight) and weight > 0):
+            out.append(Problem(f"{key}.weight", f"got {weight!r}; must be a number > 0"))
+        for field, lo, hi in (("grammar_seed", 0, 2**31 - 1),
+                              ("grammar_sentences", 100, 10_000_000)):
+            value = entry.get(field, lo)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                out.append(Problem(f"{key}.{field}", f"got {value!r}; must be an integer "
+                                                     f"between {lo} and {hi}"))
+    return out
+
+
+def _resolve(p: Profile, path: str) -> Path:
+    """A path from the profile, relative to the profile's folder."""
+    out = Path(path).expanduser()
+    if not out.is_absolute() and p.path:
+        out = Path(p.path).resolve().parent / out
+    return out.resolve()
+
+
+def resolve_paths(p: Profile) -> None:
+    """Make every file path of a validated profile absolute (data.path, the sources',
+    ternary.curriculum_scores), so a run reads the same files from any folder."""
+    if p.data.path:
+        p.data.path = str(resolve_data_path(p))
+    for entry in p.data.sources:
+        if entry.get("path"):
+            entry["path"] = str(_resolve(p, entry["path"]))
+    if p.ternary.curriculum_scores:
+        p.ternary.curriculum_scores = str(_resolve(p, p.ternary.curriculum_scores))
 
 
 def _common_problems(p: Profile) -> list[Problem]:
@@ -129,7 +261,7 @@ def resolve_data_path(p: Profile) -> Path:
 
 
 def cross_field_problems(p: Profile) -> list[Problem]:
-    out = _common_problems(p)
+    out = _common_problems(p) + _source_problems(p)
     if p.kind in ("dense", "topk"):
         out += _model_problems(p)
     if p.kind == "topk":

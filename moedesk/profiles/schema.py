@@ -102,6 +102,15 @@ class TernarySection:
                                        "unit's dead zone moves one step per batch towards it. "
                                        "0 = fixed dead zones (the reference).", min=0.0,
                                   max=1.0)
+    goodness: str = knob("last", "last = the non-zero output trits of the last layer (the "
+                                 "reference); layers = summed over every layer's outputs "
+                                 "(layer-local goodness).", choices=("last", "layers"))
+    specialization_learning: float = knob(0.0, "Share of each routed expert's specialization "
+                                               "trits that may step per batch towards the "
+                                               "sign of its samples' centred sum (competitive "
+                                               "Hebbian routing); 0 = fixed random "
+                                               "specializations (the reference).",
+                                          min=0.0, max=1.0)
     hebbian_rule: str = knob("contrastive", "contrastive = reinforce the positive's and weaken "
                                             "the negative's active patterns (learns); reference "
                                             "= the documented sign-only rule on the positive.",
@@ -113,7 +122,15 @@ class TernarySection:
     margin: int = knob(0, "Contrastive only: pairs whose goodness delta is already above "
                           "margin do not drive the update.", min=-4096, max=4096)
     corruption: float = knob(0.1, "Share of the expert input positions changed to make a "
-                                  "negative sample.", min=0.0, max=1.0, min_exclusive=True)
+                                  "negative sample (negatives = corrupt).", min=0.0, max=1.0,
+                             min_exclusive=True)
+    negatives: str = knob("corrupt", "Negative samples: corrupt = the seeds' random trit "
+                                     "changes (per-position statistics give them away); "
+                                     "hybrid = a real window spliced onto another at a symbol "
+                                     "boundary; shuffle = the window's bytes in a random order; "
+                                     "shuffle_words = its interior words in a new order "
+                                     "(balanced text only). See docs/ternary.md.",
+                          choices=("corrupt", "hybrid", "shuffle", "shuffle_words"))
     encoding: str = knob("balanced", "Bytes to trits: balanced = lossless 6-trit balanced ternary "
                                      "per byte; letters = the seeds' A-M/N-Z mapping.",
                          choices=("balanced", "letters"))
@@ -126,6 +143,37 @@ class TernarySection:
                             min=1, max=100000)
     early_stopping_patience: int = knob(10, "Epochs without a better held-out accuracy before "
                                             "stopping; 0 = never.", min=0, max=100000)
+    max_epochs: int = knob(0, "End the run (completed) after this many epochs, before "
+                              "train.steps if that comes first; 0 = no limit.", min=0,
+                           max=100_000_000)
+    augment_noise: float = knob(0.0, "Seed 000's AddNoise noise_prob: each trit of a training "
+                                     "positive is replaced by a uniform random trit with this "
+                                     "probability (a third of those keep their value); "
+                                     "evaluation is not noised. 0 = off.", min=0.0, max=1.0)
+    expert_dropout: float = knob(0.0, "Share of routed (sample, expert) pairs that skip their "
+                                      "update in a training step (seed 000: 0.1); they still "
+                                      "count as routed. 0 = off.", min=0.0, max=0.9)
+    negative_samples_per_positive: int = knob(1, "Negatives drawn for each positive per step; "
+                                                 "each makes its own pair with every routed "
+                                                 "expert.", min=1, max=16)
+    curriculum_phases: int = knob(1, "Split the steps into this many equal phases; phase p "
+                                     "trains on the easiest (p + 1) / phases of each source "
+                                     "(seed 000's curriculum). 1 = off.", min=1, max=100)
+    curriculum_by: str = knob("length", "What makes a sample easy: length = shorter trit-file "
+                                        "samples first; typicality = the most typical windows "
+                                        "first (per-position trit frequencies); scores = "
+                                        "lowest curriculum_scores first.",
+                              choices=("length", "typicality", "scores"))
+    curriculum_scores: str = knob("", "File of one number per sample (per window for text), in "
+                                      "file order, for curriculum_by = scores; relative to the "
+                                      "profile's folder.")
+    active_experts_schedule: list = knob([], "Progressive experts (seed 000): the active_experts "
+                                             "values taken at the steps in active_experts_at, "
+                                             "e.g. [16, 32]; the load counters carry over. "
+                                             "Empty = active_experts throughout.")
+    active_experts_at: list = knob([], "The step at which each active_experts_schedule entry "
+                                       "takes effect (increasing, > 0); active_experts applies "
+                                       "before the first.")
     checkpoint_every_epochs: int = knob(5, "Also checkpoint every N epochs; 0 = only on "
                                            "checkpoint.every steps.", min=0, max=100000)
 
@@ -167,6 +215,11 @@ class DataSection:
                                   max=10_000_000)
     grammar_seed: int = knob(0, "Seed of the grammar corpus (fixed so every run sees the same "
                                 "text).", min=0, max=2**31 - 1)
+    sources: list[dict] = knob([], "A weighted mix of sources ([[data.sources]] tables with "
+                                   "name, source (grammar, text or trits), path, weight > 0, "
+                                   "and grammar_seed / grammar_sentences for grammar); replaces "
+                                   "data.source and data.path. Held-out accuracy is logged per "
+                                   "source. See docs/ternary.md.", kinds=("ternary",))
 
 
 @dataclass

@@ -16,7 +16,8 @@ from moedesk.profiles.rules import cross_field_problems, health_problems
 from moedesk.profiles.schema import KINDS, SECTIONS, TOP_LEVEL, Profile, section_fields
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "list": "a list of integers", "dict": "a table"}
+               "list": "a list of integers", "dict": "a table",
+               "list[dict]": "a list of tables ([[...]])"}
 
 
 def _show(value: Any) -> str:
@@ -54,6 +55,9 @@ def _check_value(key: str, value: Any, type_name: str, meta: dict) -> tuple[Any,
             return value, Problem(key, f"got {_show(value)}; must be {want}")
     elif type_name == "dict":
         if not isinstance(value, dict):
+            return value, Problem(key, f"got {_show(value)}; must be {want}")
+    elif type_name == "list[dict]":  # entries are checked by the section's cross-field rules
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             return value, Problem(key, f"got {_show(value)}; must be {want}")
     choices = meta.get("choices")
     if choices and value not in choices:

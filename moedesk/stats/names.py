@@ -12,9 +12,13 @@ float value (non-finite values travel as strings, runner/protocol.py):
           dead_experts (topk, ternary); aux_loss, z_loss, max_abs_bias, dropped_frac
           (topk); each also per layer as moe/L{i}/KEY. The overall moe/KEY is the mean of
           the layers (zero_experts, dead_experts: their sum; stats.load.aggregate)
-  route/  latency_us (topk: also route/L{i}/latency_us), ref_imbalance (ternary)
-  ff/     goodness_pos, goodness_neg, goodness_delta, weights_changed (each logged step);
-          accuracy, tie_rate, eval_goodness_pos, eval_goodness_neg (each evaluation)
+          curriculum_phase                          each logged step (ternary curriculum)
+  route/  latency_us (topk: also route/L{i}/latency_us; ternary: one single-sample
+          routing call), us_per_sample, active_experts, ref_imbalance (ternary)
+  ff/     goodness_pos, goodness_neg, goodness_delta, weights_changed, pairs_updated (each
+          logged step); accuracy, tie_rate, eval_goodness_pos, eval_goodness_neg,
+          test_goodness, source/{name}/accuracy (each evaluation); baseline/{scorer}
+          (step 0: the non-learned scorers on the same held-out pairs)
 The per-expert counts are not metrics: they travel as `expert_load` events.
 Pure stdlib: the trainers, the health rules, the TUI and the CLI all import it. Adding a
 metric means one constant here plus the code that computes or reads it.
@@ -84,6 +88,7 @@ TRAIN_GRAD_NORM = metric(TRAIN, "grad_norm")
 TRAIN_TOKENS_PER_S = metric(TRAIN, "tokens_per_s")
 TRAIN_EPOCH = metric(TRAIN, "epoch")
 TRAIN_SAMPLES_PER_S = metric(TRAIN, "samples_per_s")
+TRAIN_CURRICULUM_PHASE = metric(TRAIN, "curriculum_phase")
 VAL_LOSS = metric(VAL, "loss")
 VAL_PPL = metric(VAL, "ppl")
 SYS_STEP_S = metric(SYS, "step_s")
@@ -109,6 +114,8 @@ MOE_DROPPED_FRAC = metric(MOE, "dropped_frac")
 # ---- route/ -------------------------------------------------------------------------------
 ROUTE_LATENCY_US = metric(ROUTE, "latency_us")
 ROUTE_REF_IMBALANCE = metric(ROUTE, "ref_imbalance")
+ROUTE_US_PER_SAMPLE = metric(ROUTE, "us_per_sample")
+ROUTE_ACTIVE_EXPERTS = metric(ROUTE, "active_experts")
 
 # ---- ff/ (ternary) ------------------------------------------------------------------------
 FF_GOODNESS_POS = metric(FF, "goodness_pos")
@@ -119,6 +126,19 @@ FF_ACCURACY = metric(FF, "accuracy")
 FF_TIE_RATE = metric(FF, "tie_rate")
 FF_EVAL_GOODNESS_POS = metric(FF, "eval_goodness_pos")
 FF_EVAL_GOODNESS_NEG = metric(FF, "eval_goodness_neg")
+FF_TEST_GOODNESS = metric(FF, "test_goodness")
+FF_PAIRS_UPDATED = metric(FF, "pairs_updated")
+FF_BASELINE_SCORERS = ("template", "frequency", "bigram")
+
+
+def ff_source_accuracy(source: str) -> str:
+    """Held-out accuracy of one data source of a multi-source ternary run."""
+    return f"{FF}/source/{source}/accuracy"
+
+
+def ff_baseline(scorer: str) -> str:
+    """Held-out accuracy of a non-learned scorer (stats of the training windows only)."""
+    return f"{FF}/baseline/{scorer}"
 
 # every overall name above, in catalogue order
 ALL = tuple(v for k, v in list(globals().items()) if k.isupper() and isinstance(v, str)

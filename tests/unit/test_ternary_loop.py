@@ -19,7 +19,8 @@ from moedesk.train.ternary.trits import write_trit_samples
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "profiles" / "tiny_ternary.toml"
 # wall-clock figures differ between runs; everything else must match exactly
-TIMING = {"route/latency_us", "train/samples_per_s", "sys/step_s", "sys/rss_mb"}
+TIMING = {"route/latency_us", "route/us_per_sample", "train/samples_per_s", "sys/step_s",
+          "sys/rss_mb"}
 
 
 def _profile(*overrides: str):
@@ -73,6 +74,7 @@ def test_events_follow_the_protocol(tiny_run):
                          "reason": "trained 60 steps"}]
     metrics = _metrics(emitter)
     for name in ("ff/goodness_pos", "ff/goodness_neg", "ff/goodness_delta", "route/latency_us",
+                 "route/us_per_sample", "ff/pairs_updated", "route/active_experts",
                  "train/samples_per_s", "sys/step_s", "sys/rss_mb", "moe/imbalance",
                  "moe/entropy_norm", "moe/usage_std", "moe/dead_experts", "moe/L0/imbalance"):
         assert name in metrics[60], name
@@ -94,7 +96,7 @@ def test_checkpoint_holds_every_weight_and_counter(tiny_run):
     model = state["model"]
     assert [tuple(w.shape) for w in model["experts"]["weights"]] == [(27, 48, 48), (27, 48, 32)]
     assert all(w.dtype == torch.int8 for w in model["experts"]["weights"])
-    assert model["router"]["spec_ED"].shape == (27, 48)
+    assert model["router"]["spec_ER"].shape == (27, 48)
     assert float(model["router"]["counts_E"].sum()) > 0
     assert state["data"]["batch"] == 60 and state["config"]["kind"] == "ternary"
 
@@ -192,3 +194,98 @@ def test_the_documented_reference_rule_runs_and_changes_weights(tmp_path):
     status, emitter = _run(_profile("ternary.hebbian_rule=reference", "train.steps=10"), tmp_path)
     assert status == "completed"
     assert sum(v.get("ff/weights_changed", 0) for v in _metrics(emitter).values()) > 0
+
+
+def _analysis(emitter: ListEmitter) -> dict[int, dict]:
+    return {e["step"]: e["payload"] for e in _of_type(emitter, "analysis")
+            if e["name"] == "routing/L0"}
+
+
+def test_evaluation_logs_seed_000s_goodness_the_baselines_and_a_routing_analysis(tiny_run):
+    from moedesk.compare.routing import class_expert_shares, specialization
+
+    _, emitter, _ = tiny_run
+    metrics = _metrics(emitter)
+    assert {"ff/baseline/template", "ff/baseline/frequency", "ff/baseline/bigram"} <= set(
+        metrics[0])
+    assert not any("ff/baseline/template" in metrics[s] for s in (20, 40, 60))
+    assert metrics[0]["ff/baseline/frequency"] > 0.9  # corrupt negatives: position by position
+    analysis = _analysis(emitter)
+    assert sorted(analysis) == [0, 20, 40, 60]
+    payload = analysis[60]
+    windows, k = payload["windows"], payload["top_k"]
+    assert windows == 8 * 32 and k == 4 and payload["unit"] == "window"
+    assert sum(payload["histogram"]) == windows * k and sum(payload["first_choice"]) == windows
+    for c, total in enumerate(payload["class_tokens"]):
+        assert sum(row[c] for row in payload["by_class"]) == pytest.approx(k * total)
+    assert sum(payload["class_tokens"]) == windows * 8  # 48 trits = 8 bytes per window
+    assert sum(payload["bucket_tokens"]) == windows
+    assert payload["sources"] == ["grammar"] and sum(map(sum, payload["by_source"])) == windows * k
+    assert sum(payload["cluster_histogram"]) == windows * 2  # 2 of 3 clusters per window
+    for e, count in enumerate(payload["histogram"]):
+        assert (payload["goodness_pos"][e] is None) == (count == 0)
+    assert payload["test_goodness"] == pytest.approx(metrics[60]["ff/test_goodness"], abs=1e-4)
+    # the LM kinds' readers take it as it is
+    assert specialization(payload)["tokens"] == windows
+    assert len(class_expert_shares(payload)) == len(payload["classes"])
+
+
+@pytest.mark.slow
+def test_max_epochs_ends_the_run_completed(tmp_path):
+    profile = _profile("data.grammar_sentences=300", "train.steps=1000", "ternary.max_epochs=2",
+                       "train.eval_every=0", "ternary.early_stopping_patience=0")
+    status, emitter = _run(profile, tmp_path)
+    per_epoch = len(load_samples(profile)[0]) // 32
+    assert status == "completed"
+    assert _of_type(emitter, "finished")[0] == {
+        "type": "finished", "step": 2 * per_epoch, "status": "completed",
+        "reason": "reached ternary.max_epochs = 2 epochs"}
+    assert [c["step"] for c in _of_type(emitter, "checkpoint")][-1] == 2 * per_epoch
+
+
+@pytest.mark.slow
+def test_every_recipe_at_once_changes_phase_and_k_and_resumes_bit_identically(tmp_path):
+    text = tmp_path / "log.txt"
+    text.write_bytes(b"".join(f"entry {i}: value {i * 7 % 13} is fine.\n".encode()
+                              for i in range(1500)))
+    profile = _profile(
+        "train.steps=40", "train.eval_every=10", "train.log_every=1", "checkpoint.every=0",
+        "ternary.negatives=hybrid", "ternary.augment_noise=0.05", "ternary.expert_dropout=0.1",
+        "ternary.negative_samples_per_positive=2", "ternary.curriculum_phases=2",
+        "ternary.curriculum_by=typicality", "ternary.active_experts_schedule=[6]",
+        "ternary.active_experts_at=[25]", "ternary.specialization_learning=0.05",
+        "ternary.goodness=layers",
+        f'data.sources=[{{name = "grammar", weight = 2.0}}, '
+        f'{{name = "log", source = "text", path = "{text}"}}]')
+    status, whole = _run(profile, tmp_path / "whole")
+    assert status == "completed"
+    metrics = _metrics(whole)
+    assert [metrics[s]["route/active_experts"] for s in (24, 25)] == [4.0, 6.0]
+    loads = {e["step"]: sum(e["loads"]["0"]) for e in _of_type(whole, "expert_load")}
+    assert loads[24] == 32 * 4 and loads[25] == 32 * 6  # one log per step
+    assert [metrics[s]["train/curriculum_phase"] for s in (20, 21)] == [1.0, 2.0]
+    for s in (0, 10, 20, 30, 40):
+        assert {"ff/source/grammar/accuracy", "ff/source/log/accuracy"} <= set(metrics[s])
+    assert 0.8 < metrics[40]["ff/pairs_updated"] < 1.0  # expert dropout 0.1
+    payload = _analysis(whole)[40]
+    assert payload["sources"] == ["grammar", "log"] and payload["top_k"] == 6
+    assert [sum(col) for col in zip(*payload["by_source"], strict=True)] == [
+        n * 6 for n in payload["source_samples"]]
+    status, first = _run(profile, tmp_path / "split", stop_at=20)
+    assert status == "stopped"
+    status, second = _run(profile, tmp_path / "split",
+                          resume=list_checkpoints(tmp_path / "split")[-1].path)
+    assert status == "completed"
+
+    def comparable(emitter, lo):
+        return {s: {k: v for k, v in vals.items() if k not in TIMING}
+                for s, vals in _metrics(emitter).items() if s > lo}
+
+    assert comparable(second, 20) == comparable(whole, 20)
+    assert {s: p for s, p in _analysis(second).items() if s > 20} == {
+        s: p for s, p in _analysis(whole).items() if s > 20}
+    a = load_checkpoint(list_checkpoints(tmp_path / "whole")[-1].path)["model"]
+    b = load_checkpoint(list_checkpoints(tmp_path / "split")[-1].path)["model"]
+    assert torch.equal(a["router"]["spec_ER"], b["router"]["spec_ER"])
+    assert all(torch.equal(x, y) for x, y in zip(a["experts"]["weights"],
+                                                 b["experts"]["weights"], strict=True))

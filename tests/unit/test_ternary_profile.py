@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moedesk.profiles import ProfileError, load_profile, validate_data
+from moedesk.profiles import ProfileError, load_profile, parse_overrides, validate_data
 from moedesk.profiles.sizing import model_size
 from moedesk.train.ternary.model import TernaryMoE
 
@@ -25,10 +25,28 @@ def _problems(data: dict) -> list[str]:
 
 
 def test_shipped_ternary_profiles_validate():
-    for name in ("ternary243.toml", "tiny_ternary.toml"):
+    for name in ("ternary243.toml", "tiny_ternary.toml", "ternary_small.toml",
+                 "ternary_large.toml", "ternary_minimal.toml"):
         profile = load_profile(REPO / "profiles" / name)
         assert profile.kind == "ternary"
     assert load_profile(REPO / "profiles" / "ternary243.toml").ternary.num_experts == 243
+
+
+def test_seed_000_presets_carry_the_seeds_settings():
+    small, large, minimal = (load_profile(REPO / "profiles" / f"ternary_{n}.toml")
+                             for n in ("small", "large", "minimal"))
+    # small data: batch 16, 20 epochs, log every step
+    assert (small.train.batch_size, small.ternary.max_epochs, small.train.log_every) == (16, 20, 1)
+    # large data: batch 256, 500 epochs, log every 100, patience 50
+    assert (large.train.batch_size, large.ternary.max_epochs, large.train.log_every,
+            large.ternary.early_stopping_patience) == (256, 500, 100, 50)
+    # minimal rebalancing: batch 32, one negative, a tenth of the default alpha
+    default = load_profile(REPO / "profiles" / "ternary243.toml").ternary
+    assert (minimal.train.batch_size, minimal.ternary.negative_samples_per_positive) == (32, 1)
+    assert minimal.ternary.load_balance_alpha == default.load_balance_alpha / 10
+    for preset in (small, large, minimal):  # the presets change only what the seed changes
+        assert preset.ternary.negatives == default.negatives
+        assert preset.ternary.num_experts == 243 and preset.ternary.input_dim == default.input_dim
 
 
 def test_243_experts_need_hierarchical_selection():
@@ -85,10 +103,11 @@ def test_size_report_matches_the_built_model_and_packs_five_trits_per_byte():
         model = TernaryMoE(profile)
         assert size.total_params == model.total_params
         assert size.active_params == model.active_params
-        assert size.expert_trits == sum(w[0].numel() for w in model.bank.weights)
-        assert size.centroid_trits == model.router.centroid_CD.numel()
-        assert size.spec_trits == model.router.spec_ED.numel()
-    size = model_size(load_profile(REPO / "profiles" / "ternary243.toml"))
+        assert size.expert_trits == sum(w[0].numel() for w in model.bank.weights_EIO)
+        assert size.centroid_trits == model.router.centroid_CR.numel()
+        assert size.spec_trits == model.router.spec_ER.numel()
+    size = model_size(load_profile(REPO / "profiles" / "ternary243.toml",
+                                   parse_overrides(["ternary.input_dim=64"])))
     # the reference's 64 -> 128 -> 128 -> 64 expert: 32,768 weight trits
     assert size.expert_trits == 32768 and size.all_expert_trits == 243 * 32768
     assert size.experts_packed_bytes == -(-243 * 32768 // 5) + 243 * 320 * 4

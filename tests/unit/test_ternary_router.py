@@ -30,7 +30,7 @@ def test_flat_and_hierarchical_pick_exactly_k_distinct_experts():
 def test_flat_routing_is_the_top_k_of_the_integer_dot_products():
     router = _router(topology="flat", load_balance_alpha=0.0)
     x = _inputs(8)
-    scores = x.int() @ router.spec_ED.int().t()  # exact integer dot products
+    scores = x.int() @ router.spec_ER.int().t()  # exact integer dot products
     experts = router.route(x)
     for b in range(8):
         chosen = scores[b, experts[b]]
@@ -57,14 +57,14 @@ def test_hierarchical_picks_only_from_the_chosen_clusters():
 
 def test_centroids_are_majority_votes_and_discriminate():
     router = _router()
-    spec = router.spec_ED.int()
+    spec = router.spec_ER.int()
     for c in range(router.num_clusters):
         members = spec[c * 16:(c + 1) * 16]
-        assert torch.equal(router.centroid_CD[c].int(), torch.sign(members.sum(0)))
+        assert torch.equal(router.centroid_CR[c].int(), torch.sign(members.sum(0)))
     # the reference's truncating division would leave every full cluster all-zero
-    assert int((router.centroid_CD != 0).sum(1).min()) > 64
+    assert int((router.centroid_CR != 0).sum(1).min()) > 64
     # and different clusters score a sample differently, so level 1 is a real choice
-    cluster_scores = _inputs(64).float() @ router.centroid_CD.float().t()
+    cluster_scores = _inputs(64).float() @ router.centroid_CR.float().t()
     assert int(cluster_scores.std(1).min()) > 1
     assert len({tuple(r) for r in router.chosen_clusters(_inputs(64)).tolist()}) > 10
 
@@ -87,7 +87,7 @@ def test_routing_is_deterministic_in_the_seed():
     x = _inputs(16)
     assert torch.equal(_router().route(x), _router().route(x))
     other = TernaryRouter(TernarySection(), seed=4)
-    assert not torch.equal(_router().spec_ED, other.spec_ED)
+    assert not torch.equal(_router().spec_ER, other.spec_ER)
 
 
 def test_load_penalty_spreads_a_collapsed_routing():
@@ -127,7 +127,7 @@ def test_state_round_trip_restores_counters_and_specializations():
     fresh.load_state_dict(state)
     x = _inputs(20, seed=8)
     assert torch.equal(fresh.route(x), router.route(x))
-    assert torch.equal(fresh.centroid_CD, router.centroid_CD)
+    assert torch.equal(fresh.centroid_CR, router.centroid_CR)
 
 
 def test_short_inputs_are_zero_padded():
@@ -135,3 +135,35 @@ def test_short_inputs_are_zero_padded():
     x = _inputs(4, dim=40)
     padded = torch.nn.functional.pad(x, (0, 88))
     assert torch.equal(router.route(x, update=False), router.route(padded, update=False))
+
+
+def test_one_sample_path_makes_the_batched_paths_choices_and_counts():
+    for topology in ("flat", "hierarchical"):
+        for alpha in (0.0, 0.1, 1.0):
+            fast = _router(topology=topology, load_balance_alpha=alpha, rebalance_interval=7)
+            batched = _router(topology=topology, load_balance_alpha=alpha, rebalance_interval=7)
+            x = _inputs(200, seed=11)
+            x[::5] = 0  # all-zero samples: every score ties, only the penalties differ
+            x[1::7, 100:] = 0
+            for i in range(200):
+                one = fast.route(x[i:i + 1])  # the numpy path
+                assert torch.equal(one, batched._route_batch(x[i:i + 1], True)), (topology, i)
+            assert torch.equal(fast.counts_E, batched.counts_E)
+            assert fast.batches_since_decay == batched.batches_since_decay
+            # frozen counters: a single sample routes as it would inside a batch
+            together = fast.route(x[:20], update=False)
+            alone = torch.cat([fast.route(x[i:i + 1], update=False) for i in range(20)])
+            assert torch.equal(together, alone)
+
+
+def test_one_sample_path_pads_short_inputs_and_survives_a_state_round_trip():
+    router = _router(load_balance_alpha=0.3)
+    router.route(_inputs(50))
+    short = _inputs(1, dim=40)
+    padded = torch.nn.functional.pad(short, (0, 88))
+    assert torch.equal(router.route(short, update=False), router.route(padded, update=False))
+    fresh = TernaryRouter(TernarySection(load_balance_alpha=0.3), seed=99)
+    fresh.load_state_dict(router.state_dict())
+    x = _inputs(1, seed=12)
+    assert torch.equal(fresh.route(x), router.route(x))
+    assert torch.equal(fresh.counts_E, router.counts_E)

@@ -1,16 +1,19 @@
-"""Trit samples for the ternary kind: loading, the held-out split, epochs and negatives.
+"""Trit samples for the ternary kind: sources, windows, the held-out split and evaluation set.
 
 A sample is `sample_width` trits: the router reads its first `specialization_dim`, the
 experts its first `input_dim`. Text (the grammar corpus or a file) is cut into
 non-overlapping windows of just enough bytes and encoded (`ternary.encoding`); the seeds'
 trit-sample file gives samples directly, each truncated or zero-padded to the width.
-The last `data.val_fraction` of the samples is held out.
+A run reads one source (`data.source`) or a weighted mix (`[[data.sources]]`, seed 000's
+multi-task training); the last `data.val_fraction` of each source is held out.
 
-Epoch order is a permutation drawn from (seed, epoch) alone, so the data position is
-just (epoch, batch in epoch). Negatives are positives with `corruption` of the expert
-input positions changed: each chosen trit gets +1 or -1 added in GF(3), so it always
-becomes one of the two other values (the reference draws a uniform trit, a no-op one
-time in three). The held-out negatives are drawn once from their own seed.
+Every held-out window also carries a class histogram (how many of its bytes belong to
+each word class of the grammar corpus, or each byte class of a text file) for the
+routing analysis. Negatives come from `negatives.py`; the held-out ones are drawn once
+from their own seed, within each source. Batches and epochs live in `batches.py`.
+
+Shape letters: B samples (a batch, or the held-out set), W trits per sample, T a window's
+bytes (its token positions), J classes.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from moedesk.profiles.schema import Profile, TernarySection
-from moedesk.train.ternary.trits import ENCODERS, TritFileError, gf3_add, read_trit_samples
+from moedesk.train.ternary.negatives import Symbols, make_negatives, symbols_of
+from moedesk.train.ternary.trits import ENCODERS, TritFileError, read_trit_samples
 
 
 class TernaryDataError(Exception):
@@ -39,22 +44,25 @@ def sample_width(cfg: TernarySection) -> int:
     return max(cfg.input_dim, cfg.specialization_dim)
 
 
-def _text_bytes(profile: Profile) -> bytes:
-    data = profile.data
-    if data.source == "grammar":
-        from moedesk.train.grammar import grammar_corpus
+def _window_bytes(spec: SourceSpec) -> tuple[bytes, Tensor | None, tuple[str, ...]]:
+    """(text bytes, class id per byte, class names) of a text or grammar source."""
+    from moedesk.train.data import BYTE_CLASS_LABELS, byte_classes
+    from moedesk.train.grammar import LABEL_NAMES, grammar_corpus
 
-        text, _labels = grammar_corpus(data.grammar_seed, data.grammar_sentences)
-        return text.tobytes()
+    if spec.source == "grammar":
+        text, labels = grammar_corpus(spec.grammar_seed, spec.grammar_sentences)
+        return text.tobytes(), torch.from_numpy(labels.astype("int64")), LABEL_NAMES
     try:
-        return Path(data.path).read_bytes()
+        data = Path(spec.path).read_bytes()
     except OSError as exc:
-        raise TernaryDataError(f"cannot read text file {data.path}: {exc.strerror or exc}"
-                               ) from None
+        raise TernaryDataError(f"cannot read text file {spec.path} (source {spec.name!r}): "
+                               f"{exc.strerror or exc}") from None
+    classes = byte_classes(np.frombuffer(data, dtype=np.uint8)).astype("int64")
+    return data, torch.from_numpy(classes), BYTE_CLASS_LABELS
 
 
 def encode_windows(text: bytes, width: int, encoding: str) -> Tensor:
-    """Non-overlapping byte windows, each encoded and cut to `width` trits: int8 [N, width]."""
+    """Non-overlapping byte windows, each encoded and cut to `width` trits: int8 [B, W]."""
     encode, trits_per_byte = ENCODERS[encoding]
     window = math.ceil(width / trits_per_byte)
     count = len(text) // window
@@ -62,8 +70,18 @@ def encode_windows(text: bytes, width: int, encoding: str) -> Tensor:
     return trits.reshape(count, window * trits_per_byte)[:, :width].contiguous()
 
 
+def window_classes(class_of_byte: Tensor, width: int, encoding: str, num_classes: int
+                   ) -> Tensor:
+    """Class histogram of each window of `encode_windows`: float [B, J] byte counts."""
+    window = math.ceil(width / ENCODERS[encoding][1])
+    count = len(class_of_byte) // window
+    ids_BT = class_of_byte[:count * window].reshape(count, window)
+    hist_BJ = torch.zeros(count, num_classes)
+    return hist_BJ.scatter_add_(1, ids_BT, torch.ones(ids_BT.shape))
+
+
 def fit_samples(samples: list[Tensor], width: int) -> Tensor:
-    """Trit-file samples truncated or zero-padded to `width`: int8 [N, width]."""
+    """Trit-file samples truncated or zero-padded to `width`: int8 [B, W]."""
     out = torch.zeros(len(samples), width, dtype=torch.int8)
     for i, sample in enumerate(samples):
         n = min(width, sample.numel())
@@ -71,89 +89,136 @@ def fit_samples(samples: list[Tensor], width: int) -> Tensor:
     return out
 
 
-def load_samples(profile: Profile) -> tuple[Tensor, Tensor]:
-    """(train, held-out) samples, int8 [N, width] each."""
-    width = sample_width(profile.ternary)
-    if profile.data.source == "trits":
-        try:
-            samples = fit_samples(read_trit_samples(profile.data.path), width)
-        except TritFileError as exc:
-            raise TernaryDataError(str(exc)) from None
-    else:
-        samples = encode_windows(_text_bytes(profile), width, profile.ternary.encoding)
-    held_out = max(1, math.floor(len(samples) * profile.data.val_fraction))
-    train, val = samples[:-held_out], samples[-held_out:]
-    if len(train) < profile.train.batch_size:
-        raise TernaryDataError(f"{len(train)} training samples of {width} trits from "
-                               f"data.source = {profile.data.source!r}; need at least "
-                               f"train.batch_size = {profile.train.batch_size}")
-    return train, val
+@dataclass(frozen=True)
+class SourceSpec:
+    """One data source of a run: `data.source` itself, or one `[[data.sources]]` entry."""
+
+    name: str
+    source: str  # grammar | text | trits
+    path: str = ""
+    weight: float = 1.0
+    grammar_seed: int = 0
+    grammar_sentences: int = 20000
 
 
-def corrupt(x_BL: Tensor, input_dim: int, corruption: float, generator: torch.Generator
-            ) -> Tensor:
-    """Negatives: round(corruption * input_dim) (at least 1) distinct expert-input
-    positions per sample, each moved to one of its two other trit values."""
-    batch = x_BL.shape[0]
-    dim = min(input_dim, x_BL.shape[1])
-    n_changed = min(dim, max(1, round(corruption * dim)))
-    where_BN = torch.rand(batch, dim, generator=generator).argsort(dim=1)[:, :n_changed]
-    shift_BN = (torch.randint(0, 2, (batch, n_changed), generator=generator) * 2 - 1)
-    out = x_BL.clone()
-    out.scatter_(1, where_BN, gf3_add(out.gather(1, where_BN), shift_BN.to(torch.int8)))
-    return out
+def source_specs(profile: Profile) -> list[SourceSpec]:
+    """The run's sources: the `[[data.sources]]` mix, or `data.source` alone (named by it)."""
+    d = profile.data
+    if not d.sources:
+        return [SourceSpec(d.source, d.source, d.path, 1.0, d.grammar_seed, d.grammar_sentences)]
+    return [SourceSpec(str(s["name"]), str(s.get("source", "grammar")), str(s.get("path", "")),
+                       float(s.get("weight", 1.0)), int(s.get("grammar_seed", d.grammar_seed)),
+                       int(s.get("grammar_sentences", d.grammar_sentences)))
+            for s in d.sources]
 
 
-def held_out_pairs(profile: Profile, held_out: Tensor) -> tuple[Tensor, Tensor]:
-    """The evaluation set: the first eval_batches x batch_size held-out samples and their
-    negatives, drawn from a fixed seed so every run over the same data sees the same pairs."""
-    x_NL = held_out[:profile.train.eval_batches * profile.train.batch_size]
-    generator = torch.Generator().manual_seed(derived_seed(0, 3))
-    return x_NL, corrupt(x_NL, profile.ternary.input_dim, profile.ternary.corruption, generator)
+def run_symbols(profile: Profile) -> Symbols:
+    """The symbols negatives work on: bytes of the encoding, single trits if any source is
+    a trit file (whose symbols moedesk cannot know)."""
+    kinds = {spec.source for spec in source_specs(profile)}
+    return symbols_of(profile.ternary.encoding, "trits" if "trits" in kinds else "text")
 
 
 @dataclass
-class DataPosition:
-    epoch: int = 0  # epochs completed
-    batch: int = 0  # batches taken from the current epoch
+class TernaryData:
+    """Every source's samples, concatenated, with the source (and class) of each."""
+
+    names: tuple[str, ...]
+    weights: tuple[float, ...]
+    train_BW: Tensor
+    train_source_B: Tensor  # int64, index into names
+    train_length_B: Tensor  # int64, trits before padding or truncation
+    held_out_BW: Tensor
+    held_out_source_B: Tensor
+    held_out_classes_BJ: Tensor  # float byte counts per class (zeros where unknown)
+    class_names: tuple[str, ...]
 
 
-class EpochBatches:
-    """Fixed-size batches over the training samples, one shuffled pass per epoch.
+def _load_source(spec: SourceSpec, profile: Profile
+                 ) -> tuple[Tensor, Tensor, Tensor | None, tuple[str, ...]]:
+    """(samples, lengths, class id per byte or None, class names) of one source."""
+    width = sample_width(profile.ternary)
+    if spec.source == "trits":
+        try:
+            raw = read_trit_samples(spec.path)
+        except TritFileError as exc:
+            raise TernaryDataError(str(exc)) from None
+        lengths = torch.tensor([len(r) for r in raw], dtype=torch.int64)
+        return fit_samples(raw, width), lengths, None, ()
+    text, class_of_byte, names = _window_bytes(spec)
+    samples = encode_windows(text, width, profile.ternary.encoding)
+    return samples, torch.full((len(samples),), width, dtype=torch.int64), class_of_byte, names
 
-    The tail that does not fill a batch is left out of that epoch (a different tail
-    each epoch, since the order changes)."""
 
-    def __init__(self, train: Tensor, batch_size: int, seed: int):
-        self.train = train
-        self.batch_size = batch_size
-        self.seed = seed
-        self.batches_per_epoch = len(train) // batch_size
-        self.position = DataPosition()
-        self._order: Tensor | None = None
-        self._order_epoch = -1
+def load_data(profile: Profile) -> TernaryData:
+    """Load every source, hold out the tail of each, and check each can fill a batch."""
+    specs, width = source_specs(profile), sample_width(profile.ternary)
+    loaded = [_load_source(spec, profile) for spec in specs]
+    class_names: list[str] = []
+    for *_, names in loaded:
+        class_names += [n for n in names if n not in class_names]
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("train", "tsrc", "tlen", "val", "vsrc",
+                                                      "vcls")}
+    for index, (spec, (samples, lengths, class_of_byte, names)) in enumerate(
+            zip(specs, loaded, strict=True)):
+        held = max(1, math.floor(len(samples) * profile.data.val_fraction))
+        train = samples[:-held]
+        label = (f"source {spec.name!r}" if profile.data.sources
+                 else f"data.source = {spec.source!r}")
+        if len(train) < profile.train.batch_size:
+            raise TernaryDataError(f"{len(train)} training samples of {width} trits from "
+                                   f"{label}; need at least train.batch_size = "
+                                   f"{profile.train.batch_size}")
+        classes = torch.zeros(held, len(class_names))
+        if class_of_byte is not None:
+            local = window_classes(class_of_byte, width, profile.ternary.encoding, len(names))
+            where = torch.tensor([class_names.index(n) for n in names])
+            classes[:, where] = local[len(samples) - held:len(samples)]
+        parts["train"].append(train)
+        parts["tsrc"].append(torch.full((len(train),), index, dtype=torch.int64))
+        parts["tlen"].append(lengths[:-held])
+        parts["val"].append(samples[-held:])
+        parts["vsrc"].append(torch.full((held,), index, dtype=torch.int64))
+        parts["vcls"].append(classes)
+    return TernaryData(tuple(s.name for s in specs), tuple(s.weight for s in specs),
+                       torch.cat(parts["train"]), torch.cat(parts["tsrc"]),
+                       torch.cat(parts["tlen"]), torch.cat(parts["val"]),
+                       torch.cat(parts["vsrc"]), torch.cat(parts["vcls"]), tuple(class_names))
 
-    def _epoch_order(self) -> Tensor:
-        if self._order_epoch != self.position.epoch:
-            seed = derived_seed(self.seed, 1000 + self.position.epoch)
-            generator = torch.Generator().manual_seed(seed)
-            self._order = torch.randperm(len(self.train), generator=generator)
-            self._order_epoch = self.position.epoch
-        assert self._order is not None
-        return self._order
 
-    def next_batch(self) -> tuple[Tensor, bool]:
-        """The next batch and whether it ends an epoch."""
-        start = self.position.batch * self.batch_size
-        batch = self.train[self._epoch_order()[start:start + self.batch_size]]
-        self.position.batch += 1
-        ends_epoch = self.position.batch == self.batches_per_epoch
-        if ends_epoch:
-            self.position = DataPosition(self.position.epoch + 1, 0)
-        return batch, ends_epoch
+def load_samples(profile: Profile) -> tuple[Tensor, Tensor]:
+    """(train, held-out) samples of every source, int8 [B, W] each."""
+    data = load_data(profile)
+    return data.train_BW, data.held_out_BW
 
-    def state_dict(self) -> dict:
-        return {"epoch": self.position.epoch, "batch": self.position.batch}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.position = DataPosition(int(state["epoch"]), int(state["batch"]))
+@dataclass
+class EvalSet:
+    """The held-out (positive, negative) pairs every evaluation scores."""
+
+    pos_BW: Tensor
+    neg_BW: Tensor
+    source_B: Tensor  # int64, index into TernaryData.names
+    classes_BJ: Tensor
+
+
+def eval_set(profile: Profile, data: TernaryData, pair_seed: int = 0) -> EvalSet:
+    """The first eval_batches x batch_size held-out samples of each source and their
+    negatives (made within the source), drawn from a fixed seed (`pair_seed`, 0 in
+    training) so every run over the same data sees the same pairs."""
+    t, per_source = profile.ternary, profile.train.eval_batches * profile.train.batch_size
+    generator = torch.Generator().manual_seed(derived_seed(pair_seed, 3))
+    symbols = run_symbols(profile)
+    pos, neg, src, cls = [], [], [], []
+    for index, name in enumerate(data.names):
+        rows = torch.nonzero(data.held_out_source_B == index).flatten()[:per_source]
+        x_BW = data.held_out_BW[rows]
+        if t.negatives == "hybrid" and len(x_BW) < 2:
+            raise TernaryDataError(f"{len(x_BW)} held-out sample in source {name!r}; hybrid "
+                                   "negatives need 2 (raise data.val_fraction)")
+        pos.append(x_BW)
+        neg.append(make_negatives(x_BW, t.negatives, symbols, t.input_dim, t.corruption,
+                                  generator))
+        src.append(data.held_out_source_B[rows])
+        cls.append(data.held_out_classes_BJ[rows])
+    return EvalSet(torch.cat(pos), torch.cat(neg), torch.cat(src), torch.cat(cls))

@@ -15,12 +15,19 @@ score, where load is an expert's (or cluster's) decayed selection count over its
 share and score_std = sqrt(2/3 * specialization_dim) is the spread of a dot product with
 random trits, so alpha is unit-free. Counters halve every `rebalance_interval` batches.
 All ties break towards the lower expert (or cluster) id (`top_k_stable`).
+
+Shape letters: B samples, W trits per sample, R trits the router reads
+(specialization_dim), E experts, K experts chosen per sample, C clusters, A clusters
+chosen per sample, Y the candidates of one top-k (experts or clusters; in the one-sample
+path every expert, a sentinel, then every cluster). A `_t` suffix
+marks a transposed copy (`spec_t_RE` is `spec_ER` transposed, kept for the matmul).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -32,26 +39,26 @@ def random_trits(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     return (torch.randint(0, 3, shape, generator=generator) - 1).to(torch.int8)
 
 
-def majority_centroids(spec_ED: Tensor, cluster_of_E: Tensor, num_clusters: int) -> Tensor:
+def majority_centroids(spec_ER: Tensor, cluster_of_E: Tensor, num_clusters: int) -> Tensor:
     """Per-dimension sign of the members' sum: +1 / -1 where the cluster leans, 0 on a tie."""
-    sums_CD = torch.zeros(num_clusters, spec_ED.shape[1], dtype=torch.int32)
-    sums_CD.index_add_(0, cluster_of_E, spec_ED.to(torch.int32))
-    return torch.sign(sums_CD).to(torch.int8)
+    sums_CR = torch.zeros(num_clusters, spec_ER.shape[1], dtype=torch.int32)
+    sums_CR.index_add_(0, cluster_of_E, spec_ER.to(torch.int32))
+    return torch.sign(sums_CR).to(torch.int8)
 
 
 SCORE_GRID = 1024  # penalized scores are compared at 1/1024 of a dot-product unit
 
 
-def top_k_stable(scores_BN: Tensor, k: int, allowed_BN: Tensor | None = None) -> Tensor:
+def top_k_stable(scores_BY: Tensor, k: int, allowed_BY: Tensor | None = None) -> Tensor:
     """Indices of the k highest scores per row, best first; equal scores go to the lower
     index, entries not `allowed` never win. Each score becomes a unique float64 key (the
-    score on a 1/1024 grid, times N, plus N-1-index; exact below 2^53), so `topk` order is
+    score on a 1/1024 grid, times Y, plus Y-1-index; exact below 2^53), so `topk` order is
     fully determined: a stable sort gives the same answer at about three times the cost."""
-    n = scores_BN.shape[1]
-    keys_BN = torch.round(scores_BN.double() * SCORE_GRID).mul_(n).add_(_tiebreak(n))
-    if allowed_BN is not None:
-        keys_BN.masked_fill_(~allowed_BN, -math.inf)
-    return torch.topk(keys_BN, k, dim=1).indices
+    n = scores_BY.shape[1]
+    keys_BY = torch.round(scores_BY.double() * SCORE_GRID).mul_(n).add_(_tiebreak(n))
+    if allowed_BY is not None:
+        keys_BY.masked_fill_(~allowed_BY, -math.inf)
+    return torch.topk(keys_BY, k, dim=1).indices
 
 
 _TIEBREAKS: dict[int, Tensor] = {}
@@ -76,75 +83,182 @@ class TernaryRouter:
         self.rebalance_interval = cfg.rebalance_interval
         self.score_std = math.sqrt(2.0 / 3.0 * self.dim)
         generator = torch.Generator().manual_seed(seed)
-        self.spec_ED = random_trits((self.num_experts, self.dim), generator)
-        self.spec_T_DE = self.spec_ED.t().float().contiguous()
+        self.spec_ER = random_trits((self.num_experts, self.dim), generator)
+        self.spec_t_RE = self.spec_ER.t().float().contiguous()
         self.num_clusters = math.ceil(self.num_experts / self.cluster_size)
         self.cluster_of_E = torch.arange(self.num_experts) // self.cluster_size
-        self.centroid_CD = majority_centroids(self.spec_ED, self.cluster_of_E, self.num_clusters)
-        self.centroid_T_DC = self.centroid_CD.t().float().contiguous()
-        # a cluster's load penalty is its members' mean penalty: one [C, E] averaging matrix
-        members_CE = (self.cluster_of_E.unsqueeze(0) == torch.arange(self.num_clusters)
-                      .unsqueeze(1)).float()
-        self.member_mean_EC = (members_CE / members_CE.sum(1, keepdim=True)).t().contiguous()
-        self.no_penalty_E = torch.zeros(self.num_experts)
+        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
+        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
+        self.cluster_of_E_np = self.cluster_of_E.numpy()
+        self.members_C = np.bincount(self.cluster_of_E_np, minlength=self.num_clusters)
+        # the one-sample path: n and n-1-id of each key column (experts, sentinel, clusters);
+        # each cluster's members, the short last cluster padded with the sentinel column E
+        num_e, num_c = self.num_experts, self.num_clusters
+        self._n_Y = np.array([num_e] * (num_e + 1) + [num_c] * num_c, dtype=np.float64)
+        self._neg_scale_Y = -SCORE_GRID * self._n_Y
+        self._tiebreak_Y = -np.concatenate([_tiebreak(num_e).numpy(), [0.0],
+                                            _tiebreak(num_c).numpy()])
+        self._members_CY = np.full((num_c, self.cluster_size), num_e, dtype=np.int64)
+        self._members_CY.reshape(-1)[:num_e] = np.arange(num_e)
+        self._inv_members_C = 1.0 / self.members_C
         # selection counts, decayed by halving; float so halving stays exact
         self.counts_E = torch.zeros(self.num_experts, dtype=torch.float64)
         self.batches_since_decay = 0
+        self._counts_version = 0  # bumped whenever counts_E changes: the penalties' cache key
+        self._offsets_version = -1  # the counters' version _offset_Y was computed for
+        self._grid_Y = self._offset_Y = np.zeros(0)
+        self._sync_views()
+
+    def _sync_views(self) -> None:
+        """What the one-sample path reads: one float32 matrix whose product with a sample
+        gives every expert's, the sentinel's and every cluster's integer dot product
+        (Y = E + 1 + C columns; exact in float32), and a numpy view of the counters."""
+        self._both_t_RY = np.ascontiguousarray(np.concatenate(
+            [self.spec_t_RE.numpy(), np.zeros((self.dim, 1), dtype=np.float32),
+             self.centroid_t_RC.numpy()], axis=1))
+        self._counts_np = self.counts_E.numpy()
+        self._counts_version += 1
 
     # ---- scoring -------------------------------------------------------------------------
-    def _inputs(self, x_BL: Tensor) -> Tensor:
+    def _inputs(self, x_BW: Tensor) -> Tensor:
         """The first `dim` trits of each sample as float (zero-padded if shorter)."""
-        x = x_BL[:, :self.dim].float()
+        x = x_BW[:, :self.dim].float()
         if x.shape[1] < self.dim:
             x = torch.nn.functional.pad(x, (0, self.dim - x.shape[1]))
         return x
 
+    def _offsets(self) -> np.ndarray:
+        """The routing keys' offsets, float64 [E + 1 + C] (experts, the one-sample path's
+        sentinel, clusters): key = dot x 1024 x n - offset, offset = grid x n - (n-1-id),
+        where grid = alpha * score_std * (load - 1) x 1024, rounded (a cluster's load is its
+        members' mean load; zeros before any routing). That is exactly `top_k_stable`'s key
+        of the penalized score on its 1/1024 grid (n = E for experts, C for clusters), and
+        exact in float64 (sums of halved counts are exact). +inf for the sentinel. Cached
+        until the counters change."""
+        if self._offsets_version == self._counts_version:
+            return self._offset_Y
+        counts_E, num_e, num_c = self._counts_np, self.num_experts, self.num_clusters
+        total = float(counts_E.sum())
+        grid_Y = np.zeros(num_e + 1 + num_c)
+        if self.alpha > 0 and total > 0:
+            scale = self.alpha * self.score_std * SCORE_GRID
+            per_load = scale * num_e / total
+            np.multiply(counts_E, per_load, out=grid_Y[:num_e])
+            np.multiply(np.bincount(self.cluster_of_E_np, weights=counts_E, minlength=num_c),
+                        self._inv_members_C * per_load, out=grid_Y[num_e + 1:])
+            grid_Y -= scale
+            np.round(grid_Y, out=grid_Y)
+        offset_Y = np.multiply(grid_Y, self._n_Y)
+        offset_Y += self._tiebreak_Y
+        offset_Y[num_e] = np.inf
+        self._grid_Y, self._offset_Y, self._offsets_version = grid_Y, offset_Y, self._counts_version
+        return offset_Y
+
+    def _offset_tensors(self) -> tuple[Tensor, Tensor]:
+        """torch views of the experts' and the clusters' offsets (the batched path)."""
+        offset_Y, num_e = self._offsets(), self.num_experts
+        return torch.from_numpy(offset_Y[:num_e]), torch.from_numpy(offset_Y[num_e + 1:])
+
+    def _keys(self, x_BR: Tensor, spec_t_RY: Tensor, offset_Y: Tensor) -> Tensor:
+        """`top_k_stable`'s keys of the penalized scores, float64 [B, Y], in three passes."""
+        keys_BY = (x_BR @ spec_t_RY).double()
+        return keys_BY.mul_(SCORE_GRID * spec_t_RY.shape[1]).sub_(offset_Y)
+
     def load_penalty_E(self) -> Tensor:
-        """alpha * score_std * (load - 1) per expert; zeros before any routing."""
-        total = float(self.counts_E.sum())
-        if self.alpha == 0 or total == 0:
-            return self.no_penalty_E
-        load = self.counts_E / (total / self.num_experts)
-        return (self.alpha * self.score_std * (load - 1.0)).float()
+        """The experts' load penalty, float64 [E] (on the score grid)."""
+        self._offsets()
+        return torch.from_numpy(self._grid_Y[:self.num_experts] / SCORE_GRID)
 
-    def scores(self, x_BL: Tensor) -> Tensor:
+    def scores(self, x_BW: Tensor) -> Tensor:
         """Integer dot products with every specialization, as float32 [B, E] (exact)."""
-        return self._inputs(x_BL) @ self.spec_T_DE
+        return self._inputs(x_BW) @ self.spec_t_RE
 
-    def route(self, x_BL: Tensor, update: bool = True) -> Tensor:
+    def route(self, x_BW: Tensor, update: bool = True) -> Tensor:
         """The K experts for each sample, int64 [B, K] in descending (penalized) score order.
 
         `update` adds the selections to the load counters (training); evaluation routes
-        with the counters frozen.
+        with the counters frozen. One sample takes `_route_one` (the same choices).
         """
-        x_BD = self._inputs(x_BL)
-        penalty_E = self.load_penalty_E()
-        scores_BE = x_BD @ self.spec_T_DE - penalty_E
-        allowed_BE = self._chosen_cluster_mask(x_BD, penalty_E) if self.hierarchical else None
-        experts_BK = top_k_stable(scores_BE, self.top_k, allowed_BE)
+        if x_BW.shape[0] == 1:
+            return self._route_one(x_BW, update)
+        return self._route_batch(x_BW, update)
+
+    def _route_batch(self, x_BW: Tensor, update: bool) -> Tensor:
+        x_BR = self._inputs(x_BW)
+        keys_BE = self._keys(x_BR, self.spec_t_RE, self._offset_tensors()[0])
+        if self.hierarchical:
+            keys_BE.masked_fill_(~self._chosen_cluster_mask(x_BR), -math.inf)
+        experts_BK = torch.topk(keys_BE, self.top_k, dim=1).indices
         if update:
             self.record(experts_BK)
         return experts_BK
 
-    def chosen_clusters(self, x_BL: Tensor) -> Tensor:
+    def _route_one(self, x_BW: Tensor, update: bool) -> Tensor:
+        """One sample in numpy: a single routing call (what seed 000's < 100 us is about)
+        would otherwise be a couple of dozen torch dispatches. One matvec gives every
+        negated key of `top_k_stable` (score on the grid x n + n-1-id) directly, so the
+        choices and their order are the batched path's."""
+        x_R = x_BW.numpy()[0, :self.dim]  # int8; the matvec below converts it
+        if x_R.shape[0] < self.dim:
+            x_R = np.pad(x_R, (0, self.dim - x_R.shape[0]))
+        # negated keys, exact in float64: offset - dot x 1024 x n
+        neg_key_Y = np.multiply(x_R @ self._both_t_RY, self._neg_scale_Y)
+        neg_key_Y += self._offsets()
+        num_e = self.num_experts
+        if self.hierarchical:
+            clusters_A = np.argpartition(neg_key_Y[num_e + 1:], self.active_clusters - 1)[
+                :self.active_clusters]
+            ids_Y = self._members_CY[clusters_A].reshape(-1)  # may hold the sentinel E
+            experts_K = ids_Y[np.argsort(neg_key_Y[ids_Y])[:self.top_k]]
+        else:  # one sort of 243 keys beats a partition plus a sort here
+            experts_K = np.argsort(neg_key_Y[:num_e])[:self.top_k]
+        if update:
+            self._counts_np[experts_K] += 1.0  # K distinct experts: no repeated index
+            self._after_batch()
+        return torch.from_numpy(experts_K.reshape(1, -1))
+
+    def chosen_clusters(self, x_BW: Tensor) -> Tensor:
         """Level 1 alone: the `active_clusters` clusters of each sample, int64 [B, A]."""
-        x_BD = self._inputs(x_BL)
-        return self._clusters(x_BD, self.load_penalty_E())
+        return self._clusters(self._inputs(x_BW))
 
-    def _clusters(self, x_BD: Tensor, penalty_E: Tensor) -> Tensor:
-        cluster_scores_BC = x_BD @ self.centroid_T_DC - penalty_E @ self.member_mean_EC
-        return top_k_stable(cluster_scores_BC, self.active_clusters)
+    def _clusters(self, x_BR: Tensor) -> Tensor:
+        keys_BC = self._keys(x_BR, self.centroid_t_RC, self._offset_tensors()[1])
+        return torch.topk(keys_BC, self.active_clusters, dim=1).indices
 
-    def _chosen_cluster_mask(self, x_BD: Tensor, penalty_E: Tensor) -> Tensor:
+    def _chosen_cluster_mask(self, x_BR: Tensor) -> Tensor:
         """bool [B, E]: the members of each sample's chosen clusters.
 
         At 243 experts one GEMM over every expert is cheaper than gathering the
         candidates' vectors; masking the others gives the same choice as scoring only
         the candidates."""
-        clusters_BA = self._clusters(x_BD, penalty_E)
-        chosen_BC = torch.zeros(x_BD.shape[0], self.num_clusters, dtype=torch.bool)
+        clusters_BA = self._clusters(x_BR)
+        chosen_BC = torch.zeros(x_BR.shape[0], self.num_clusters, dtype=torch.bool)
         chosen_BC.scatter_(1, clusters_BA, True)
         return chosen_BC[:, self.cluster_of_E]
+
+    # ---- learned specializations (competitive Hebbian) ------------------------------------
+    def set_specializations(self, spec_ER: Tensor) -> None:
+        self.spec_ER = spec_ER.to(torch.int8).clone()
+        self.spec_t_RE = self.spec_ER.t().float().contiguous()
+        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
+        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
+        self._sync_views()
+
+    def learn(self, x_BW: Tensor, experts_BK: Tensor, fraction: float,
+              generator: torch.Generator) -> int:
+        """Move each routed expert's specialization one trit step towards the sign of its
+        samples' centred sum, on a random `fraction` of its positions; returns the moves."""
+        x_BR = self._inputs(x_BW)
+        centred_BR = x_BR - x_BR.mean(0, keepdim=True)
+        sums_ER = torch.zeros(self.num_experts, self.dim)
+        flat_B = torch.arange(x_BR.shape[0]).repeat_interleave(experts_BK.shape[1])
+        sums_ER.index_add_(0, experts_BK.reshape(-1), centred_BR[flat_B])
+        target_ER = torch.sign(sums_ER)
+        draw_ER = torch.rand(self.num_experts, self.dim, generator=generator) < fraction
+        spec_ER = self.spec_ER.float()
+        moves_ER = draw_ER & (target_ER != 0) & (target_ER != spec_ER)
+        self.set_specializations(spec_ER + target_ER * moves_ER)
+        return int(moves_ER.sum())
 
     # ---- load counters -------------------------------------------------------------------
     def record(self, experts_BK: Tensor) -> None:
@@ -152,23 +266,25 @@ class TernaryRouter:
         flat = experts_BK.reshape(-1)
         self.counts_E.index_put_((flat,), torch.ones(flat.shape, dtype=torch.float64),
                                  accumulate=True)
+        self._after_batch()
+
+    def _after_batch(self) -> None:
+        self._counts_version += 1
         self.batches_since_decay += 1
         if self.batches_since_decay >= self.rebalance_interval:
             self.counts_E *= 0.5
             self.batches_since_decay = 0
 
     def state_dict(self) -> dict:
-        return {"spec_ED": self.spec_ED.clone(), "counts_E": self.counts_E.clone(),
+        return {"spec_ER": self.spec_ER.clone(), "counts_E": self.counts_E.clone(),
                 "batches_since_decay": self.batches_since_decay}
 
     def load_state_dict(self, state: dict) -> None:
-        spec = state["spec_ED"]
+        spec = state["spec_ER"] if "spec_ER" in state else state["spec_ED"]  # older name
         if tuple(spec.shape) != (self.num_experts, self.dim):
             raise ValueError(f"specializations have shape {tuple(spec.shape)}, the profile "
                              f"needs ({self.num_experts}, {self.dim})")
-        self.spec_ED = spec.to(torch.int8).clone()
-        self.spec_T_DE = self.spec_ED.t().float().contiguous()
-        self.centroid_CD = majority_centroids(self.spec_ED, self.cluster_of_E, self.num_clusters)
-        self.centroid_T_DC = self.centroid_CD.t().float().contiguous()
+        self.set_specializations(spec)
         self.counts_E = state["counts_E"].to(torch.float64).clone()
         self.batches_since_decay = int(state["batches_since_decay"])
+        self._sync_views()

@@ -12,6 +12,8 @@ anything else -> 0), one trit per byte and lossy.
 
 The sample file (seeds/000 "LoadData") is little-endian: u64 sample count, then per
 sample a u64 length and that many int8 trits (0xFF = -1, 0x00 = 0, 0x01 = +1).
+
+Shape letters: none; every tensor here is one flat trit (or byte) vector.
 """
 
 from __future__ import annotations
