@@ -202,7 +202,7 @@ def _analysis(emitter: ListEmitter) -> dict[int, dict]:
 
 
 def test_evaluation_logs_seed_000s_goodness_the_baselines_and_a_routing_analysis(tiny_run):
-    from moedesk.compare.routing import class_expert_shares, specialization
+    from moedesk.stats.routing import class_expert_shares, specialization
 
     _, emitter, _ = tiny_run
     metrics = _metrics(emitter)
