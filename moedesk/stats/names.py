@@ -14,7 +14,8 @@ float value (non-finite values travel as strings, runner/protocol.py):
           the layers (zero_experts, dead_experts: their sum; stats.load.aggregate)
   route/  latency_us (topk: also route/L{i}/latency_us), ref_imbalance (ternary)
   ff/     goodness_pos, goodness_neg, goodness_delta, weights_changed (each logged step);
-          accuracy, tie_rate, eval_goodness_pos, eval_goodness_neg (each evaluation)
+          accuracy, tie_rate, eval_goodness_pos, eval_goodness_neg, seed000_score (each
+          evaluation)
 The per-expert counts are not metrics: they travel as `expert_load` events.
 Pure stdlib: the trainers, the health rules, the TUI and the CLI all import it. Adding a
 metric means one constant here plus the code that computes or reads it.
@@ -119,6 +120,7 @@ FF_ACCURACY = metric(FF, "accuracy")
 FF_TIE_RATE = metric(FF, "tie_rate")
 FF_EVAL_GOODNESS_POS = metric(FF, "eval_goodness_pos")
 FF_EVAL_GOODNESS_NEG = metric(FF, "eval_goodness_neg")
+FF_SEED000_SCORE = metric(FF, "seed000_score")
 
 # every overall name above, in catalogue order
 ALL = tuple(v for k, v in list(globals().items()) if k.isupper() and isinstance(v, str)

@@ -18,7 +18,8 @@ Reads top to bottom: the cache, the choice of the next token, routing capture, t
 - `Sampler.stream`: yields `Token(id, text, prompt, routes)`, prompt tokens first; a
   generated token is yielded once it has been fed back (so its routing is known).
 - `load_sampler`: a checkpoint -> a ready `Sampler` (no supervisor, no store);
-  `TrainingSampler`: the trainer's `[train] sample_every` continuations, as `sample` events.
+  `TrainingSampler`: the trainer's `[train] sample_every` continuations of
+  `default_prompts`, as `sample` events.
 
 Shape letters (model.py's legend): B batch (1 here), G key/value heads, T new positions,
 S positions in the cache, H head width, V vocabulary, K experts per token.
@@ -203,26 +204,33 @@ class Sampler:
         generator = torch.Generator().manual_seed(settings.seed)
         cache = KVCache(len(self.model.blocks), self.context)
         decoder = self.tokenizer.stream()
+        last = len(prompt_ids) - 1 if not generate else -1
+
+        def text(i: int, token: int) -> str:
+            # the very last token also flushes a character left incomplete
+            return decoder.feed(token) + (decoder.flush() if i == last else "")
+
         try:
             head = prompt_ids[:self.context]
             logits_V = self._forward(head, cache)
             routes = capture.take() if capture else [{}] * len(head)
-            for token, route in zip(head, routes, strict=True):
-                yield Token(token, decoder.feed(token), True, route)
+            for i, (token, route) in enumerate(zip(head, routes, strict=True)):
+                yield Token(token, text(i, token), True, route)
             history = list(head)
-            for token in prompt_ids[len(head):]:
-                logits_V, fed = self._feed(token, history, cache)
+            for i, token in enumerate(prompt_ids[len(head):], start=len(head)):
+                logits_V, _ = self._feed(token, history, cache)
                 history.append(token)
-                yield Token(token, decoder.feed(token), True,
+                yield Token(token, text(i, token), True,
                             capture.take(last=1)[0] if capture else {})
             if not generate:
                 return
-            for _ in range(settings.max_new_tokens):
+            last = len(prompt_ids) + settings.max_new_tokens - 1
+            for i in range(len(prompt_ids), last + 1):
                 token = next_token(logits_V, settings, generator)
                 # feed it back now: its routing is known, and the next logits are ready
-                logits_V, fed = self._feed(token, history, cache)
+                logits_V, _ = self._feed(token, history, cache)
                 history.append(token)
-                yield Token(token, decoder.feed(token), False,
+                yield Token(token, text(i, token), False,
                             capture.take(last=1)[0] if capture else {})
         finally:
             if capture:
@@ -232,7 +240,7 @@ class Sampler:
     def complete(self, prompt: str | bytes, settings: SampleSettings) -> str:
         """The generated text alone (no streaming, no routing)."""
         ids = self.tokenizer.encode(prompt)
-        return self.tokenizer.decode([t.id for t in self.stream(ids, settings) if not t.prompt])
+        return "".join(t.text for t in self.stream(ids, settings) if not t.prompt)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -274,6 +282,21 @@ def sample_seed(run_seed: int, step: int, index: int) -> int:
     return (run_seed * 1_000_003 + step * 1_009 + index) % 2**63
 
 
+def default_prompts(profile: Profile, val_tokens: Tensor | None = None) -> list[bytes]:
+    """`[train] sample_prompts`, or the first words of a line of the validation text."""
+    if profile.train.sample_prompts:
+        return [p.encode("utf-8") for p in profile.train.sample_prompts]
+    if val_tokens is None:
+        from moedesk.train.data import DataError, LMData
+
+        try:
+            val_tokens = LMData(profile.data, profile.seed, 1, profile.model.vocab_size
+                                ).splits["val"]
+        except DataError as exc:
+            raise SampleError(f"no default prompt ({exc}); give one with --prompt") from None
+    return [sentence_start(bytes(val_tokens[:4096].clamp(0, 255).to(torch.uint8).tolist()))]
+
+
 class TrainingSampler:
     """The trainer's `[train] sample_every` continuations of `sample_prompts`."""
 
@@ -284,11 +307,10 @@ class TrainingSampler:
         tokenizer = tokenizer_for({"data": {"source": profile.data.source},
                                    "model": {"vocab_size": profile.model.vocab_size}})
         self.sampler = Sampler(model, tokenizer, device)
-        prompts = [p.encode("utf-8") for p in tc.sample_prompts]
-        if not prompts:
-            val = bytes(val_tokens[:4096].clamp(0, 255).to(torch.uint8).tolist())
-            prompts = [sentence_start(val)]
-        self.prompts = [(p.decode("utf-8", "replace"), tokenizer.encode(p, "a sample prompt"))
+        prompts = default_prompts(profile, val_tokens)
+        # a default prompt longer than a short context keeps its end
+        self.prompts = [(p.decode("utf-8", "replace"),
+                         tokenizer.encode(p, "a sample prompt")[-self.sampler.context:])
                         for p in prompts]
 
     def due(self, step: int) -> bool:
@@ -301,9 +323,7 @@ class TrainingSampler:
             settings = SampleSettings(max_new_tokens=tc.sample_tokens,
                                       temperature=tc.sample_temperature, seed=seed)
             start = time.perf_counter()
-            tokens = [t.id for t in self.sampler.stream(ids[-self.sampler.context:], settings)
-                      if not t.prompt]
-            text = self.sampler.tokenizer.decode(tokens)
+            text = "".join(t.text for t in self.sampler.stream(ids, settings) if not t.prompt)
             emitter.emit("sample", step=step, prompt=prompt, text=text,
                          temperature=settings.temperature, seed=seed,
                          max_new_tokens=settings.max_new_tokens,
