@@ -46,7 +46,8 @@ def background(lvl: int) -> Style:
     return Style(bgcolor=COLOURS[lvl])
 
 
-def _readable_on(colour: str) -> str:
+def readable_on(colour: str) -> str:
+    """Dark or light text, whichever reads on `colour`."""
     light = Color.parse(colour).get_truecolor()
     luminance = 0.299 * light.red + 0.587 * light.green + 0.114 * light.blue
     return "#101010" if luminance > 140 else "#f0f0f0"
@@ -54,7 +55,7 @@ def _readable_on(colour: str) -> str:
 
 @cache
 def _text_on(lvl: int) -> Style:
-    fg = "#e04040" if lvl == DEAD else _readable_on(COLOURS[lvl])
+    fg = "#e04040" if lvl == DEAD else readable_on(COLOURS[lvl])
     return Style(color=fg, bgcolor=COLOURS[lvl])
 
 
@@ -66,7 +67,7 @@ def expert_colour(expert: int) -> str:
 def expert_style(expert: int) -> Style:
     """Text of a token routed to `expert`: its colour as the background."""
     colour = expert_colour(expert)
-    return Style(color=_readable_on(colour), bgcolor=colour)
+    return Style(color=readable_on(colour), bgcolor=colour)
 
 
 @lru_cache(maxsize=4096)

@@ -133,3 +133,30 @@ def test_the_best_checkpoint_survives_when_validation_loss_rises(tmp_path):
     resumed = ListEmitter()
     assert train_lm(profile, run_dir, resumed, resume=found.path) == "completed"
     assert resolve_checkpoint(run_dir, BEST).step == best_step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_best, metric", [("ff/accuracy", "ff/accuracy"),
+                                               ("seed000_score", "ff/seed000_score")])
+def test_ternary_keeps_its_best_evaluation(tmp_path, keep_best, metric):
+    from moedesk.train.ternary.loop import train_ternary
+
+    profile = load_profile(REPO / "profiles" / "tiny_ternary.toml", {
+        "train.steps": 40, "train.eval_every": 10, "checkpoint.keep": 1,
+        "checkpoint.keep_best": keep_best})
+    emitter = ListEmitter()
+    assert train_ternary(profile, tmp_path, emitter) == "completed"
+    scored = [(e["step"], e["values"][metric]) for e in emitter.events
+              if e["type"] == "metrics" and metric in e["values"] and e["step"] > 0]
+    assert [s for s, _ in scored][-1] == 40
+    best_step, best_value = max(scored, key=lambda sv: (sv[1], -sv[0]))  # earliest of ties
+    mark = json.loads(best_checkpoint_file(tmp_path).read_text())
+    assert (mark["step"], mark["metric"]) == (best_step, metric)
+    assert mark["value"] == pytest.approx(best_value)
+    assert resolve_checkpoint(tmp_path, BEST).step == best_step
+    assert {c.step for c in list_checkpoints(tmp_path)} == {best_step, 40}
+    if metric == "ff/seed000_score":
+        window = next(e["values"] for e in emitter.events if e["type"] == "metrics"
+                      and e["step"] == best_step and "ff/goodness_delta" in e["values"])
+        assert best_value == pytest.approx(window["ff/goodness_delta"]
+                                           * (1 - window["moe/imbalance"]))
