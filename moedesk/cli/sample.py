@@ -31,7 +31,9 @@ from moedesk.train.sampling import (
     SampleSettings,
     display_piece,
     random_seed,
+    terminal_safe,
     tokenizer_for,
+    top_expert,
 )
 from moedesk.tui.palette import expert_style
 
@@ -89,12 +91,6 @@ def _layers(sampler, layer: int | None) -> list[int]:
         fail(f"--layer: got {layer}; this model's MoE blocks are "
              f"{', '.join(map(str, sampler.moe_layers))}")
     return [layer]
-
-
-def top_expert(route: tuple[list[int], list[float]]) -> int:
-    """The chosen expert with the highest gate weight."""
-    experts, gates = route
-    return experts[max(range(len(gates)), key=gates.__getitem__)]
 
 
 def routing_lines(tokens: list, layers: list[int], colour: bool) -> list[Text]:
@@ -213,8 +209,10 @@ def sample(
     except SampleError as exc:
         fail(escape(str(exc)))
     colour = _use_colour()
+    # a terminal gets no raw control characters (a model may write an escape sequence)
+    shown = terminal_safe if console.is_terminal else str
     if not as_json:  # the prompt dim, then the continuation as it comes
-        console.print(Text(data.decode("utf-8", "replace"), style="dim"), end="",
+        console.print(Text(shown(data.decode("utf-8", "replace")), style="dim"), end="",
                       highlight=False, markup=False, soft_wrap=True)
     out = console.file
     tokens, start = [], time.perf_counter()
@@ -222,7 +220,7 @@ def sample(
         for token in sampler.stream(ids, settings, routing=routing):
             tokens.append(token)
             if not (as_json or token.prompt):
-                out.write(token.text)
+                out.write(shown(token.text))
                 out.flush()
     except KeyboardInterrupt:
         out.write("\n")
@@ -290,4 +288,4 @@ def route(
                   highlight=False, markup=False)
 
 
-__all__ = ["sample", "route", "routing_lines", "legend", "top_expert"]
+__all__ = ["sample", "route", "routing_lines", "legend"]
