@@ -25,6 +25,8 @@ from moedesk.train.sampling import (
 )
 
 CONTEXT = 24
+# CUDA joins where a GPU is present (the device machine); the CPU always runs
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,17 +57,19 @@ def full_logits(model: LM, ids: list[int]) -> torch.Tensor:
         return model(torch.tensor([ids]))[0][0]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["dense", "topk"])
 @pytest.mark.parametrize("chunks", [[1] * 20, [6, 1, 1, 5, 1, 3, 1, 1, 1], [20]])
-def test_incremental_logits_equal_a_full_forward(kind, chunks):
-    model = tiny(kind)
+def test_incremental_logits_equal_a_full_forward(kind, chunks, device):
+    model = tiny(kind).to(device)
     ids = torch.randint(0, 256, (sum(chunks),), generator=torch.Generator().manual_seed(3))
     ids = ids.tolist()
-    expected_TV = full_logits(model, ids)
+    with torch.no_grad():
+        expected_TV = model(torch.tensor([ids], device=device))[0][0]
     cache, got, at = KVCache(len(model.blocks), CONTEXT), [], 0
     with torch.no_grad():
         for n in chunks:
-            logits_BTV, _ = model(torch.tensor([ids[at:at + n]]), cache=cache)
+            logits_BTV, _ = model(torch.tensor([ids[at:at + n]], device=device), cache=cache)
             got.append(logits_BTV[0])
             at += n
     assert cache.length == len(ids)
@@ -96,6 +100,19 @@ def test_stream_matches_generation_without_a_cache(kind, temperature):
     tokens = list(sampler.stream(prompt, settings))
     assert [t.id for t in tokens if t.prompt] == prompt
     assert [t.id for t in tokens if not t.prompt] == naive_generate(model, prompt, settings)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampler_runs_on_the_device_with_the_same_draws_as_the_cpu(device):
+    model = tiny("topk", seed=8)
+    settings = SampleSettings(12, 1.0, top_k=40, seed=11)
+    on_cpu = [t.id for t in Sampler(model, ByteTokenizer(256), torch.device("cpu")).stream(
+        list(b"xy"), settings)]
+    moved = Sampler(model.to(device), ByteTokenizer(256), torch.device(device))
+    tokens = list(moved.stream(list(b"xy"), settings, routing=True))
+    # the draws are made on a CPU generator from the device's logits
+    assert [t.id for t in tokens] == on_cpu
+    assert all(len(t.routes[0][0]) == 2 for t in tokens)
 
 
 def test_greedy_is_the_argmax_and_ignores_the_seed():
