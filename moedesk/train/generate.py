@@ -180,14 +180,14 @@ class Sampler:
         logits_BTV, _ = self.model(idx_BT, cache=cache)
         return logits_BTV[0, -1].float().cpu()
 
-    def _feed(self, token: int, history: list[int], cache: KVCache) -> tuple[Tensor, int]:
-        """Feed one token; (logits, how many positions that forward ran). A full cache
-        slides: it is rebuilt from the last half of the context plus the token."""
+    def _feed(self, token: int, history: list[int], cache: KVCache) -> Tensor:
+        """Feed one token after `history`; the next logits. A full cache slides: it is
+        rebuilt from the last half of the context, then the token."""
         if cache.length < cache.capacity:
-            return self._forward([token], cache), 1
+            return self._forward([token], cache)
         keep = history[-(self.context // 2):]
         cache.reset()
-        return self._forward([*keep, token], cache), len(keep) + 1
+        return self._forward([*keep, token], cache)
 
     def stream(self, prompt_ids: list[int], settings: SampleSettings,
                routing: bool = False, generate: bool = True) -> Iterator[Token]:
@@ -218,7 +218,7 @@ class Sampler:
                 yield Token(token, text(i, token), True, route)
             history = list(head)
             for i, token in enumerate(prompt_ids[len(head):], start=len(head)):
-                logits_V, _ = self._feed(token, history, cache)
+                logits_V = self._feed(token, history, cache)
                 history.append(token)
                 yield Token(token, text(i, token), True,
                             capture.take(last=1)[0] if capture else {})
@@ -228,7 +228,9 @@ class Sampler:
             for i in range(len(prompt_ids), last + 1):
                 token = next_token(logits_V, settings, generator)
                 # feed it back now: its routing is known, and the next logits are ready
-                logits_V, _ = self._feed(token, history, cache)
+                # (the last token is fed only to learn its routing)
+                if i < last or capture:
+                    logits_V = self._feed(token, history, cache)
                 history.append(token)
                 yield Token(token, text(i, token), False,
                             capture.take(last=1)[0] if capture else {})

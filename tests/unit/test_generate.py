@@ -233,3 +233,16 @@ def test_sentence_start_takes_the_first_words_of_a_full_line():
     assert sentence_start(b"ran away.\nThe old cat sat down.\nShe ran.") == b"The old cat"
     assert sentence_start(b"no line break at all here") == b"no line break"
     assert sample_seed(1, 200, 0) != sample_seed(1, 200, 1) != sample_seed(1, 400, 0)
+
+
+def test_tokens_are_yielded_as_they_are_made():
+    model = tiny("dense", seed=9)
+    forwards = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    sampler = Sampler(model, ByteTokenizer(256), torch.device("cpu"))
+    stream = sampler.stream(list(b"ab"), SampleSettings(10, 1.0, seed=1))
+    assert [next(stream).prompt for _ in range(2)] == [True, True]
+    assert len(forwards) == 1  # the prompt's one forward
+    assert not next(stream).prompt and len(forwards) == 2  # then one per new token
+    rest = list(stream)
+    assert len(rest) == 9 and len(forwards) == 10  # the last token is never fed back
