@@ -8,9 +8,14 @@ step plus the emission of the previous event, so each interval is charged to the
 that emitted that event. Interleaving in short blocks inside one process keeps machine
 load and thermal drift out of the comparison; medians keep outliers out.
 
-A second measurement times the emission alone (µs per event) for a sanity check.
+A second measurement times the emission alone (µs per event) for a sanity check. A
+third is the cost of the samples during training (`[train] sample_every`, the profile's
+default unless `--sample-every` says otherwise): the generation time each `sample` event
+reports, summed, as a share of the whole training time. A sampling step is one interval
+among hundreds, so the medians above do not see it; this share is what it costs.
 
     .venv/bin/python bench/overhead.py [--profile P] [--steps 600] [--block 5] [--sink pipe]
+                                       [--sample-every N]
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ class SwitchingEmitter(Emitter):
         self.block = block
         self.intervals: dict[int, list[float]] = {}  # block index -> step intervals
         self._prev: tuple[float, int] | None = None
+        self.sample_seconds: list[float] = []  # what each `sample` event took
+
+    def emit(self, type: str, **fields) -> None:
+        if type == "sample":
+            self.sample_seconds.append(fields["seconds"])
+        super().emit(type, **fields)
 
     def metrics(self, step: int, values: dict) -> None:
         now = time.perf_counter()
@@ -83,11 +94,16 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=5, help="steps per interleaved block")
     parser.add_argument("--sink", choices=("pipe", "file"), default="pipe",
                         help="pipe = a reader process drains the events; file = a temp file")
+    parser.add_argument("--sample-every", type=int, default=None,
+                        help="train.sample_every (default: the profile's)")
     args = parser.parse_args()
-    profile = load_profile(args.profile, {"train.steps": args.steps, "train.log_every": 1,
-                                          "train.eval_every": 0, "train.eval_batches": 1,
-                                          "checkpoint.every": 0, "train.warmup_steps": 1})
+    overrides = {"train.steps": args.steps, "train.log_every": 1, "train.eval_every": 0,
+                 "train.eval_batches": 1, "checkpoint.every": 0, "train.warmup_steps": 1}
+    if args.sample_every is not None:
+        overrides["train.sample_every"] = args.sample_every
+    profile = load_profile(args.profile, overrides)
 
+    started = time.perf_counter()
     with open(os.devnull, "w") as log, tempfile.TemporaryDirectory() as run_dir:
         if args.sink == "pipe":
             # the reader is another process, like the supervisor; it discards what it reads
@@ -97,6 +113,7 @@ def main() -> None:
             sink = open(Path(run_dir) / "events.jsonl", "w")  # noqa: SIM115 - closed below
         emitter = SwitchingEmitter(sink, log, args.block)
         assert train_lm(profile, Path(run_dir), emitter) == "completed"
+        train_s = time.perf_counter() - started
         per_event_us = emission_cost_us(sink, log)
         sink.close()
         if args.sink == "pipe":
@@ -120,6 +137,16 @@ def main() -> None:
           f"{100 * (ratio - 1):+.2f}% (target <= 3%)")
     print(f"emission alone: {per_event_us:.1f} us per metrics event = "
           f"{100 * per_event_us * 1e-6 / null:.2f}% of a median step")
+    every, samples = profile.train.sample_every, emitter.sample_seconds
+    if samples:
+        each = statistics.median(samples)
+        print(f"samples during training (train.sample_every = {every}, "
+              f"{len(profile.train.sample_prompts) or 1} prompt x {profile.train.sample_tokens} "
+              f"tokens): {len(samples)} in {args.steps} steps, median {each * 1e3:.0f} ms "
+              f"each = {100 * sum(samples) / train_s:.2f}% of the training time "
+              f"({100 * each / (every * null):.2f}% of {every} median steps)")
+    else:
+        print(f"samples during training: none (train.sample_every = {every})")
 
 
 if __name__ == "__main__":

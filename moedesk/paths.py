@@ -7,7 +7,8 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `train.log`: the trainer's stderr and the supervisor's notes, tailed by the TUI;
 - `supervisor.log`: the detached supervisor's own output (launch.py);
 - `stop_request.json`: a requested stop, written before any signal (runner/control.py);
-- `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar (runner/checkpoints.py).
+- `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar, and `best.json`, the
+  `[checkpoint] keep_best` mark (runner/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ TRAIN_LOG = "train.log"
 SUPERVISOR_LOG = "supervisor.log"
 STOP_REQUEST_FILE = "stop_request.json"
 CHECKPOINTS_DIR = "checkpoints"
+BEST_CHECKPOINT_FILE = "best.json"
 
 
 def data_home(home: str | Path | None = None) -> Path:
@@ -58,6 +60,10 @@ def stop_request_file(run_dir: str | Path) -> Path:
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def best_checkpoint_file(run_dir: str | Path) -> Path:
+    return checkpoint_dir(run_dir) / BEST_CHECKPOINT_FILE
 
 
 def profiles_dir() -> Path:

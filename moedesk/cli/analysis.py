@@ -4,13 +4,15 @@ The trainer records, at each evaluation, which experts the validation tokens wen
 (`routing/L{i}` rows of the `analysis` table). This shows the newest (or `--step`):
 the per-expert assignment histogram and the expert-by-class heatmap (each cell: the
 share of a class's assignments that went to an expert; fair = 1/E), plus how much of
-the routing token class and token frequency explain.
+the routing token class and token frequency explain; `--png DIR` draws the same two as
+seed 002's PNG plots (`moedesk.plots`).
 """
 
 from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -105,6 +107,9 @@ def analysis(
     step: Annotated[int | None, typer.Option(
         help="The evaluation step to show (default: the newest).")] = None,
     layer: Annotated[int | None, typer.Option(help="Only this MoE block.")] = None,
+    png: Annotated[Path | None, typer.Option(
+        "--png", help="Write routing-analysis.png and expert-by-class.png into this folder.",
+        show_default=False)] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -128,6 +133,18 @@ def analysis(
         where = f" at step {step} (steps with one: {steps or 'none'})" if step is not None else ""
         fail(f"run {info.id} ({info.name}, {info.kind}) has no routing analysis{where}; a topk "
              "run records one at each evaluation and at its end")
+    if png is not None:
+        from moedesk.plots import routing_pngs
+
+        steps = sorted({at for at, _ in found.values()})
+        try:
+            paths = routing_pngs({k: p for k, (_, p) in found.items()}, png,
+                                 f"run {info.id} ({info.name}), step {', '.join(map(str, steps))}")
+        except OSError as exc:
+            fail(f"--png: cannot write into {escape(str(png))}: {exc.strerror or exc}")
+        console.print(f"wrote {' and '.join(escape(str(p)) for p in paths)}", highlight=False,
+                      soft_wrap=True)
+        return
     if as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(CSV_COLUMNS)

@@ -1,7 +1,8 @@
 """`moedesk compare A B`: the dense-vs-MoE protocol as one command (seed 002).
 
-Runs both profiles for each seed through the real runner, then writes manifest.json and
-findings.md and prints the comparison table and the verdict. A few lines over
+Runs both profiles for each seed through the real runner, then writes manifest.json,
+findings.md and the plots (the MoE model's routing-analysis.png and expert-by-class.png,
+loss-curves.png) and prints the comparison table and the verdict. A few lines over
 `moedesk.compare`; nothing here imports torch.
 """
 
@@ -61,7 +62,8 @@ def compare(
         min=1, help="Train this many steps instead of train.steps (warmup scales along).")
     ] = None,
     out: Annotated[Path | None, typer.Option(
-        help="Folder for manifest.json and findings.md (default HOME/compare/A-vs-B-TIME).",
+        help="Folder for manifest.json, findings.md and the PNG plots (default "
+             "HOME/compare/A-vs-B-TIME).",
         show_default=False)] = None,
     jobs: Annotated[int | None, typer.Option(
         min=1, help="Runs at once (default and maximum: the machine's cores).",
@@ -93,8 +95,14 @@ def compare(
         manifest = compare_runs(home, baseline_ids, variant_ids, extra=plan.describe())
     except (CompareError, StoreError) as exc:
         fail(escape(str(exc)))
-    manifest_path, findings_path = write_outputs(
-        manifest, out or default_out(home, profile_a, profile_b))
+    out_dir = out or default_out(home, profile_a, profile_b)
+    try:
+        plots = write_plots(home, manifest, out_dir)
+    except (OSError, StoreError) as exc:
+        plots = []
+        console.print(f"[yellow]note:[/] the plots were not drawn: {escape(str(exc))}",
+                      highlight=False)
+    manifest_path, findings_path = write_outputs(manifest, out_dir)
     if as_json:
         print_json(manifest)
     else:
@@ -105,11 +113,23 @@ def compare(
         console.print(table)
         style = VERDICT_STYLE.get(manifest["verdict"], "bold")
         console.print(f"verdict: [{style}]{verdict_line(manifest)}[/]", highlight=False)
-        console.print(f"wrote {manifest_path} and {findings_path}", highlight=False)
+        console.print(f"wrote {manifest_path}, {findings_path}"
+                      + "".join(f", {p.name}" for p in plots), highlight=False)
     failed = [s for s in slots if s.status != "completed"]
     if failed:
         fail([f"run {s.run_id} ({s.name}, {s.role} seed {s.seed}) ended {s.status}; see "
               f"`moedesk show {s.run_id}`" for s in failed], code=EXIT_FAILED)
+
+
+def write_plots(home: Path, manifest: dict, out_dir: Path) -> list[Path]:
+    """The comparison's PNGs beside manifest.json; their names go into the manifest."""
+    from moedesk.plots import compare_pngs
+    from moedesk.store import open_reader
+
+    with open_reader(home) as reader:
+        paths = compare_pngs(reader, manifest, out_dir)
+    manifest["plots"] = [p.name for p in paths]
+    return paths
 
 
 def _run(plan, home: Path, n_runs: int):

@@ -23,6 +23,7 @@ from moedesk.cli.app import (
 from moedesk.paths import db_path
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
 from moedesk.runner import launch
+from moedesk.runner.checkpoints import CheckpointError, parse_at
 from moedesk.stats import names
 from moedesk.store import Reader, StoreError, open_reader
 
@@ -48,7 +49,7 @@ def run(
         "--stop-on", help="Alert severity that stops the run: warning, critical or never "
                           "(default: the profile's health.stop_on).")] = None,
     from_: Annotated[str | None, typer.Option(
-        "--from", help="Fork from another run's checkpoint: RUN or RUN@STEP.")] = None,
+        "--from", help="Fork from another run's checkpoint: RUN, RUN@STEP or RUN@best.")] = None,
     stop_at: Annotated[int | None, typer.Option("--stop-at", hidden=True, min=1)] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -129,7 +130,9 @@ def show(ref: RunArg, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
         table.add_row(name, str(step), "NaN" if value is None else f"{value:.6g}")
     console.print(table)
     for c in data["checkpoints"]:
-        console.print(f"  checkpoint step {c['step']}: {c['path']} ({c['size']} bytes)",
+        score = "" if c.get("score") is None else f" = {c['score']:.6g}"
+        best = f", best {c['metric']}{score}" if c.get("best") else ""
+        console.print(f"  checkpoint step {c['step']}: {c['path']} ({c['size']} bytes{best})",
                       highlight=False)
     for a in data["alerts"]:
         state = "open" if a["cleared_step"] is None else f"cleared at {a['cleared_step']}"
@@ -155,16 +158,17 @@ def resume(
     ref: RunArg,
     steps: Annotated[int | None, typer.Option(
         "--steps", min=1, help="Stop at this step (default: the profile's train.steps).")] = None,
-    at: Annotated[int | None, typer.Option(
-        "--at", min=0, help="Resume from the checkpoint at this step (default: newest).")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", help="Resume from the checkpoint at this step, or 'best' (default: newest).",
+        show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Start and return at once.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Continue a run from its latest (or a chosen) checkpoint, exactly where it left off."""
     home = home_of(home)
     try:
-        info, step = launch.resume_run(home, ref, step=at, stop_at=steps)
-    except (launch.RunError, StoreError) as exc:
+        info, step = launch.resume_run(home, ref, step=parse_at(at, "--at"), stop_at=steps)
+    except (launch.RunError, StoreError, CheckpointError) as exc:
         fail(str(exc))
     console.print(f"resuming run {info.id} ({info.name}) from step {step}", highlight=False)
     if detach:

@@ -198,13 +198,17 @@ def _moe_fields(configs: list[dict]) -> dict:
     for config in configs:
         if config["kind"] == "topk":
             profile = profile_from_dict(config)
+            indices = moe_layer_indices(profile.model, profile.moe)
             return {"num_experts": profile.moe.num_experts, "top_k": profile.moe.top_k,
-                    "moe_layer_index": moe_layer_indices(profile.model, profile.moe),
+                    # seed 002 names one block; several MoE blocks keep the list here too
+                    "moe_layer_index": indices[0] if len(indices) == 1 else indices,
+                    "moe_layer_indices": indices,
                     "alpha_aux_loss": profile.moe.aux_loss_weight,
                     "expert_hidden": expert_hidden(profile.model, profile.moe),
                     "dense_ffn_hidden": dense_ffn_hidden(profile.model),
                     "dim": profile.model.dim}
-    return {"num_experts": None, "top_k": None, "moe_layer_index": [], "alpha_aux_loss": None}
+    return {"num_experts": None, "top_k": None, "moe_layer_index": None,
+            "moe_layer_indices": [], "alpha_aux_loss": None}
 
 
 def build_manifest(reader: Reader, baseline_ids: list[int], variant_ids: list[int],
@@ -249,7 +253,25 @@ def build_manifest(reader: Reader, baseline_ids: list[int], variant_ids: list[in
     manifest["verdict"] = verdict.decision
     manifest["verdict_detail"] = verdict.to_dict()
     manifest["lesson_notes"] = bottom_line(manifest)
+    manifest.update(seed002_fields(manifest))
     return sanitize(manifest)
+
+
+def seed002_fields(m: dict) -> dict:
+    """Seed 002's own manifest keys (Block F), as means over the seeds, beside the richer
+    `baseline` / `variant` entries they are read from."""
+    def means(entry: dict, keys: tuple[str, ...]) -> dict:
+        out = {"params": entry["params"]}
+        for key in keys:
+            stat = entry.get(key)
+            out[key] = stat["mean"] if isinstance(stat, dict) else None
+        return out
+
+    common = ("final_val_ppl", "wall_time_s")
+    return {"dense_baseline": means(m["baseline"], common),
+            "moe_variant": means(m["variant"], (*common, "load_balance_stddev",
+                                                "experts_dead_count")),
+            "verdict_for_grammar_tutor": m["verdict"]}
 
 
 def _cost(entry: dict) -> Cost:

@@ -11,11 +11,12 @@ The rule (docs/compare.md states it for users; keep the two in step):
     the sign of the gain (a consistent effect, not one lucky seed)
   - costs more = the variant has > PARAM_TOLERANCE x the baseline's total parameters, or
     takes > TIME_TOLERANCE x its training time per step
-  adopt: n >= 2 and the variant is better beyond noise
+  adopt: n >= MIN_SEEDS_TO_ADOPT (3, seed 002: "rerun both with 3 different seeds") and
+         the variant is better beyond noise
   never: the variant is worse beyond noise, or it costs more and shows no gain at all
          (gain <= 0)
-  defer: everything else: a gain inside the noise, fewer than 2 complete pairs, no cost
-         difference to break the tie
+  defer: everything else: a gain inside the noise, a gain beyond noise in fewer than 3
+         seeds, fewer than 2 complete pairs, no cost difference to break the tie
 Pure Python: the CLI, the TUI and the report all call `decide`; `bottom_line` states a
 manifest's verdict with this rule (findings.md and the manifest's `lesson_notes`).
 """
@@ -26,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 NOISE_MULTIPLIER = 2.0
+MIN_SEEDS_TO_ADOPT = 3
 PARAM_TOLERANCE = 1.05
 TIME_TOLERANCE = 1.10
 DECISIONS = ("adopt", "defer", "never")
@@ -112,6 +114,11 @@ def decide(baseline_ppl: list[float | None], variant_ppl: list[float | None],
     if n == 0:
         decision = "defer"
         reasons.append("no seed has two completed runs to compare")
+    elif beyond and gain > 0 and n < MIN_SEEDS_TO_ADOPT:
+        decision = "defer"
+        reasons.append(f"the variant's perplexity is lower by {gain:.4g} beyond noise in all "
+                       f"{n} seeds, but adopting needs {MIN_SEEDS_TO_ADOPT} seeds (seed 002); "
+                       f"rerun with --seeds {MIN_SEEDS_TO_ADOPT}")
     elif beyond and gain > 0:
         decision = "adopt"
         reasons.append(f"the variant's perplexity is lower by {gain:.4g} "
@@ -157,6 +164,7 @@ def bottom_line(m: dict) -> str:
     head = {"adopt": "Adopt the variant", "defer": "Do not adopt it yet (defer)",
             "never": "Do not adopt it (never)"}[m["verdict"]]
     return (f"{head}: {reasons}. Rule: adopt only when the mean perplexity gain exceeds "
-            f"{NOISE_MULTIPLIER:g} x the pooled seed-to-seed std and every seed agrees; never "
+            f"{NOISE_MULTIPLIER:g} x the pooled seed-to-seed std and every one of at least "
+            f"{MIN_SEEDS_TO_ADOPT} seeds agrees; never "
             f"when it is worse beyond noise, or costs more (> {PARAM_TOLERANCE:g}x parameters "
             f"or > {TIME_TOLERANCE:g}x time per step) with no gain; defer otherwise.")

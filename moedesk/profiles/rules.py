@@ -14,7 +14,7 @@ from pathlib import Path
 
 from moedesk.health.thresholds import RULES
 from moedesk.profiles.errors import Problem
-from moedesk.profiles.schema import Profile
+from moedesk.profiles.schema import KEEP_BEST, Profile
 
 
 def _model_problems(p: Profile) -> list[Problem]:
@@ -252,6 +252,39 @@ def _common_problems(p: Profile) -> list[Problem]:
     return out
 
 
+def _sample_problems(p: Profile) -> list[Problem]:
+    """The trainer's sample prompts must be text the model can take (LM kinds)."""
+    out = []
+    prompts = p.train.sample_prompts
+    for i, prompt in enumerate(prompts):
+        data = prompt.encode("utf-8")
+        if not data:
+            out.append(Problem(f"train.sample_prompts[{i}]", "is empty; give at least one "
+                                                              "character"))
+        elif max(data) >= p.model.vocab_size:
+            out.append(Problem(f"train.sample_prompts[{i}]",
+                               f"got {prompt!r}; its bytes must be below model.vocab_size "
+                               f"({p.model.vocab_size})"))
+        elif len(data) > p.model.max_seq_len:
+            out.append(Problem(f"train.sample_prompts[{i}]",
+                               f"is {len(data)} tokens; must fit model.max_seq_len "
+                               f"({p.model.max_seq_len})"))
+    if prompts and p.data.source == "tokens":
+        out.append(Problem("train.sample_prompts", "data.source = 'tokens' has no tokenizer, so "
+                                                   "text prompts cannot be encoded; leave it "
+                                                   "empty"))
+    return out
+
+
+def _keep_best_problems(p: Profile) -> list[Problem]:
+    keep_best = p.checkpoint.keep_best
+    if not keep_best or p.kind in KEEP_BEST[keep_best][2]:
+        return []
+    allowed = ", ".join(repr(k) for k, (_, _, kinds) in KEEP_BEST.items() if p.kind in kinds)
+    return [Problem("checkpoint.keep_best", f"got {keep_best!r}; {p.kind} runs allow "
+                                            f"{allowed} (or \"\" for off)")]
+
+
 def resolve_data_path(p: Profile) -> Path:
     """data.path as an absolute path: relative paths are taken from the profile's folder."""
     path = Path(p.data.path).expanduser()
@@ -261,9 +294,9 @@ def resolve_data_path(p: Profile) -> Path:
 
 
 def cross_field_problems(p: Profile) -> list[Problem]:
-    out = _common_problems(p) + _source_problems(p)
+    out = _common_problems(p) + _source_problems(p) + _keep_best_problems(p)
     if p.kind in ("dense", "topk"):
-        out += _model_problems(p)
+        out += _model_problems(p) + _sample_problems(p)
     if p.kind == "topk":
         out += _moe_problems(p)
     if p.kind == "ternary":

@@ -10,15 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from moedesk.stats import names
+
 KINDS = ("dense", "topk", "ternary")
 LM_KINDS = ("dense", "topk")  # keys only the language-model kinds read
 
+# [checkpoint] keep_best: value -> (the metric it reads, "min" | "max", the kinds it fits)
+KEEP_BEST = {
+    "val/loss": (names.VAL_LOSS, "min", LM_KINDS),
+    "ff/accuracy": (names.FF_ACCURACY, "max", ("ternary",)),
+    # seed 000: goodness delta x (1 - load-balance score), ternary/loop.py
+    "seed000_score": (names.FF_SEED000_SCORE, "max", ("ternary",)),
+}
+
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-         choices: tuple | None = None, min_exclusive: bool = False, kinds: tuple = ()) -> Any:
-    """A profile field with its documentation and bounds."""
+         choices: tuple | None = None, min_exclusive: bool = False, kinds: tuple = (),
+         items: type = int) -> Any:
+    """A profile field with its documentation and bounds (`items`: a list's element type)."""
     meta = {"help": help, "min": min, "max": max, "choices": choices,
-            "min_exclusive": min_exclusive, "kinds": kinds}
+            "min_exclusive": min_exclusive, "kinds": kinds, "items": items}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -199,6 +210,16 @@ class TrainSection:
     eval_every: int = knob(50, "Steps between evaluations; 0 = only at the end.", min=0,
                            max=100_000_000)
     eval_batches: int = knob(4, "Batches per evaluation.", min=1, max=100000)
+    sample_every: int = knob(200, "Steps between sampled continuations of train.sample_prompts "
+                                  "(`sample` events, the samples table); 0 = off.", min=0,
+                             max=100_000_000, kinds=LM_KINDS)
+    sample_prompts: list = knob([], "Prompts continued every sample_every steps; empty = the "
+                                    "first words of a line of the validation text.",
+                                kinds=LM_KINDS, items=str)
+    sample_tokens: int = knob(48, "Tokens generated per sample prompt.", min=1, max=4096,
+                              kinds=LM_KINDS)
+    sample_temperature: float = knob(0.8, "Temperature of those samples; 0 = greedy.", min=0.0,
+                                     max=100.0, kinds=LM_KINDS)
 
 
 @dataclass
@@ -228,6 +249,9 @@ class CheckpointSection:
                       max=100_000_000)
     keep: int = knob(3, "Checkpoints kept on disk (oldest pruned); 0 = keep all.", min=0,
                      max=100000)
+    keep_best: str = knob("", "Also keep the best checkpoint, never pruned by keep (RUN@best): "
+                              "val/loss (dense, topk; lowest), ff/accuracy or seed000_score "
+                              "(ternary; highest); \"\" = off.", choices=("", *KEEP_BEST))
 
 
 @dataclass

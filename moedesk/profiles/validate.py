@@ -50,8 +50,11 @@ def _check_value(key: str, value: Any, type_name: str, meta: dict) -> tuple[Any,
         if not isinstance(value, str):
             return value, Problem(key, f"got {_show(value)}; must be {want}")
     elif type_name == "list":
+        items = meta.get("items", int)
+        if items is str:
+            want = "a list of strings"
         if not isinstance(value, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value):
+                isinstance(v, items) and not isinstance(v, bool) for v in value):
             return value, Problem(key, f"got {_show(value)}; must be {want}")
     elif type_name == "dict":
         if not isinstance(value, dict):

@@ -4,6 +4,12 @@ The runner and CLI use this to find and verify checkpoints before launching a re
 (they may not import torch); `moedesk.train.checkpoint` writes and loads them. Like
 `protocol.py`, it is a contract between trainer and runner; the folder's name lives in
 `moedesk.paths`.
+
+Which checkpoint a command means: `RUN`, `RUN@STEP` or `RUN@best` (`split_ref`), and
+`resolve_checkpoint(run_dir, at)` for that `at` (None = the newest, a step, or "best":
+the one `checkpoints/best.json` marks, which the trainer writes under `[checkpoint]
+keep_best`). `resume --at`, `run --from`, `sample`, `route` (and export) all go through
+these two functions.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from moedesk.paths import checkpoint_dir
+from moedesk.paths import best_checkpoint_file, checkpoint_dir
+
+BEST = "best"
 
 
 class CheckpointError(Exception):
@@ -102,3 +110,63 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {info.path}: {exc.strerror or exc}") from None
     verify_bytes(info.path, data, info.sha256)
+
+
+def parse_at(text: str | None, what: str = "the step") -> int | str | None:
+    """"" or None -> None (the newest), "best" -> BEST, "120" -> 120; else CheckpointError."""
+    if text is None or text == "":
+        return None
+    text = str(text).strip()
+    if text.lower() == BEST:
+        return BEST
+    if text.isdigit():
+        return int(text)
+    raise CheckpointError(f"{what}: got {text!r}; use a step number or 'best'")
+
+
+def split_ref(ref: str) -> tuple[str, int | str | None]:
+    """"RUN", "RUN@STEP" or "RUN@best" -> (RUN, at) for `resolve_checkpoint`."""
+    run, sep, at = str(ref).partition("@")
+    if not run:
+        raise CheckpointError(f"{ref!r}: name a run before the @ (RUN, RUN@STEP or RUN@best)")
+    if sep and not at:
+        raise CheckpointError(f"{ref!r}: put a step number or 'best' after the @")
+    return run, parse_at(at, f"{ref!r}: after the @")
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """The keep-best mark {step, keep_best, metric, value} of a run, or None."""
+    try:
+        mark = json.loads(best_checkpoint_file(run_dir).read_text())
+        int(mark["step"])
+        return mark
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def best_checkpoint(run_dir: Path) -> CheckpointInfo:
+    """The checkpoint `best.json` marks; CheckpointError saying why when there is none."""
+    mark = read_best(run_dir)
+    if mark is None:
+        raise CheckpointError(f"no best checkpoint in {checkpoint_dir(run_dir)}: the run does "
+                              "not keep one; set [checkpoint] keep_best (\"val/loss\" for "
+                              "dense and topk, \"ff/accuracy\" or \"seed000_score\" for "
+                              "ternary) in its profile")
+    found = [c for c in list_checkpoints(run_dir) if c.step == int(mark["step"])]
+    if not found:
+        raise CheckpointError(f"the best checkpoint (step {mark['step']}, {mark.get('metric')} "
+                              f"= {mark.get('value')}) is missing from {checkpoint_dir(run_dir)}")
+    return found[0]
+
+
+def resolve_checkpoint(run_dir: Path, at: int | str | None = None,
+                       at_most: int | None = None) -> CheckpointInfo:
+    """The checkpoint `at` names (see `parse_at`): "best", a step, or None for the newest
+    (at or before `at_most` when given, as `find_checkpoint` explains)."""
+    if at == BEST:
+        return best_checkpoint(run_dir)
+    if isinstance(at, str):
+        at = parse_at(at)
+        if at == BEST:
+            return best_checkpoint(run_dir)
+    return find_checkpoint(run_dir, at, at_most)

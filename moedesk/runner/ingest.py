@@ -59,13 +59,20 @@ class Ingestor:
             self.batch.add_expert_load(step, event.get("loads") or {}, wall)
         elif kind == "checkpoint":
             self.batch.checkpoints.append((step, event["path"], event.get("size"),
-                                           event.get("sha256"), wall))
+                                           event.get("sha256"), wall, event.get("metric"),
+                                           event.get("score")))
+            if event.get("best_step") is not None:
+                self.batch.best_step = int(event["best_step"])
             # commit at once: a resume starts from a checkpoint the stored rows reach, so
             # the store should never lag far behind the checkpoints on disk
             self.flush()
         elif kind == "analysis":
             self.batch.analysis.append((step, str(event.get("name") or "analysis"),
                                         json.dumps(event.get("payload")), wall))
+        elif kind == "sample":
+            self.batch.samples.append((step, str(event.get("prompt", "")),
+                                       str(event.get("text", "")), event.get("temperature"),
+                                       event.get("seed"), event.get("max_new_tokens"), wall))
         elif kind == "started":
             self.started = event
             self.flush()

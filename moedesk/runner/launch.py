@@ -15,7 +15,13 @@ from pathlib import Path
 
 from moedesk.paths import db_path, run_dir, supervisor_log
 from moedesk.profiles import Profile, profile_to_dict
-from moedesk.runner.checkpoints import CheckpointError, find_checkpoint, verify_checkpoint
+from moedesk.runner.checkpoints import (
+    CheckpointError,
+    CheckpointInfo,
+    resolve_checkpoint,
+    split_ref,
+    verify_checkpoint,
+)
 from moedesk.runner.control import (
     clear_stop_request,
     signal_trainer,
@@ -90,20 +96,38 @@ def stop_run(home: Path, ref: str | int, kill: bool = False) -> RunInfo:
     return info
 
 
-def checkpoint_for(info: RunInfo, step: int | None, at_most: int | None = None):
-    """The verified checkpoint of a run at `step` (or its newest, at or before `at_most`
-    when there is one); RunError when unusable."""
+def checkpoint_for(info: RunInfo, step: int | str | None, at_most: int | None = None
+                   ) -> CheckpointInfo:
+    """The verified checkpoint of a run at `step` ("best": the keep-best one; None: its
+    newest, at or before `at_most` when given); RunError when unusable."""
     try:
-        found = find_checkpoint(Path(info.row["run_dir"]), step, at_most)
+        found = resolve_checkpoint(Path(info.row["run_dir"]), step, at_most)
         verify_checkpoint(found)
     except CheckpointError as exc:
-        raise RunError(str(exc)) from None
+        raise RunError(f"run {info.id} ({info.name}): {exc}") from None
     return found
 
 
-def resume_run(home: Path, ref: str | int, step: int | None = None,
+def checkpoint_of(home: Path, ref: str, kinds: tuple[str, ...] | None = None,
+                  purpose: str = "this") -> tuple[RunInfo, CheckpointInfo]:
+    """`RUN`, `RUN@STEP` or `RUN@best` -> the run and its verified checkpoint (read-only:
+    `moedesk sample`, `route` and export read a checkpoint without a supervisor). With
+    `kinds`, a run of another kind is refused first: "`purpose` needs kind ..."."""
+    try:
+        run, at = split_ref(ref)
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    info = get_run(home, run)
+    if kinds is not None and info.kind not in kinds:
+        raise RunError(f"run {info.id} ({info.name}) is a {info.kind} run; {purpose} needs "
+                       f"kind {' or '.join(kinds)}")
+    return info, checkpoint_for(info, at)
+
+
+def resume_run(home: Path, ref: str | int, step: int | str | None = None,
                stop_at: int | None = None) -> tuple[RunInfo, int]:
-    """Continue a run in place from a checkpoint; rows after that step are dropped first."""
+    """Continue a run in place from a checkpoint (`step`: a number, "best" or None for the
+    newest); rows after that step are dropped first."""
     info = get_run(home, ref)
     if info.status in store_runs.ACTIVE:
         raise RunError(f"run {info.id} ({info.name}) is still {info.status}; stop it first")
@@ -122,15 +146,16 @@ def resume_run(home: Path, ref: str | int, step: int | None = None,
 
 def fork_run(profile: Profile, home: Path, source: str, *, name: str | None = None,
              stop_on: str | None = None, stop_at: int | None = None) -> Launched:
-    """`moedesk run PROFILE --from RUN[@STEP]`: a new run starting from another's checkpoint."""
-    ref, _, at = source.partition("@")
-    if at and not at.isdigit():
-        raise RunError(f"--from {source!r}: the step after @ must be a number")
+    """`moedesk run PROFILE --from RUN[@STEP|@best]`: a new run from another's checkpoint."""
+    try:
+        ref, at = split_ref(source)
+    except CheckpointError as exc:
+        raise RunError(f"--from {exc}") from None
     parent = get_run(home, ref)
     if parent.kind != profile.kind:
         raise RunError(f"--from {source!r}: run {parent.id} is kind {parent.kind}, the profile is "
                        f"kind {profile.kind}; a fork keeps the kind")
-    ckpt = checkpoint_for(parent, int(at) if at else None)
+    ckpt = checkpoint_for(parent, at)
     return start_run(profile, home, name=name, stop_on=stop_on, stop_at=stop_at,
                      parent=(parent.id, ckpt.step, str(ckpt.path)))
 
@@ -151,4 +176,5 @@ def reconcile_crashed(home: Path) -> list[int]:
 
 
 __all__ = ["RunError", "Launched", "start_run", "stop_run", "resume_run", "fork_run",
-           "get_run", "spawn_supervisor", "reconcile_crashed", "StoreError"]
+           "get_run", "checkpoint_for", "checkpoint_of", "spawn_supervisor",
+           "reconcile_crashed", "StoreError"]

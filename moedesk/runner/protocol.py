@@ -4,8 +4,12 @@ Event types (every event has "type"; "step" where it applies):
   started      {step, total_steps, pid, device, params: {total, active}, resumed_from?}
   metrics      {step, wall, values: {name: float}}        non-finite values travel as strings
   expert_load  {step, wall, loads: {layer: [count, ...]}}  one vector per MoE layer
-  checkpoint   {step, wall, path, size, sha256}
+  checkpoint   {step, wall, path, size, sha256, best_step?, metric?, score?}
+               with [checkpoint] keep_best: the step now marked best, the keep_best metric
+               and this checkpoint's value of it (null when not measured at its step)
   analysis     {step, wall, name, payload}                 e.g. routing histograms
+  sample       {step, wall, prompt, text, temperature, seed, max_new_tokens, seconds}
+               a continuation of a [train] sample_prompts prompt (text = the new part)
   finished     {step, wall, status, reason}                status: completed | stopped | failed
 Anything on stdout that is not a JSON object is kept as a log line, never an error.
 Pure stdlib: both sides (train, runner) import it.
@@ -18,7 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "finished")
+EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "sample",
+               "finished")
 FINISH_STATUSES = ("completed", "stopped", "failed")
 
 

@@ -17,8 +17,8 @@ float value (non-finite values travel as strings, runner/protocol.py):
           routing call), us_per_sample, active_experts, ref_imbalance (ternary)
   ff/     goodness_pos, goodness_neg, goodness_delta, weights_changed, pairs_updated (each
           logged step); accuracy, tie_rate, eval_goodness_pos, eval_goodness_neg,
-          test_goodness, source/{name}/accuracy (each evaluation); baseline/{scorer}
-          (step 0: the non-learned scorers on the same held-out pairs)
+          test_goodness, seed000_score, source/{name}/accuracy (each evaluation);
+          baseline/{scorer} (step 0: the non-learned scorers on the same held-out pairs)
 The per-expert counts are not metrics: they travel as `expert_load` events.
 Pure stdlib: the trainers, the health rules, the TUI and the CLI all import it. Adding a
 metric means one constant here plus the code that computes or reads it.
@@ -128,6 +128,7 @@ FF_EVAL_GOODNESS_POS = metric(FF, "eval_goodness_pos")
 FF_EVAL_GOODNESS_NEG = metric(FF, "eval_goodness_neg")
 FF_TEST_GOODNESS = metric(FF, "test_goodness")
 FF_PAIRS_UPDATED = metric(FF, "pairs_updated")
+FF_SEED000_SCORE = metric(FF, "seed000_score")
 FF_BASELINE_SCORERS = ("template", "frequency", "bigram")
 
 
@@ -139,6 +140,7 @@ def ff_source_accuracy(source: str) -> str:
 def ff_baseline(scorer: str) -> str:
     """Held-out accuracy of a non-learned scorer (stats of the training windows only)."""
     return f"{FF}/baseline/{scorer}"
+
 
 # every overall name above, in catalogue order
 ALL = tuple(v for k, v in list(globals().items()) if k.isupper() and isinstance(v, str)

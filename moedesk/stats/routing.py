@@ -101,3 +101,26 @@ def specialization(payload: dict) -> dict:
     return {"layer": payload["layer"], "tokens": payload["tokens"], "shares": shares,
             "class": by_class_u, "frequency": by_frequency_u, "pattern": pattern,
             "per_expert": per_expert}
+
+
+def _add(a, b):
+    return [_add(x, y) for x, y in zip(a, b, strict=True)] if isinstance(a, list) else a + b
+
+
+def pool_payloads(payloads: list[dict]) -> dict:
+    """One layer's routing analyses of several runs (e.g. every seed of a comparison) as
+    one: the counts added up. They must share the layout (experts, top-k, classes)."""
+    if not payloads:
+        raise ValueError("pool_payloads needs at least one payload")
+    first = payloads[0]
+    layout = ("layer", "num_experts", "top_k", "classes", "frequency_buckets")
+    for other in payloads[1:]:
+        if any(other[key] != first[key] for key in layout):
+            raise ValueError("routing analyses with different layouts cannot be pooled")
+    pooled = dict(first)
+    for key in ("tokens", "windows", "histogram", "first_choice", "class_tokens", "by_class",
+                "bucket_tokens", "by_frequency"):
+        for other in payloads[1:]:
+            pooled[key] = _add(pooled[key], other[key])
+    pooled["runs"] = len(payloads)
+    return pooled

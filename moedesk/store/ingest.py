@@ -19,15 +19,19 @@ from moedesk.store.db import transaction
 class Batch:
     metrics: list[tuple] = field(default_factory=list)  # (step, name, value, wall)
     expert_load: list[tuple] = field(default_factory=list)  # (step, layer, counts_json, wall)
-    checkpoints: list[tuple] = field(default_factory=list)  # (step, path, size, sha256, wall)
+    # (step, path, size, sha256, wall[, metric, score]): keep-best runs add the last two
+    checkpoints: list[tuple] = field(default_factory=list)
     analysis: list[tuple] = field(default_factory=list)  # (step, name, payload_json, wall)
+    # (step, prompt, text, temperature, seed, max_new_tokens, wall)
+    samples: list[tuple] = field(default_factory=list)
+    best_step: int | None = None  # the checkpoint the trainer now marks best
     alerts: list[dict] = field(default_factory=list)
     cleared: list[tuple] = field(default_factory=list)  # (alert_rule, cleared_step)
     last_step: int | None = None
 
     def __len__(self) -> int:
         return (len(self.metrics) + len(self.expert_load) + len(self.checkpoints)
-                + len(self.alerts) + len(self.cleared) + len(self.analysis))
+                + len(self.alerts) + len(self.cleared) + len(self.analysis) + len(self.samples))
 
     def add_metrics(self, step: int, values: dict[str, float], wall: float) -> None:
         for name, value in values.items():
@@ -55,8 +59,16 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
                              [(run_id, *row) for row in batch.expert_load])
         if batch.checkpoints:
             conn.executemany("INSERT OR REPLACE INTO checkpoints (run_id, step, path, size,"
-                             " sha256, wall) VALUES (?, ?, ?, ?, ?, ?)",
-                             [(run_id, *row) for row in batch.checkpoints])
+                             " sha256, wall, metric, score) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [(run_id, *row, *(None,) * (7 - len(row)))
+                              for row in batch.checkpoints])
+        if batch.best_step is not None:
+            conn.execute("UPDATE checkpoints SET best = (step = ?) WHERE run_id = ?",
+                         (batch.best_step, run_id))
+        if batch.samples:
+            conn.executemany("INSERT INTO samples (run_id, step, prompt, text, temperature,"
+                             " seed, max_new_tokens, wall) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             [(run_id, *row) for row in batch.samples])
         if batch.analysis:
             insert_analysis_rows(conn, run_id, batch.analysis)
         for alert in batch.alerts:

@@ -51,3 +51,20 @@ def m002_analysis(db: Database) -> None:
     db["analysis"].create({"run_id": int, "step": int, "name": str, "payload": str,
                            "wall": float}, not_null={"run_id", "step", "name", "payload"})
     db.execute("CREATE INDEX analysis_run_name_step ON analysis(run_id, name, step)")
+
+
+@migrations()
+def m003_samples(db: Database) -> None:
+    """Continuations the trainer samples every `[train] sample_every` steps (`sample` events)."""
+    db["samples"].create({"run_id": int, "step": int, "prompt": str, "text": str,
+                          "temperature": float, "seed": int, "max_new_tokens": int,
+                          "wall": float}, not_null={"run_id", "step", "prompt", "text"})
+    db.execute("CREATE INDEX samples_run_step ON samples(run_id, step)")
+
+
+@migrations()
+def m004_checkpoint_best(db: Database) -> None:
+    """The keep-best mark: `best` = 1 on a run's best checkpoint, and each one's score."""
+    db["checkpoints"].add_column("best", int, not_null_default=0)
+    db["checkpoints"].add_column("metric", str)
+    db["checkpoints"].add_column("score", float)

@@ -170,6 +170,19 @@ class Reader:
         return [dict(r) for r in self.conn.execute(
             "SELECT * FROM checkpoints WHERE run_id = ? ORDER BY step", (run_id,))]
 
+    def best_checkpoint(self, run_id: int) -> dict | None:
+        """The checkpoint row marked best (`[checkpoint] keep_best`), or None."""
+        row = self.conn.execute("SELECT * FROM checkpoints WHERE run_id = ? AND best = 1",
+                                (run_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def samples(self, run_id: int, after_rowid: int = 0, limit: int = 100) -> list[dict]:
+        """The run's stored samples newer than the cursor, newest first (at most `limit`);
+        each row carries its `rowid` (the next cursor is the first row's)."""
+        return [dict(r) for r in self.conn.execute(
+            "SELECT rowid, * FROM samples WHERE run_id = ? AND rowid > ? ORDER BY rowid DESC"
+            " LIMIT ?", (run_id, after_rowid, limit))]
+
     def resumes(self, run_id: int) -> list[dict]:
         return [dict(r) for r in self.conn.execute(
             "SELECT * FROM resumes WHERE run_id = ? ORDER BY rowid", (run_id,))]

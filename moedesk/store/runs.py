@@ -108,7 +108,7 @@ def truncate_for_resume(conn: sqlite3.Connection, run_id: int, from_step: int,
     removed, and the resumed trainer logs them again.
     """
     with transaction(conn):
-        for table in ("metrics", "expert_load", "checkpoints", "analysis"):
+        for table in ("metrics", "expert_load", "checkpoints", "analysis", "samples"):
             conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?", (run_id, from_step))
         conn.execute("DELETE FROM alerts WHERE run_id = ? AND step > ?", (run_id, from_step))
         conn.execute("UPDATE alerts SET cleared_step = NULL WHERE run_id = ? AND cleared_step > ?",

@@ -4,6 +4,14 @@ A checkpoint is `checkpoints/step_XXXXXXXX.pt` (a plain `torch.save` dict that l
 without moedesk) plus a sidecar `step_XXXXXXXX.json` {step, size, sha256} written after
 it. Both are written to a temporary name, fsynced and renamed, so a crash at any moment
 leaves either the complete pair or nothing that `list_checkpoints` reports.
+
+Keep-best (`[checkpoint] keep_best`): a `BestTracker` beside the loop is offered each
+measured value of the chosen metric (`profiles.schema.KEEP_BEST`: val/loss lowest,
+ff/accuracy or seed000_score highest); a new best makes the loop checkpoint that step.
+`save_checkpoint(..., best=tracker)` records the checkpoint's score in its sidecar,
+rewrites `checkpoints/best.json` {step, keep_best, metric, value} atomically, and never
+prunes the best checkpoint, whatever `keep` says. The tracker travels in the checkpoint,
+so a resumed run knows its best so far.
 """
 
 from __future__ import annotations
@@ -11,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 from pathlib import Path
 
 import torch
 
+from moedesk.paths import best_checkpoint_file
+from moedesk.profiles.schema import KEEP_BEST
 from moedesk.runner.checkpoints import (  # noqa: F401 - re-exported for trainers
     CheckpointError,
     CheckpointInfo,
@@ -48,8 +59,50 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> CheckpointInfo:
-    """Write `state` for `step` atomically; prune to the newest `keep` (0 = keep all)."""
+class BestTracker:
+    """The best value so far of the `keep_best` metric, and the step that measured it."""
+
+    def __init__(self, keep_best: str):
+        self.keep_best = keep_best
+        self.metric, direction, _ = KEEP_BEST[keep_best]
+        self.maximise = direction == "max"
+        self.step: int | None = None
+        self.value: float | None = None
+        self.measured: tuple[int, float] | None = None  # the latest (step, value) offered
+
+    def offer(self, step: int, value: float) -> bool:
+        """A value measured at `step`; True when it is a new best (checkpoint this step)."""
+        value = float(value)
+        if not math.isfinite(value):
+            return False
+        self.measured = (step, value)
+        better = self.value is None or (value > self.value if self.maximise
+                                        else value < self.value)
+        if better:
+            self.step, self.value = step, value
+        return better
+
+    def score_at(self, step: int) -> float | None:
+        """The value measured at `step` (None when that step was not measured)."""
+        return self.measured[1] if self.measured and self.measured[0] == step else None
+
+    def mark(self) -> dict:
+        return {"step": self.step, "keep_best": self.keep_best, "metric": self.metric,
+                "value": self.value}
+
+    def state_dict(self) -> dict:
+        return {"keep_best": self.keep_best, "step": self.step, "value": self.value}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        # a checkpoint from before keep_best (or from another keep_best) starts over
+        if state and state.get("keep_best") == self.keep_best:
+            self.step, self.value = state["step"], state["value"]
+
+
+def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0,
+                    best: BestTracker | None = None) -> CheckpointInfo:
+    """Write `state` for `step` atomically; prune to the newest `keep` (0 = keep all),
+    never the one `best` marks (which is written to best.json)."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
@@ -60,16 +113,22 @@ def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> Che
     try:
         _write_atomic(path, data)
         meta = {"step": step, "size": len(data), "sha256": digest, "file": path.name}
+        if best is not None:
+            meta.update(metric=best.metric, score=best.score_at(step))
         _write_atomic(path.with_suffix(".json"), json.dumps(meta).encode())
+        if best is not None and best.step is not None:
+            _write_atomic(best_checkpoint_file(run_dir), json.dumps(best.mark()).encode())
         _fsync_dir(folder)
     except OSError as exc:
         path.with_suffix(".json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     if keep > 0:
+        protected = best.step if best is not None else None
         for old in list_checkpoints(run_dir)[:-keep]:
-            old.path.with_suffix(".json").unlink(missing_ok=True)
-            old.path.unlink(missing_ok=True)
+            if old.step != protected:
+                old.path.with_suffix(".json").unlink(missing_ok=True)
+                old.path.unlink(missing_ok=True)
     return CheckpointInfo(step, path, len(data), digest)
 
 

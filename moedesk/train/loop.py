@@ -11,7 +11,11 @@ read back (one sync, with the MoE telemetry window's numbers) only on log, eval 
 checkpoint steps. A non-finite value seen in between is remembered on the device, so no
 checkpoint ever holds a non-finite state. The MoE layers' telemetry is a window beside
 the model (`MoETelemetry`, empty for the dense kind), called once per optimizer step and
-read once per logged step.
+read once per logged step. Two optional extras ride on the same steps: `[checkpoint]
+keep_best` (a `BestTracker` offered each validation loss; a new best is checkpointed at
+once and never pruned) and `[train] sample_every` (a `TrainingSampler` continues the
+sample prompts and emits them as `sample` events; its own generator, so the training
+RNG and batches are untouched, and its time is kept out of `sys/step_s`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,19 @@ from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
 from moedesk.stats import names
 from moedesk.train.analysis import RoutingAnalysis, batch_fingerprint, expert_statistics
-from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from moedesk.train.checkpoint import (
+    BestTracker,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from moedesk.train.data import DataError, LMData
 from moedesk.train.emit import Emitter
+from moedesk.train.generate import TrainingSampler
 from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
+from moedesk.train.sampling import BYTE_SOURCES, SampleError
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
@@ -81,6 +92,11 @@ def evaluate(model: LM, batches: list, autocast) -> float:
     return torch.stack(losses).mean().item()
 
 
+def best_fields(best: BestTracker, step: int) -> dict:
+    """What a checkpoint event says of keep-best: the step marked best and this one's score."""
+    return {"best_step": best.step, "metric": best.metric, "score": best.score_at(step)}
+
+
 def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | None = None,
              stop_at: int | None = None, stop: StopFlag | None = None) -> str:
     """Train (or continue) an LM run; returns the finish status (completed|stopped|failed)."""
@@ -104,7 +120,10 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         model = build_model(profile).to(device)
         # 2. the data stream has its own generator, so model changes never shift batches
         data = LMData(profile.data, profile.seed, tc.batch_size, profile.model.vocab_size, device)
-    except DataError as exc:
+        sampler = None
+        if tc.sample_every > 0 and profile.data.source in BYTE_SOURCES:  # others: no tokenizer
+            sampler = TrainingSampler(model, profile, data.splits["val"], device)
+    except (DataError, SampleError) as exc:
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
@@ -120,6 +139,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
     routing = RoutingAnalysis(model, data, tc.eval_batches * tc.batch_size,
                               profile.model.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
+    best = BestTracker(profile.checkpoint.keep_best) if profile.checkpoint.keep_best else None
 
     # 3. resume: weights, optimizer, data position, every RNG, the telemetry window
     step = 0
@@ -135,6 +155,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             # checkpoints before the telemetry window kept the same state as "extra"
             telemetry.load_state_dict(state.get("telemetry", state.get("extra", {})))
             restore_rng_states(state["rng"])
+            if best is not None:
+                best.load_state_dict(state.get("best"))
             step = int(state["step"])
         except (CheckpointError, KeyError, RuntimeError) as exc:
             reason = f"cannot resume from {resume}: {exc}"
@@ -154,10 +176,11 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
                  "config": profile_to_dict(profile), "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "data": data.state_dict(),
-                 "rng": rng_states(device), "telemetry": telemetry.state_dict()}
-        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep)
+                 "rng": rng_states(device), "telemetry": telemetry.state_dict(),
+                 "best": best.state_dict() if best is not None else None}
+        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep, best=best)
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
-                     sha256=info.sha256)
+                     sha256=info.sha256, **(best_fields(best, at_step) if best else {}))
 
     def finish(status: str, reason: str) -> str:
         emitter.log(f"{status} at step {step}: {reason}")
@@ -205,7 +228,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         do_log = step % tc.log_every == 0 or is_last
         do_eval = (tc.eval_every > 0 and step % tc.eval_every == 0) or is_last
         do_ckpt = (profile.checkpoint.every > 0 and step % profile.checkpoint.every == 0) or is_last
-        if not (do_log or do_eval or do_ckpt or stop.requested):
+        do_sample = sampler is not None and sampler.due(step)
+        if not (do_log or do_eval or do_ckpt or do_sample or stop.requested):
             continue
         # one host sync for everything; float64 keeps the int batch hash and counts exact
         host = torch.cat([torch.stack([train_loss.double(), grad_norm.to(device).double(),
@@ -244,6 +268,12 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                 emitter.log(expert_statistics(payloads))
             if not math.isfinite(val_loss):
                 return finish("failed", f"non-finite validation loss at step {step}")
+            if best is not None and best.offer(step, val_loss):
+                do_ckpt = True  # a new best is saved at once: the best step has a file
+
+        # 7b. continuations of the sample prompts (skipped on a stop request)
+        if do_sample and not stop.requested:
+            sampler.run(step, emitter)
 
         # 8. checkpoint at its interval, at the end, and on a stop request
         if do_ckpt or stop.requested:

@@ -17,6 +17,10 @@ Seams for other model kinds (the top-k MoE LM subclasses `LM`):
     the model (an auxiliary loss to add, a routing-bias update); the dense model has
     nothing to add. Persistent buffers (e.g. a routing bias) travel in `state_dict()`;
     telemetry lives beside the model (moe_telemetry.py), not in it.
+  - `forward(idx, cache=...)`: incremental decoding. The cache (generate.py's `KVCache`)
+    holds every earlier position's keys and values; each block's attention appends its
+    new ones and attends over all of them, and RoPE starts at the cached length. Without
+    a cache (training, evaluation) nothing changes.
 """
 
 from __future__ import annotations
@@ -77,18 +81,24 @@ class Attention(nn.Module):
             nn.init.normal_(linear.weight, std=std)
         nn.init.normal_(self.wo.weight, std=residual_std)
 
-    def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
+    def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
+        """`cache` (one layer of generate.py's `KVCache`): keys and values of the S earlier
+        positions; this call's T are appended and attended to as S + T keys."""
         B, T, _ = x_BTD.shape
         q_BNTH = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k_BGTH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BGTH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q_BNTH, k_BGTH = apply_rope(q_BNTH, cos_TP, sin_TP), apply_rope(k_BGTH, cos_TP, sin_TP)
+        mask = None
+        if cache is not None:
+            # T below stands for S + T from here on: the cached positions come first
+            k_BGTH, v_BGTH, mask = cache.update(k_BGTH, v_BGTH)
         # each group of N/G query heads reads the same key/value head
         group = self.n_heads // self.n_kv_heads
         k_BNTH = k_BGTH.repeat_interleave(group, dim=1) if group > 1 else k_BGTH
         v_BNTH = v_BGTH.repeat_interleave(group, dim=1) if group > 1 else v_BGTH
         y_BNTH = F.scaled_dot_product_attention(
-            q_BNTH, k_BNTH, v_BNTH, is_causal=True,
+            q_BNTH, k_BNTH, v_BNTH, attn_mask=mask, is_causal=cache is None,
             dropout_p=self.dropout if self.training else 0.0)
         return self.wo(y_BNTH.transpose(1, 2).reshape(B, T, -1))
 
@@ -121,8 +131,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = ffn
 
-    def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
-        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP))
+    def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
+        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP, cache))
         x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD))
         return x_BTD
 
@@ -162,13 +172,14 @@ class LM(nn.Module):
             if hasattr(block.ffn, "init_weights"):
                 block.ffn.init_weights(std, residual_std)
 
-    def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None
+    def forward(self, idx_BT: Tensor, targets_BT: Tensor | None = None, cache=None
                 ) -> tuple[Tensor, Tensor | None]:
         T = idx_BT.shape[1]
-        cos_TP, sin_TP = self.rope_cos_TP[:T], self.rope_sin_TP[:T]
+        start = 0 if cache is None else cache.length  # positions already in the cache
+        cos_TP, sin_TP = self.rope_cos_TP[start:start + T], self.rope_sin_TP[start:start + T]
         x_BTD = self.tok_embeddings(idx_BT)
-        for block in self.blocks:
-            x_BTD = block(x_BTD, cos_TP, sin_TP)
+        for i, block in enumerate(self.blocks):
+            x_BTD = block(x_BTD, cos_TP, sin_TP, None if cache is None else cache.layers[i])
         logits_BTV = self.output(self.norm(x_BTD))
         if targets_BT is None:
             return logits_BTV, None

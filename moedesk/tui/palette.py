@@ -1,9 +1,15 @@
-"""The colour scale of expert-load heatmaps: load ratio (tokens / fair share) -> colour.
+"""moedesk's colours: the expert-load heatmap scale, and one colour per expert id.
 
-1.0 is a fair share (c_i = mean). Under-used experts go blue, balanced green, over-used
-yellow to red; an expert with no tokens is drawn apart (a dark cell with a red cross),
-since dead experts are what the health rules look for. Styles and segments are built
-once and shared, so a heatmap update allocates almost nothing.
+Heatmaps: load ratio (tokens / fair share) -> colour. 1.0 is a fair share (c_i = mean).
+Under-used experts go blue, balanced green, over-used yellow to red; an expert with no
+tokens is drawn apart (a dark cell with a red cross), since dead experts are what the
+health rules look for. Styles and segments are built once and shared, so a heatmap
+update allocates almost nothing.
+
+Expert ids (`EXPERT_COLOURS`, `expert_style`): the per-token routing views (`moedesk
+sample --routing`, `moedesk route`, the TUI's sample view) and the PNG plots colour
+expert e with `EXPERT_COLOURS[e % len]`, with dark or light text by luminance.
+Only rich is imported: the CLI and the plots read this module without Textual.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ COLOURS = ("#262626", "#084594", "#2171b5", "#6baed6", "#41ab5d", "#fed976", "#f
 LEGEND_LABELS = ("dead", "<¼", "½", ".8", "fair", "2×", "4×", ">4×")
 NUM_LEVELS = len(COLOURS)
 DEAD = 0
+# categorical, distinct in hue and lightness (Tableau 10 plus two); ids past 12 repeat
+EXPERT_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#76b7b2",
+                  "#edc948", "#ff9da7", "#9c755f", "#bab0ac", "#86bcb6", "#d37295")
 
 
 def level(ratio: float) -> int:
@@ -37,14 +46,28 @@ def background(lvl: int) -> Style:
     return Style(bgcolor=COLOURS[lvl])
 
 
+def readable_on(colour: str) -> str:
+    """Dark or light text, whichever reads on `colour`."""
+    light = Color.parse(colour).get_truecolor()
+    luminance = 0.299 * light.red + 0.587 * light.green + 0.114 * light.blue
+    return "#101010" if luminance > 140 else "#f0f0f0"
+
+
 @cache
 def _text_on(lvl: int) -> Style:
-    light = Color.parse(COLOURS[lvl]).get_truecolor()
-    luminance = 0.299 * light.red + 0.587 * light.green + 0.114 * light.blue
-    fg = "#101010" if luminance > 140 else "#f0f0f0"
-    if lvl == DEAD:
-        fg = "#e04040"
+    fg = "#e04040" if lvl == DEAD else readable_on(COLOURS[lvl])
     return Style(color=fg, bgcolor=COLOURS[lvl])
+
+
+def expert_colour(expert: int) -> str:
+    return EXPERT_COLOURS[expert % len(EXPERT_COLOURS)]
+
+
+@cache
+def expert_style(expert: int) -> Style:
+    """Text of a token routed to `expert`: its colour as the background."""
+    colour = expert_colour(expert)
+    return Style(color=readable_on(colour), bgcolor=colour)
 
 
 @lru_cache(maxsize=4096)

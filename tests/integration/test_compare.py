@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, moedesk
+from tests.images import assert_readable_png
 
 DENSE, MOE = "profiles/lab_dense.toml", "profiles/lab_moe.toml"
 
@@ -48,7 +49,12 @@ def test_every_run_is_a_real_completed_run_in_the_store(compared):
     assert {json.loads(r[6])["train"]["threads"] for r in rows} == {m["threads_per_run"]}
     assert m["jobs"] * m["threads_per_run"] <= m["cores"]
     assert m["verdict"] in ("adopt", "defer", "never") and f"verdict: {m['verdict']}" in stdout
-    assert (out / "findings.md").read_text().count("\n## ") == 6
+    findings = (out / "findings.md").read_text()
+    assert findings.count("\n## ") == 7 and "\n## Plots" in findings
+    assert m["plots"] == ["routing-analysis.png", "expert-by-class.png", "loss-curves.png"]
+    for name in m["plots"]:
+        assert_readable_png(out / name)
+        assert f"![{name}]({name})" in findings
 
 
 def test_the_pair_of_each_seed_saw_the_same_batches_and_schedule(compared):
@@ -75,7 +81,11 @@ def test_manifest_numbers_equal_what_the_store_holds(compared):
     _, _, m, conn, _ = compared
     assert m["seeds"] == [36000, 36001] and m["steps"] == 20
     assert (m["num_experts"], m["top_k"], m["moe_layer_index"], m["alpha_aux_loss"]) == \
-        (4, 2, [1], 0.01)
+        (4, 2, 1, 0.01)
+    assert m["dense_baseline"]["params"] == m["baseline"]["params"]
+    assert m["moe_variant"]["experts_dead_count"] == m["variant"]["experts_dead_count"]["mean"]
+    # two seeds can never adopt (seed 002 asks for three)
+    assert m["verdict_for_grammar_tutor"] == m["verdict"] in ("defer", "never")
     for role in ("baseline", "variant"):
         entry = m[role]
         for run, run_id in zip(entry["runs"], entry["run_ids"], strict=True):

@@ -11,7 +11,8 @@ MODULES = ["moedesk.tui.app", "moedesk.tui.__main__", "moedesk.tui.screens.runs"
            "moedesk.tui.screens.monitor", "moedesk.tui.screens.compare",
            "moedesk.tui.screens.alerts", "moedesk.tui.screens.profiles",
            "moedesk.tui.screens.profile_picker", "moedesk.tui.screens.resume_dialog",
-           "moedesk.tui.screens.confirm_stop"]
+           "moedesk.tui.screens.confirm_stop", "moedesk.tui.screens.sample",
+           "moedesk.tui.widgets.token_stream"]
 
 
 def test_tui_never_imports_torch():

@@ -97,7 +97,8 @@ def test_manifest_numbers_equal_what_the_store_holds(compared):
     m = compare_runs(home, base_ids, var_ids)
     assert m["seeds"] == [36000, 36001, 36002] and m["seed"] == 36000 and m["steps"] == STEPS
     assert (m["num_experts"], m["top_k"], m["moe_layer_index"], m["alpha_aux_loss"]) == \
-        (4, 2, [1], 0.01)
+        (4, 2, 1, 0.01)
+    assert m["moe_layer_indices"] == [1]
     base, var = m["baseline"], m["variant"]
     assert base["run_ids"] == base_ids and var["run_ids"] == var_ids
     assert (base["params"], base["params_active"], var["params"], var["params_active"]) == \
@@ -131,6 +132,45 @@ def test_manifest_numbers_equal_what_the_store_holds(compared):
     assert vrun["routing"]["1"]["class"]["u"] == pytest.approx(0.5, abs=0.01)
     assert vrun["routing"]["1"]["frequency"]["u"] == pytest.approx(0.0, abs=1e-9)
     assert vrun["routing"]["1"]["pattern"] == "word class"
+
+
+def test_manifest_has_seed_002s_own_keys(compared):
+    home, base_ids, var_ids, base_ppl, var_ppl = compared
+    m = compare_runs(home, base_ids, var_ids)
+    for key in ("seed", "lab", "num_experts", "top_k", "moe_layer_index", "alpha_aux_loss",
+                "steps", "dense_baseline", "moe_variant", "verdict_for_grammar_tutor",
+                "lesson_notes"):
+        assert key in m, key
+    base, var = m["baseline"], m["variant"]
+    assert m["dense_baseline"] == {"params": 1000,
+                                   "final_val_ppl": pytest.approx(sum(base_ppl) / 3),
+                                   "wall_time_s": pytest.approx(base["wall_time_s"]["mean"])}
+    assert set(m["moe_variant"]) == {"params", "final_val_ppl", "wall_time_s",
+                                     "load_balance_stddev", "experts_dead_count"}
+    assert m["moe_variant"]["params"] == 2000
+    assert m["moe_variant"]["final_val_ppl"] == pytest.approx(sum(var_ppl) / 3)
+    assert m["moe_variant"]["load_balance_stddev"] == var["load_balance_stddev"]["mean"]
+    assert m["moe_variant"]["experts_dead_count"] == 1.0
+    assert m["verdict_for_grammar_tutor"] == m["verdict"] in ("defer", "never")
+    assert m["lesson_notes"].startswith("Do not adopt it")
+
+
+def test_compare_plots_are_written_beside_the_manifest(compared, tmp_path):
+    from moedesk.plots import compare_pngs, pooled_routing
+    from tests.images import assert_readable_png
+
+    home, base_ids, var_ids, _, _ = compared
+    m = compare_runs(home, base_ids, var_ids)
+    with open_reader(home) as reader:
+        paths = compare_pngs(reader, m, tmp_path)
+        pooled = pooled_routing(reader, var_ids)
+    assert [p.name for p in paths] == ["routing-analysis.png", "expert-by-class.png",
+                                       "loss-curves.png"]
+    for path in paths:
+        assert_readable_png(path)
+    # the MoE model's seeds are pooled: three runs' counts added up
+    assert pooled[1]["runs"] == 3
+    assert pooled[1]["histogram"] == [3 * c for c in routing_payload(1, True)["histogram"]]
 
 
 def test_verdict_in_the_manifest_is_the_rule_applied_to_the_stored_numbers(compared):

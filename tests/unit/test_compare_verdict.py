@@ -65,6 +65,12 @@ def test_no_gain_and_more_cost_is_never():
     assert v.decision == "never" and v.costs_more
 
 
+def test_a_clear_gain_in_two_seeds_is_not_enough_to_adopt():
+    v = decide([10.0, 10.2], [9.0, 9.1], SAME_COST, SAME_COST)
+    assert v.beyond_noise and v.gain > 0 and v.n_pairs == 2
+    assert v.decision == "defer" and "adopting needs 3 seeds" in v.reasons[0]
+
+
 def test_one_seed_cannot_adopt():
     v = decide([10.0], [5.0], SAME_COST, SAME_COST)
     assert v.decision == "defer" and v.n_pairs == 1 and math.isnan(v.noise)
@@ -88,6 +94,7 @@ def test_adopt_implies_gain_beyond_twice_the_pooled_std_in_every_seed(base, delt
     var = [b - d for b, d in zip(base, deltas, strict=False)]
     v = decide(base, var, SAME_COST, SAME_COST)
     if v.decision == "adopt":
+        assert v.n_pairs >= 3
         diffs = [b - x for b, x in zip(base, var, strict=False)]
         assert all(d > 0 for d in diffs)
         assert v.gain > NOISE_MULTIPLIER * v.noise

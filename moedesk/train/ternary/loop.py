@@ -8,7 +8,10 @@ also drives early stopping) and at the end, and checkpoints every `checkpoint.ev
 steps, every `ternary.checkpoint_every_epochs` epochs, at the end and on a stop request.
 The run ends at `train.steps`, at `ternary.max_epochs` epochs or by early stopping. A
 checkpoint holds everything the next step depends on, so a resumed run logs exactly what
-an uninterrupted one would have (timings aside).
+an uninterrupted one would have (timings aside). With `[checkpoint] keep_best` each
+evaluation offers its held-out accuracy (`ff/accuracy`) or seed 000's score
+(`ff/seed000_score`, `seed000_score` below) to a `BestTracker`; a new best is
+checkpointed at once and never pruned.
 
 Shape letters: B samples, W trits per sample, E experts.
 """
@@ -24,7 +27,12 @@ import torch
 from moedesk.profiles import Profile, profile_to_dict
 from moedesk.stats import names
 from moedesk.stats.load import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
-from moedesk.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from moedesk.train.checkpoint import (
+    BestTracker,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from moedesk.train.emit import Emitter
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import rss_mb
@@ -101,6 +109,11 @@ def active_experts_at(profile: Profile, step: int) -> int:
         if step >= at:
             k = value
     return k
+def seed000_score(goodness_delta: float, imbalance: float) -> float:
+    """Seed 000's model-selection score, goodness delta x (1 - load-balance score), with the
+    load-balance score read as `moe/imbalance` (0 balanced .. 1 collapsed,
+    docs/loadstats.md); NaN when either is unknown."""
+    return goodness_delta * (1.0 - imbalance)
 
 
 def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | None = None,
@@ -133,6 +146,9 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
     # the non-learned scorers every accuracy is read against, fitted on the training data
     scorers = Baselines(data.train_BW, run_symbols(profile).trits_per_symbol)
     typicality_B = typicality_buckets(scorers.scores(evals.pos_BW)["frequency"])
+    keep_best = profile.checkpoint.keep_best
+    best = BestTracker(keep_best) if keep_best else None
+    last_window: dict[str, float] = {}  # the latest logged window's values (seed000_score)
 
     # 2. resume: weights, specializations, counters, thresholds, generator, data position
     if resume is not None:
@@ -147,6 +163,9 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
             dead.load_state_dict(state["dead_tracker"])
             best_accuracy = float(state["best_accuracy"])
             epochs_without_better = int(state["epochs_without_better"])
+            if best is not None:
+                best.load_state_dict(state.get("best"))
+            last_window = dict(state.get("last_window") or {})
             step = int(state["step"])
         except (CheckpointError, KeyError, ValueError, RuntimeError) as exc:
             return finish("failed", f"cannot resume from {resume}: {exc}")
@@ -172,12 +191,17 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
                  "config": profile_to_dict(profile), "model": model.state_dict(),
                  "data": batches.state_dict(), "log_window": window.state_dict(),
                  "dead_tracker": dead.state_dict(), "best_accuracy": best_accuracy,
-                 "epochs_without_better": epochs_without_better}
-        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep)
+                 "epochs_without_better": epochs_without_better,
+                 "best": best.state_dict() if best is not None else None,
+                 "last_window": last_window}
+        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep, best=best)
+        extra = {} if best is None else {"best_step": best.step, "metric": best.metric,
+                                         "score": best.score_at(at_step)}
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
-                     sha256=info.sha256)
+                     sha256=info.sha256, **extra)
 
-    def evaluate(at_step: int) -> float:
+    def evaluate(at_step: int) -> tuple[float, bool]:
+        """(held-out accuracy, whether keep_best found a new best at this step)."""
         result = model.evaluate(evals.pos_BW, evals.neg_BW, tc.batch_size)
         values = {names.FF_ACCURACY: result.accuracy, names.FF_TIE_RATE: result.tie_rate,
                   names.FF_EVAL_GOODNESS_POS: result.goodness_pos,
@@ -191,6 +215,9 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
             base = scorers.accuracies(evals.pos_BW, evals.neg_BW)
             values.update({names.ff_baseline(name): base[name]
                            for name in names.FF_BASELINE_SCORERS})
+        if names.FF_GOODNESS_DELTA in last_window:
+            values[names.FF_SEED000_SCORE] = seed000_score(
+                last_window[names.FF_GOODNESS_DELTA], last_window[names.MOE_IMBALANCE])
         emitter.metrics(at_step, values)
         emitter.emit("analysis", step=at_step, name="routing/L0", payload=routing_payload(
             experts_BK=result.experts_BK, clusters_BA=result.clusters_BA,
@@ -200,7 +227,10 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
             num_experts=cfg.num_experts, num_clusters=model.router.num_clusters))
         emitter.log(f"Evaluation - step {at_step} | FF accuracy: {result.accuracy:.3f} "
                     f"(ties {result.tie_rate:.3f})")
-        return result.accuracy
+        # step 0 is the untrained baseline, never checkpointed, so never the best
+        new_best = best is not None and at_step > 0 and best.metric in values and \
+            best.offer(at_step, values[best.metric])
+        return result.accuracy, new_best
 
     # the untrained bank's accuracy is the baseline every later figure is read against
     if step == 0:
@@ -264,6 +294,7 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
                 values[names.TRAIN_CURRICULUM_PHASE] = float(phase + 1)
             emitter.metrics(step, values)
             emitter.expert_load(step, {0: counts})
+            last_window = {k: values[k] for k in (names.FF_GOODNESS_DELTA, names.MOE_IMBALANCE)}
             logs += 1
             if logs % 10 == 0 or is_end:
                 emitter.log(f"Step {step}/{tc.steps} | goodness delta "
@@ -275,9 +306,9 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
         # 6. held-out accuracy; an epoch end also decides early stopping (a stop request
         #    skips the evaluation to exit fast)
         do_eval = (tc.eval_every > 0 and step % tc.eval_every == 0) or is_end or ends_epoch
-        early_stop = False
+        early_stop = new_best = False
         if do_eval and not (stop.requested and not is_end):
-            accuracy = evaluate(step)
+            accuracy, new_best = evaluate(step)
             if ends_epoch:
                 if accuracy > best_accuracy:
                     best_accuracy, epochs_without_better = accuracy, 0
@@ -291,7 +322,7 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
                       and batches.position.epoch % cfg.checkpoint_every_epochs == 0)
         every = profile.checkpoint.every
         if ((every > 0 and step % every == 0) or epoch_ckpt or is_last or early_stop
-                or stop.requested):
+                or new_best or stop.requested):
             try:
                 save(step)
             except CheckpointError as exc:

@@ -38,6 +38,7 @@ class MonitorScreen(Screen):
         Binding("g", "routing", "Routing", id="monitor-routing"),
         Binding("g", "routing_unavailable", "Routing", show=False,
                 id="monitor-routing-unavailable"),
+        Binding("w", "sample", "Sample", id="monitor-sample"),  # dense and topk runs
     ]
 
     def __init__(self, run_id: int):
@@ -250,12 +251,21 @@ class MonitorScreen(Screen):
             return self._kind == "topk"
         if action == "routing_unavailable":
             return self._kind != "topk"
+        if action == "sample":
+            return self._kind in ("dense", "topk")
         return True
 
     def action_routing(self) -> None:
         from moedesk.tui.screens.routing import RoutingScreen
 
         self.app.push_screen(RoutingScreen(self.run_id))
+
+    def action_sample(self) -> None:
+        from moedesk.tui.screens.sample import SampleScreen
+
+        row = self._row()
+        if row:
+            self.app.push_screen(SampleScreen(self.run_id, row.run_dir, row.name, row.kind))
 
     def action_routing_unavailable(self) -> None:
         row = self._row()
