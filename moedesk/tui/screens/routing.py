@@ -28,10 +28,11 @@ from moedesk.compare.routing import SPECIALIZATION_THRESHOLD, class_expert_share
 from moedesk.paths import db_path
 from moedesk.store import Reader, StoreError
 from moedesk.store.analysis import ROUTING_PREFIX, analysis_names, analysis_steps, latest_routing
-from moedesk.tui.widgets.routing_charts import ClassHeatmap, ExpertBars
+from moedesk.tui.widgets.class_heatmap import ClassHeatmap
+from moedesk.tui.widgets.expert_bars import ExpertBars
 
 CHECK_S = 1.0
-PATTERNS = {"none": "none", "word class": "word class", "token frequency": "token frequency"}
+
 
 
 class RoutingScreen(Screen):
@@ -151,7 +152,7 @@ class RoutingScreen(Screen):
         text.append(f" · {payload['tokens']:,} validation tokens × top-{payload['top_k']}\n",
                     style="dim")
         text.append("specialization: ")
-        text.append(PATTERNS.get(spec["pattern"], spec["pattern"]), style="bold")
+        text.append(spec["pattern"], style="bold")
         text.append(f" · class U = {spec['class']['u']:.3f}"
                     f" · frequency U = {spec['frequency']['u']:.3f}\n")
         text.append("U = routing entropy explained by the property (0 none, 1 all; "
