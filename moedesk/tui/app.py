@@ -2,9 +2,16 @@
 
 The app owns the poller: one long-lived thread worker that reads the store over a
 read-only connection and posts coalescing messages (`messages.py`); screens get new
-data from the app ("attributes down"), never by reading SQLite on the UI thread. Runs
+data from the app ("attributes down", the `DataScreen` protocol of screens/base.py),
+never by reading SQLite on the UI thread; one-off reads go through `reading.py`. Runs
 are launched, stopped and resumed through `moedesk.runner.launch`, the same API as the
 CLI, in thread workers. Runs are detached processes: quitting leaves them running.
+
+Errors are never silent and never fatal: every worker belongs to the app and its one
+`Worker.StateChanged` handler turns an unexpected failure into a notification; a
+screen that fails to draw new data says so in a notification and keeps running; no
+text from the store, a file or an exception is read as markup (`notify` is literal).
+Only a real crash ends the app, and `run_app` then exits with status 1.
 This package never imports torch (tests/tui/test_import_hygiene.py).
 """
 
@@ -18,8 +25,9 @@ from pathlib import Path
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from moedesk.paths import profiles_dir as default_profiles_dir
 from moedesk.profiles import ProfileError, load_profile
@@ -34,6 +42,7 @@ from moedesk.tui.messages import (
 )
 from moedesk.tui.model import RunRow
 from moedesk.tui.poller import Poller, reap_child
+from moedesk.tui.screens.base import DataScreen
 
 POLL_ACTIVE_S = 0.3  # with the charts' spacing (line_chart.py), commit -> screen <= 0.5 s
 POLL_IDLE_S = 1.0
@@ -85,7 +94,14 @@ class MoedeskApp(App):
         poller = self.poller
         try:
             while not worker.is_cancelled:
-                result = poller.poll()
+                try:
+                    result = poller.poll()
+                except Exception as exc:  # noqa: BLE001 - one bad tick must not end polling
+                    self.post_message(StoreProblem(f"reading the store failed: "
+                                                   f"{type(exc).__name__}: {exc}"))
+                    poller.close()  # reopen on the next tick
+                    self._wake.wait(POLL_IDLE_S)
+                    continue
                 self.polls += 1
                 if result.error:
                     self.post_message(StoreProblem(result.error))
@@ -117,20 +133,47 @@ class MoedeskApp(App):
         self.alerts_key = message.alerts_key
         self.refreshes += 1
         screen = self._data_screen()
-        if screen is not None and hasattr(screen, "runs_refreshed"):
-            screen.runs_refreshed(message.runs)
+        if screen is not None:
+            self._guarded(f"showing the runs on {type(screen).__name__}",
+                          screen.runs_refreshed, message.runs)
 
     def on_run_data_changed(self, message: RunDataChanged) -> None:
         screen = self._data_screen()
-        if getattr(screen, "run_id", None) == message.run_id and hasattr(screen, "apply"):
-            screen.apply()
+        if screen is not None and screen.run_id == message.run_id:
+            self._guarded(f"drawing run {message.run_id}", screen.apply)
 
-    def _data_screen(self) -> Screen | None:
+    def _data_screen(self) -> DataScreen | None:
         """The screen showing data: the top one, or the one under an open dialog."""
         for screen in reversed(self.screen_stack):
             if not screen.is_modal:
-                return screen
+                return screen if isinstance(screen, DataScreen) else None
         return None
+
+    def _guarded(self, what: str, call: Callable, *args) -> None:
+        """Run a screen's data hook; a failure (a row it cannot draw) is shown, not fatal."""
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001 - data must never take the app down
+            self.log.error(f"{what} failed", exc)
+            self.notify(f"{what} failed: {type(exc).__name__}: {exc}",
+                        title="unexpected error", severity="error", timeout=15)
+
+    # errors: one handler for every worker, literal notifications
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state != WorkerState.ERROR:
+            return
+        worker, error = event.worker, event.worker.error
+        what = worker.description or worker.name or "background work"
+        self.log.error(f"worker {what!r} failed", error)
+        self.notify(f"{what} failed: {type(error).__name__}: {error}", title="unexpected error",
+                    severity="error", timeout=15)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification is literal text: run names, paths and error messages may
+        hold `[` and must show as typed (Textual's default would parse them as markup)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_store_problem(self, message: StoreProblem) -> None:
         self.notify(message.text, title="store", severity="error", timeout=8)
@@ -233,7 +276,7 @@ class MoedeskApp(App):
             if step is not None:
                 self._resume(row.id, step)
 
-        self.push_screen(ResumeDialog(self.home, row), chosen)
+        self.push_screen(ResumeDialog(row), chosen)
 
     @work(thread=True, group="run-ops", exit_on_error=False)
     def _resume(self, run_id: int, step: int) -> None:
@@ -265,5 +308,11 @@ class MoedeskApp(App):
 
 
 def run_app(home: Path, profiles: Path | None = None) -> None:
-    """Open the TUI on the data home `home` (runs/moedesk.db lives there)."""
-    MoedeskApp(Path(home), profiles=profiles).run()
+    """Open the TUI on the data home `home` (runs/moedesk.db lives there).
+
+    Returns when the user quits; a crash (the traceback is printed) exits with status 1.
+    """
+    app = MoedeskApp(Path(home), profiles=profiles)
+    app.run()
+    if app.return_code:
+        raise SystemExit(app.return_code)

@@ -14,13 +14,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Static
 
 from moedesk.loadstats import aggregate, load_stats
 from moedesk.tui import bands
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunData, RunRow
+from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.alert_list import AlertList
 from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
@@ -30,7 +30,7 @@ from moedesk.tui.widgets.line_chart import LineChart, series_source
 TRAIN, VAL, OTHER = "#5fafff", "#ffaf5f", "#af87ff"
 
 
-class MonitorScreen(Screen):
+class MonitorScreen(DataScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back", id="back"),
         Binding("s", "stop", "Stop", id="monitor-stop"),
@@ -276,5 +276,5 @@ class MonitorScreen(Screen):
     def action_routing_unavailable(self) -> None:
         row = self._row()
         what = f"run {self.run_id} is a {row.kind} run" if row else f"run {self.run_id} has no data yet"
-        self.notify(f"{what}: the routing analysis (expert histogram, expert-by-class heatmap) "
-                    "is recorded for topk runs only", title="routing", severity="warning")
+        self.app.notify(f"{what}: the routing analysis (expert histogram, expert-by-class heatmap) "
+                        "is recorded for topk runs only", title="routing", severity="warning")

@@ -5,16 +5,16 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from moedesk.tui.model import RunRow
+from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.run_table import RunTable
 
 AGE_REFRESH_S = 5.0
 
 
-class RunsScreen(Screen):
+class RunsScreen(DataScreen):
     BINDINGS = [
         Binding("space", "toggle_select", "Select", id="select"),
         Binding("slash", "filter", "Filter", key_display="/", id="filter"),
