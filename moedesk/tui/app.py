@@ -134,13 +134,13 @@ class MoedeskApp(App):
         self.refreshes += 1
         screen = self._data_screen()
         if screen is not None:
-            self._guarded(f"showing the runs on {type(screen).__name__}",
+            self.guard(f"showing the runs on {type(screen).__name__}",
                           screen.runs_refreshed, message.runs)
 
     def on_run_data_changed(self, message: RunDataChanged) -> None:
         screen = self._data_screen()
         if screen is not None and screen.run_id == message.run_id:
-            self._guarded(f"drawing run {message.run_id}", screen.apply)
+            self.guard(f"drawing run {message.run_id}", screen.apply)
 
     def _data_screen(self) -> DataScreen | None:
         """The screen showing data: the top one, or the one under an open dialog."""
@@ -149,7 +149,7 @@ class MoedeskApp(App):
                 return screen if isinstance(screen, DataScreen) else None
         return None
 
-    def _guarded(self, what: str, call: Callable, *args) -> None:
+    def guard(self, what: str, call: Callable, *args) -> None:
         """Run a screen's data hook; a failure (a row it cannot draw) is shown, not fatal."""
         try:
             call(*args)

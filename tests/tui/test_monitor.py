@@ -13,6 +13,7 @@ from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
 from moedesk.tui.widgets.line_chart import LineChart
+from moedesk.tui.widgets.run_stats import RunStats
 from tests.tui.conftest import loaded, make_app, screen_text, until
 from tests.tui.fixtures import FIXED_NOW, TOPK_EXPERTS, TOPK_LAYERS
 
@@ -102,7 +103,9 @@ async def test_ternary_monitor_cluster_grid_gauges_and_goodness(canned):
         assert len(heat.row_labels) == 16 and sum(len(r) for r in heat.ratios) == 243
         assert heat.size.height == 1 + 8 + 1  # two clusters per line
         assert "243 experts, 16 per row · step 80" in text
-        assert "goodness delta" in text and "goodness Δ 1.1 healthy" in text
+        assert "goodness delta" in text and "Δg 1.1 healthy" in text
+        assert "stopped  step 80/300  took 1m40s" in text
+        assert "stopped by request (exit code 0)" in text  # how it ended, under the stats
         assert "1500 samples/s" in text and "dead experts 1" in text
         assert "imbalance 0.31  healthy" in text
         assert "routing latency 130 us  slow" in text
@@ -134,3 +137,36 @@ async def test_dense_and_crashed_runs(canned):
         app.open_monitor(canned.crashed)
         await until(pilot, lambda: "dense-d · dense · crashed" in screen_text(app),
                     what="a crashed run")
+
+
+def stats_lines(screen) -> list[str]:
+    return str(screen.query_one(RunStats).render()).splitlines()
+
+
+async def test_stats_follow_every_status_change_with_its_reason(canned):
+    """Completed, stopped by an alert, failed: the stats line changes with the status, even
+    when no new metric arrives (it used to keep `running ... ETA` for minutes)."""
+    app = make_app(canned.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_monitor(pilot, canned.topk)
+        assert stats_lines(screen)[0].startswith("running  step 60/200  ETA")
+        assert len(stats_lines(screen)) == 3  # no outcome line while it runs
+        for status, error, first, last in (
+                ("stopped", "stopped by health rule routing_collapse: moe/L1/max_token_fraction"
+                            " = 1 > 0.8 for 3 logged steps", "stopped  step 60/200  took",
+                 "stopped by health rule routing_collapse: moe/L1/max_token_fraction = 1"),
+                ("failed", "CUDA out of memory\nTraceback ...", "failed  step 60/200",
+                 "CUDA out of memory"),
+                ("completed", None, "completed  step 60/200  took", None)):
+            db = connect_writer(db_path(canned.path))
+            store_runs.finish_run(db.conn, canned.topk, status, 0, error)
+            db.close()
+            await until(pilot, lambda s=status: stats_lines(screen)[0].startswith(s),
+                        what=f"the stats line to say {status}")
+            lines = stats_lines(screen)
+            assert lines[0].startswith(first) and "ETA" not in lines[0], lines
+            assert f"topk-b · topk · {status}" in screen_text(app)
+            if last is None:
+                assert len(lines) == 3, lines
+            else:
+                assert lines[3].startswith(last) and len(lines) == 4, lines

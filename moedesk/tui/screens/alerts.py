@@ -14,12 +14,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunRow
 from moedesk.tui.reading import read_in_worker
 from moedesk.tui.screens.base import DataScreen
+from moedesk.tui.widgets.key_footer import KeyFooter
 
 
 class AlertsScreen(DataScreen):
@@ -46,7 +47,7 @@ class AlertsScreen(DataScreen):
         yield Header()
         yield DataTable(id="alerts-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="alert-detail")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"

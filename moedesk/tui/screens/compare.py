@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from moedesk.store import Reader
 from moedesk.tui import format as fmt
@@ -26,6 +26,7 @@ from moedesk.tui.model import RunRow
 from moedesk.tui.reading import read_in_worker
 from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.series import SeriesBuffer
+from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.line_chart import LineChart, series_source
 
 RELOAD_S = 2.0
@@ -130,7 +131,7 @@ class CompareScreen(DataScreen):
         yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
         yield Static("", id="compare-verdict")
         yield LineChart("train loss", id="compare-chart")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"

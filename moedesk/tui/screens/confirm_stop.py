@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -24,7 +25,8 @@ class ConfirmStop(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(f"Stop run {self.row.id} ({self.row.name})?", classes="dialog-title")
+            yield Static(Text(f"Stop run {self.row.id} ({self.row.name})?"),
+                         classes="dialog-title")
             yield Static("Stop: the trainer finishes its step, writes a checkpoint and exits "
                          "(resume continues exactly). Kill: SIGKILL now, no checkpoint.",
                          classes="dialog-body")

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import math
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, Header, Log, Static
+from textual.widgets import Header, Log
 
 from moedesk.loadstats import aggregate, load_stats
 from moedesk.tui import bands
-from moedesk.tui import format as fmt
 from moedesk.tui.model import RunData, RunRow
 from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.alert_list import AlertList
 from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
+from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.line_chart import LineChart, series_source
+from moedesk.tui.widgets.run_stats import RunStats
 
 TRAIN, VAL, OTHER = "#5fafff", "#ffaf5f", "#af87ff"
 
@@ -59,7 +59,7 @@ class MonitorScreen(DataScreen):
                 yield LineChart("loss", id="loss-chart")
                 yield LineChart("learning rate", id="lr-chart")
             with VerticalScroll(id="monitor-side"):
-                yield Static(id="run-stats")
+                yield RunStats(id="run-stats")
                 yield ExpertHeatmap(id="heatmap")
                 yield ExpertTimeline(id="timeline")
                 yield BandGauge("imbalance", bands.TOPK_IMBALANCE, id="imbalance")
@@ -69,7 +69,7 @@ class MonitorScreen(DataScreen):
             with VerticalScroll(id="alerts-box"):
                 yield AlertList(id="alerts")
             yield Log(id="log-tail", max_lines=400, auto_scroll=True)
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -78,13 +78,13 @@ class MonitorScreen(DataScreen):
         self.query_one("#log-tail").border_title = "train.log"
         self.data = self.app.poller.watch(self.run_id)
         self.app.wake_poller()
-        self.apply()
+        self.app.guard(f"drawing run {self.run_id}", self.apply)
 
     def on_unmount(self) -> None:
         self.app.poller.unwatch(self.run_id)
 
     def on_screen_resume(self) -> None:
-        self.apply()
+        self.app.guard(f"drawing run {self.run_id}", self.apply)
 
     @property
     def caught_up(self) -> bool:
@@ -115,6 +115,9 @@ class MonitorScreen(DataScreen):
                 self._apply_row(row)
             if versions["curves"] != seen.get("curves"):
                 self._apply_curves(data, row)
+            if versions["row"] != seen.get("row") or versions["curves"] != seen.get("curves"):
+                # a status change (completed, stopped, failed) redraws it too, with its reason
+                self.query_one(RunStats).show(data, row)
             if versions["load"] != seen.get("load") or versions["curves"] != seen.get("curves"):
                 self._apply_load(data, row)
             if versions["alerts"] != seen.get("alerts"):
@@ -160,44 +163,6 @@ class MonitorScreen(DataScreen):
         else:
             lr_chart.title = "learning rate"
             self._series_lines(data, lr_chart, [("train/lr", "lr", OTHER)])
-        self.query_one("#run-stats", Static).update(self._stats_text(data, row), layout=False)
-
-    def _stats_text(self, data: RunData, row: RunRow) -> Text:
-        """Three lines, always: progress; throughput and goodness; experts or the error.
-
-        A fixed height lets the stats change every tick without a screen layout.
-        """
-        progress = Text(no_wrap=True, overflow="ellipsis")
-        progress.append(fmt.status_text(row.status))
-        progress.append(f"  step {fmt.step_text(row.step, row.total_steps)}")
-        step_s = data.value("sys/step_s")
-        if step_s:
-            progress.append(f"  {step_s * 1000:.0f} ms/step", style="dim")
-            if row.total_steps and row.active:
-                progress.append(f"  ETA {fmt.duration((row.total_steps - row.step) * step_s)}",
-                                style="dim")
-        speed = Text(no_wrap=True, overflow="ellipsis")
-        rate = data.value("train/samples_per_s") if row.kind == "ternary" else None
-        if rate is not None:
-            speed.append(f"{fmt.count(rate)} samples/s")
-        elif data.value("train/tokens_per_s") is not None:
-            speed.append(f"{fmt.count(data.value('train/tokens_per_s'))} tokens/s")
-        if row.kind == "ternary":
-            delta = data.value("ff/goodness_delta")
-            label, colour = bands.goodness_verdict(row, delta)
-            speed.append(f"  goodness Δ {fmt.number(delta, 3)} ")
-            speed.append(label, style=colour)
-        experts = Text(no_wrap=True, overflow="ellipsis")
-        if row.error and row.status in ("failed", "crashed"):
-            experts.append(row.error.splitlines()[0], style="#ff5f5f")
-        elif row.kind in ("topk", "ternary"):
-            dead = data.value("moe/dead_experts")
-            if dead is not None:
-                experts.append(f"dead experts {dead:.0f}", style="bold #ff5f5f" if dead else "")
-            usage = data.value("moe/usage_std")
-            if usage is not None:
-                experts.append(f"  usage std {usage:.3f}", style="dim")
-        return Text("\n").join([progress, speed, experts])
 
     def _apply_load(self, data: RunData, row: RunRow) -> None:
         heatmap = self.query_one(ExpertHeatmap)

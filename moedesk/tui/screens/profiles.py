@@ -15,10 +15,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
+from textual.widgets import DataTable, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from moedesk.profiles import ProfileError
 from moedesk.profiles.edit import ProfileDocument, list_profiles
+from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.profile_table import ProfileTable
 
 
@@ -42,8 +44,10 @@ class ProfilesScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="profiles-body"):
-            yield OptionList(*[Option(p.name, id=p.name) for p in self.paths]
-                             or [Option("no profiles", disabled=True)], id="profile-list")
+            # file names are data: Text, never markup
+            yield OptionList(*[Option(Text(p.name), id=p.name) for p in self.paths]
+                             or [Option(Text(f"no profiles in {self.folder}"), disabled=True)],
+                             id="profile-list")
             with Vertical(id="profile-editor"):
                 yield ProfileTable(id="profile-table")
                 yield Static(id="field-help")
@@ -51,7 +55,7 @@ class ProfilesScreen(Screen):
                     yield Static("", id="edit-key")
                     yield Input(id="edit-value", placeholder="select a key and press enter")
                 yield Static(id="profile-problems")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -63,12 +67,35 @@ class ProfilesScreen(Screen):
 
     # loading and validating
 
-    def open_profile(self, path: Path) -> None:
-        self.doc = ProfileDocument(path)
+    def open_profile(self, path: Path) -> bool:
+        """Open `path` in the editor; a file that cannot be read shows why, in the editor."""
         self._editing = None
         self.query_one("#edit-key", Static).update("")
-        self.query_one("#edit-value", Input).value = ""
+        box = self.query_one("#edit-value", Input)
+        box.value = ""
+        try:
+            self.doc = ProfileDocument(path)
+        except ProfileError as exc:
+            self.doc = None
+            self._show_unreadable(path, exc.lines)
+            return False
+        box.disabled = False
         self.revalidate()
+        return True
+
+    def _show_unreadable(self, path: Path, lines: list[str]) -> None:
+        self.problems, self.problem_lines = {}, lines
+        self.query_one(ProfileTable).clear()
+        self.query_one("#edit-value", Input).disabled = True
+        self.query_one("#field-help", Static).update(Text(
+            "Fix the file in an editor, then press enter on it in the list to read it again.",
+            style="italic"))
+        status = Text()
+        status.append(path.name, style="bold")
+        status.append("  cannot be opened, as `moedesk run` reports it:", style="#ff5f5f")
+        for line in lines:
+            status.append("\n  " + line, style="#ff5f5f")
+        self.query_one("#profile-problems", Static).update(status)
 
     def revalidate(self) -> None:
         doc = self.doc
@@ -103,8 +130,8 @@ class ProfilesScreen(Screen):
             self.app.notify("Unsaved edits: save (ctrl+s) or revert (ctrl+z) first.",
                             title="profiles", severity="warning")
             return
-        self.open_profile(path)
-        self.query_one(ProfileTable).focus()
+        if self.open_profile(path):
+            self.query_one(ProfileTable).focus()
 
     # editing one key
 
@@ -172,7 +199,13 @@ class ProfilesScreen(Screen):
                             severity="error")
             return False
         if self.doc.dirty:
-            self.doc.save()
+            try:
+                self.doc.save()
+            except (OSError, ProfileError) as exc:
+                lines = exc.lines if isinstance(exc, ProfileError) else [str(exc)]
+                self.app.notify("\n".join(lines), title=f"not saved: {self.doc.path.name}",
+                                severity="error")
+                return False
             self.app.notify(f"saved {self.doc.path.name}", title="profiles")
         self.revalidate()
         return True

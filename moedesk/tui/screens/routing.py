@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, ScrollableContainer
 from textual.message import Message
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
 from moedesk.compare.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.store import Reader
@@ -29,6 +29,7 @@ from moedesk.tui.reading import read_in_worker
 from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.class_heatmap import ClassHeatmap
 from moedesk.tui.widgets.expert_bars import ExpertBars
+from moedesk.tui.widgets.key_footer import KeyFooter
 
 CHECK_S = 1.0
 
@@ -115,7 +116,7 @@ class RoutingScreen(DataScreen):
             with Container(id="routing-panels"):
                 yield ExpertBars(id="routing-bars")
                 yield ClassHeatmap(id="routing-classes")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"

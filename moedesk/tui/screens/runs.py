@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Header, Input, Static
 
 from moedesk.tui.model import RunRow
 from moedesk.tui.screens.base import DataScreen
+from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.run_table import RunTable
 
 AGE_REFRESH_S = 5.0
@@ -30,7 +32,7 @@ class RunsScreen(DataScreen):
         yield Input(placeholder="filter runs by name, kind or status", id="runs-filter")
         yield RunTable(self.app.clock, id="runs-table")
         yield Static(id="runs-status")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -65,7 +67,7 @@ class RunsScreen(DataScreen):
             parts.append(f"filter: {table.filter_text!r} ({table.row_count} shown)")
         if not runs:
             parts = [f"no runs yet in {self.app.home}: press n to start one from a profile"]
-        self.query_one("#runs-status", Static).update("  ·  ".join(parts))
+        self.query_one("#runs-status", Static).update(Text("  ·  ".join(parts)))
 
     # keys
 

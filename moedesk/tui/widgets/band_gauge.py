@@ -3,7 +3,9 @@
 Line 1: the title, the value and the band it falls in ("imbalance 0.31  healthy").
 Line 2: the scale, each band in its colour with its edges written in, and a marker at
 the value. Used for the imbalance score (bands per run kind) and the routing latency
-(log scale, 100 and 500 us bands). The bands are `moedesk.tui.bands.Band`s.
+(log scale, 100 and 500 us bands). The bands are `moedesk.tui.bands.Band`s. Given one
+line of height (short terminals), it draws the title, the value in its band's colour and
+the scale side by side.
 """
 
 from __future__ import annotations
@@ -67,8 +69,13 @@ class BandGauge(CachedLines):
             return f"{value:.2g}" if abs(value) < 10 else f"{value:.0f}"
         return f"{value:.{self.digits}f}"
 
+    def layout_key(self) -> tuple[int, int]:
+        return self.size.width, self.size.height
+
     def build_line(self, y: int) -> Strip:
         width, base = self.size.width, self.rich_style
+        if y == 0 and self.size.height == 1:
+            return self._one_line(width, base)
         if y == 0:
             segments = [Segment(self.title + " ", base + Style(bold=True))]
             if self.value is None or not math.isfinite(self.value):
@@ -85,6 +92,21 @@ class BandGauge(CachedLines):
         if y != 1 or width < 4 or not self.bands:
             return Strip.blank(width, base)
         return Strip(self._scale(width))
+
+    def _one_line(self, width: int, base: Style) -> Strip:
+        """A gauge one line tall (short terminals): title, value in its band's colour, scale."""
+        segments = [Segment(self.title + " ", base + Style(bold=True))]
+        if self.value is None or not math.isfinite(self.value):
+            text = "nan " if self.value is not None else "no data yet "
+            segments.append(Segment(text, base + Style(dim=True)))
+        else:
+            band = self.band_of(self.value)
+            colour = Style(color=band.colour, bold=True) if band else Style()
+            segments.append(Segment(f"{self._fmt(self.value)}{self.unit} ", base + colour))
+        used = sum(s.cell_length for s in segments)
+        if self.bands and width - used >= 12:
+            segments += self._scale(width - used)
+        return Strip(segments)
 
     def _scale(self, width: int) -> list[Segment]:
         cells = [" "] * width

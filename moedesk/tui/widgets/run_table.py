@@ -107,8 +107,8 @@ class RunTable(DataTable):
         return (
             Text("✓", style="bold #5fd75f") if row.id in self.selected else Text(" "),
             str(row.id),
-            row.name,
-            row.kind,
+            Text(row.name),  # data is never markup: a run named "[/]" shows as typed
+            Text(row.kind),
             fmt.status_text(row.status),
             fmt.step_text(row.step, row.total_steps),
             loss,
