@@ -38,7 +38,7 @@ class KeyFooter(Footer):
         self._composed_width = self.size.width
         palette = [w for w in items if w.has_class("-command-palette")]
         keys = [w for w in items if isinstance(w, FooterKey) and w not in palette]
-        budget = self.size.width - 1 - sum(key_width(w, self.compact) for w in palette)
+        budget = self.size.width - sum(key_width(w, self.compact) for w in palette)
         if not self.size.width or sum(key_width(w, self.compact) for w in keys) <= budget:
             yield from items
             return
