@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from textual import work
@@ -55,10 +56,14 @@ class MoedeskApp(App):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS = [
-        Binding("n", "new_run", "New run", id="new-run"),
-        Binding("a", "alerts", "Alerts", id="alerts"),
-        Binding("p", "profiles", "Profiles", id="profiles"),
-        Binding("q", "quit", "Quit", id="quit"),
+        Binding("n", "new_run", "New run", id="new-run",
+                tooltip="Launch a run from a profile"),
+        Binding("a", "alerts", "Alerts", id="alerts",
+                tooltip="Alerts across all runs"),
+        Binding("p", "profiles", "Profiles", id="profiles",
+                tooltip="Edit, validate and launch profiles"),
+        Binding("q", "quit", "Quit", id="quit",
+                tooltip="Quit moedesk; runs keep running"),
     ]
 
     def __init__(self, home: Path, *, profiles: Path | None = None,
@@ -73,6 +78,7 @@ class MoedeskApp(App):
         self.alerts_key: tuple = ()
         self.refreshes = 0  # RunsRefreshed messages applied (tests wait on it)
         self.polls = 0  # poll ticks completed by the worker
+        self.followed_run: int | None = None  # the runs cursor goes there (launched, opened)
         self._wake = threading.Event()
         self._children: set[int] = set()
 
@@ -186,6 +192,7 @@ class MoedeskApp(App):
             self._children.add(message.supervisor_pid)
         self.wake_poller()
         self.notify(f"run {message.run_id} ({message.name}) started", title="launched")
+        self.followed_run = message.run_id
         if message.open_monitor:
             self.open_monitor(message.run_id)
 
@@ -194,6 +201,7 @@ class MoedeskApp(App):
     def open_monitor(self, run_id: int) -> None:
         from moedesk.tui.screens.monitor import MonitorScreen
 
+        self.followed_run = run_id
         self.push_screen(MonitorScreen(run_id))
 
     def open_compare(self, run_ids: list[int]) -> None:
@@ -289,22 +297,29 @@ class MoedeskApp(App):
         self.call_from_thread(self.notify, f"run {info.id} resumes from step {from_step}",
                               title="resume")
 
-    # the command palette
+    # the command palette: every key of the current screen, and the app's extras
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("New run", "Launch a run from a profile", self.action_new_run)
-        yield SystemCommand("Alerts", "Alerts across all runs", self.action_alerts)
-        yield SystemCommand("Profiles", "Edit, validate and launch profiles",
-                            self.action_profiles)
-        for action, title, help_text in (
-                ("open_run", "Open run", "Monitor the run under the cursor"),
-                ("stop", "Stop run", "Graceful stop: finish the step, checkpoint, exit"),
-                ("resume", "Resume run", "Continue a stopped run from a checkpoint"),
-                ("compare", "Compare selected runs", "Side by side, loss curves overlaid")):
-            if hasattr(screen, f"action_{action}"):
-                yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
-        yield SystemCommand("Quit moedesk", "Runs keep running", self.action_quit)
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":  # Textual's own; ours is the `q` binding below
+                yield command
+        yield from binding_commands(self, screen)
+
+
+def binding_commands(app: App, screen: Screen) -> Iterable[SystemCommand]:
+    """One palette command per moedesk binding active on `screen` (its focused widget's,
+    its own and the app's), hidden ones included, so the palette holds every key.
+    A key bound twice to one action (`[` and `←`) gives one command."""
+    seen = set()
+    for node, binding, enabled, tooltip in screen.active_bindings.values():
+        if not enabled or not type(node).__module__.startswith("moedesk."):
+            continue
+        if (id(node), binding.action) in seen:
+            continue
+        seen.add((id(node), binding.action))
+        key = binding.key_display or app.get_key_display(binding)
+        yield SystemCommand(binding.description, f"{key} · {tooltip or binding.description}",
+                            partial(app.run_action, binding.action, node))
 
 
 def run_app(home: Path, profiles: Path | None = None) -> None:

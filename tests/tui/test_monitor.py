@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from moedesk.paths import db_path
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 from moedesk.store.ingest import Batch, write_batch
 from moedesk.tui.app import POLL_ACTIVE_S
 from moedesk.tui.screens.monitor import MonitorScreen
+from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
 from moedesk.tui.widgets.line_chart import LineChart
@@ -43,14 +42,19 @@ async def test_topk_monitor_shows_every_panel(canned):
         assert "layers × 8 experts · step 60" in text
         assert "fair" in text and "dead" in text  # the legend
         assert "imbalance 0.05" in text and "balanced" in text
-        assert "routing latency 42 us" in text and "healthy" in text
+        assert "routing latency 42 us" in text  # one-line gauge at 30 rows: colour, no label
+        latency = screen.query_one("#latency", BandGauge)
+        assert latency.size.height == 1 and latency.band_of(latency.value).label == "healthy"
         assert "8060 tokens/s" in text
         assert "usage_std @40" in text and "Increase moe.aux_loss_weight" in text
         assert "12:10:05 Step 50/200" in text
         assert screen.query_one("#loss-chart", LineChart).builds >= 1
 
 
-async def test_new_rows_appear_within_half_a_second(canned):
+async def test_new_rows_appear_within_a_few_poll_ticks(canned):
+    """A commit is on screen by the third poll tick after it (a tick may be under way when
+    it lands, the next reads it, the charts' 0.2 s spacing may span one more). Counted in
+    ticks, not seconds: the latency itself is measured by bench/tui_refresh.py."""
     app = make_app(canned.path)
     app.poll_interval = POLL_ACTIVE_S  # the app's own cadence, not the tests' faster one
     async with app.run_test(size=(100, 30)) as pilot:
@@ -65,11 +69,11 @@ async def test_new_rows_appear_within_half_a_second(canned):
         batch.add_expert_load(61, {str(layer): counts for layer in range(TOPK_LAYERS)},
                               FIXED_NOW + 61)
         write_batch(db.conn, canned.topk, batch)
-        committed = time.monotonic()
+        ticks_at_commit = app.polls
         db.close()
         await until(pilot, lambda: "train 1.234" in screen_text(app)
-                    and "step 61" in heat.caption, timeout=5, what="the new step on screen")
-        assert time.monotonic() - committed <= 0.5
+                    and "step 61" in heat.caption, timeout=30, what="the new step on screen")
+        assert app.polls - ticks_at_commit <= 3
         assert heat.levels[0][3] > heat.levels[0][0]  # expert 3 now runs hot
         train = chart.lines[0]
         assert train.last == 1.234 and train.xs[-1] == 61

@@ -43,7 +43,8 @@ async def test_edit_validate_save_and_launch(canned, profiles_dir, monkeypatch):
         await edit_key(pilot, "model.dim", "0")
         assert screen.problems == {"model.dim": "got 0; must be >= 8 and <= 16384"}
         assert screen.problem_lines == [f"{path}: model.dim: got 0; must be >= 8 and <= 16384"]
-        assert "1 problem(s), as `moedesk run` reports them" in screen_text(app)
+        text = screen_text(app)
+        assert "1 problem(s)" in text and "as `moedesk run` reports them:" in text
         await pilot.press("ctrl+s")
         assert path.read_text() == original  # an invalid profile is never written
         await pilot.press("escape")  # leaves the edit line, restoring 64

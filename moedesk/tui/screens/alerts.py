@@ -25,9 +25,12 @@ from moedesk.tui.widgets.key_footer import KeyFooter
 
 class AlertsScreen(DataScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="alerts-back"),
-        Binding("o", "toggle_open", "Open only", id="alerts-open-only"),
-        Binding("enter", "open_run", "Open run", id="alerts-open-run"),
+        Binding("escape", "app.pop_screen", "Back", id="alerts-back",
+                tooltip="Back to the previous screen"),
+        Binding("o", "toggle_open", "Open only", id="alerts-open-only",
+                tooltip="Show only open alerts, or all"),
+        Binding("enter", "open_run", "Open run", id="alerts-open-run",
+                tooltip="Monitor the alert's run"),
     ]
 
     @dataclass

@@ -111,7 +111,8 @@ def verdict_text(reader: Reader, run_ids: list[int]) -> str:
 
 
 class CompareScreen(DataScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="compare-back")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="compare-back",
+                        tooltip="Back to the runs")]
 
     @dataclass
     class Loaded(Message):

@@ -14,9 +14,12 @@ from moedesk.tui.model import RunRow
 
 class ConfirmStop(ModalScreen[str | None]):
     BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel", id="stop-cancel"),
-        Binding("y", "choose('graceful')", "Stop", id="stop-graceful"),
-        Binding("k", "choose('kill')", "Kill", id="stop-kill"),
+        Binding("escape", "dismiss(None)", "Cancel", id="stop-cancel",
+                tooltip="Keep the run going"),
+        Binding("y", "choose('graceful')", "Stop", id="stop-graceful",
+                tooltip="Finish the step, write a checkpoint, exit (resume continues exactly)"),
+        Binding("k", "choose('kill')", "Kill", id="stop-kill",
+                tooltip="SIGKILL now, no checkpoint"),
     ]
 
     def __init__(self, row: RunRow):

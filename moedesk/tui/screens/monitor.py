@@ -32,14 +32,20 @@ TRAIN, VAL, OTHER = "#5fafff", "#ffaf5f", "#af87ff"
 
 class MonitorScreen(DataScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="back"),
-        Binding("s", "stop", "Stop", id="monitor-stop"),
-        Binding("r", "resume", "Resume", id="monitor-resume"),
-        Binding("t", "toggle_timeline", "Timeline", id="toggle-timeline"),
+        Binding("escape", "app.pop_screen", "Back", id="back",
+                tooltip="Back to the runs"),
+        Binding("s", "stop", "Stop", id="monitor-stop",
+                tooltip="Graceful stop (finish the step, checkpoint, exit) or kill"),
+        Binding("r", "resume", "Resume", id="monitor-resume",
+                tooltip="Continue this run from a checkpoint"),
+        Binding("t", "toggle_timeline", "Timeline", id="toggle-timeline",
+                tooltip="Show or hide the experts-over-time strip"),
         # routing analysis: shown for topk runs; other kinds get a notice on the same key
-        Binding("g", "routing", "Routing", id="monitor-routing"),
+        Binding("g", "routing", "Routing", id="monitor-routing",
+                tooltip="Routing analysis: expert histogram and expert-by-class heatmap"),
         Binding("g", "routing_unavailable", "Routing", show=False,
-                id="monitor-routing-unavailable"),
+                id="monitor-routing-unavailable",
+                tooltip="Routing analysis (recorded for topk runs only)"),
     ]
 
     def __init__(self, run_id: int):

@@ -25,7 +25,8 @@ from moedesk.tui.reading import run_in_worker
 
 
 class ProfilePicker(ModalScreen[Path | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="picker-cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="picker-cancel",
+                        tooltip="Close without launching")]
 
     @dataclass
     class Checked(Message):

@@ -21,15 +21,20 @@ from textual.widgets.option_list import Option
 from moedesk.profiles import ProfileError
 from moedesk.profiles.edit import ProfileDocument, list_profiles
 from moedesk.tui.widgets.key_footer import KeyFooter
+from moedesk.tui.widgets.profile_list import ProfileList
 from moedesk.tui.widgets.profile_table import ProfileTable
 
 
 class ProfilesScreen(Screen):
     BINDINGS = [
-        Binding("escape", "back", "Back", id="profiles-back"),
-        Binding("ctrl+s", "save", "Save", id="profile-save"),
-        Binding("ctrl+l", "launch", "Launch", id="profile-launch"),
-        Binding("ctrl+z", "revert", "Revert", id="profile-revert"),
+        Binding("escape", "back", "Back", id="profiles-back",
+                tooltip="Back (in the edit line: put the old value back)"),
+        Binding("ctrl+s", "save", "Save", id="profile-save",
+                tooltip="Save the profile (refused while it is invalid)"),
+        Binding("ctrl+l", "launch", "Launch", id="profile-launch",
+                tooltip="Save the profile and launch a run from it"),
+        Binding("ctrl+z", "revert", "Revert", id="profile-revert",
+                tooltip="Drop the unsaved edits"),
     ]
 
     def __init__(self, folder: Path):
@@ -45,9 +50,9 @@ class ProfilesScreen(Screen):
         yield Header()
         with Horizontal(id="profiles-body"):
             # file names are data: Text, never markup
-            yield OptionList(*[Option(Text(p.name), id=p.name) for p in self.paths]
-                             or [Option(Text(f"no profiles in {self.folder}"), disabled=True)],
-                             id="profile-list")
+            yield ProfileList(*[Option(Text(p.name), id=p.name) for p in self.paths]
+                              or [Option(Text(f"no profiles in {self.folder}"), disabled=True)],
+                              id="profile-list")
             with Vertical(id="profile-editor"):
                 yield ProfileTable(id="profile-table")
                 yield Static(id="field-help")
@@ -114,12 +119,14 @@ class ProfilesScreen(Screen):
         status.append(f"  ({len(doc.edits)} unsaved edit(s))" if doc.dirty else "  (saved)",
                       style="#ffd75f" if doc.dirty else "dim")
         if self.problem_lines:
-            status.append(f"\n{len(self.problem_lines)} problem(s), as `moedesk run` reports"
-                          " them:", style="#ff5f5f")
-            for line in self.problem_lines:
-                status.append("\n  " + line, style="#ff5f5f")
+            status.append(f"  {len(self.problem_lines)} problem(s)", style="#ff5f5f")
         else:
             status.append("  valid", style="#5fd75f")
+        status.append("  ·  tab: files, keys, edit line", style="dim")
+        if self.problem_lines:
+            status.append("\nas `moedesk run` reports them:", style="#ff5f5f")
+            for line in self.problem_lines:
+                status.append("\n  " + line, style="#ff5f5f")
         self.query_one("#profile-problems", Static).update(status)
         self._show_help()
 

@@ -24,7 +24,8 @@ from moedesk.tui.reading import read_in_worker
 
 
 class ResumeDialog(ModalScreen[int | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="resume-cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="resume-cancel",
+                        tooltip="Close without resuming")]
 
     @dataclass
     class Loaded(Message):

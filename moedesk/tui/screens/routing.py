@@ -85,14 +85,19 @@ def read_routing(reader: Reader, run_id: int, known: tuple | None) -> RoutingRea
 
 class RoutingScreen(DataScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="routing-back"),
-        Binding("left_square_bracket", "layer(-1)", "Prev layer", id="routing-prev-layer"),
-        Binding("right_square_bracket", "layer(1)", "Next layer", id="routing-next-layer"),
+        Binding("escape", "app.pop_screen", "Back", id="routing-back",
+                tooltip="Back to the monitor"),
+        Binding("left_square_bracket", "layer(-1)", "Prev layer", id="routing-prev-layer",
+                tooltip="Previous MoE layer (also left)"),
+        Binding("right_square_bracket", "layer(1)", "Next layer", id="routing-next-layer",
+                tooltip="Next MoE layer (also right)"),
         # priority: the scroll area would take the arrows for sideways scrolling
         Binding("left", "layer(-1)", "Prev layer", show=False, priority=True,
-                id="routing-prev-layer-arrow"),
+                id="routing-prev-layer-arrow",
+                tooltip="Previous MoE layer"),
         Binding("right", "layer(1)", "Next layer", show=False, priority=True,
-                id="routing-next-layer-arrow"),
+                id="routing-next-layer-arrow",
+                tooltip="Next MoE layer"),
     ]
 
     @dataclass

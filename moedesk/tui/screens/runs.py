@@ -18,13 +18,20 @@ AGE_REFRESH_S = 5.0
 
 class RunsScreen(DataScreen):
     BINDINGS = [
-        Binding("space", "toggle_select", "Select", id="select"),
-        Binding("slash", "filter", "Filter", key_display="/", id="filter"),
-        Binding("o", "cycle_sort", "Sort", id="sort"),
-        Binding("s", "stop", "Stop", id="stop"),
-        Binding("r", "resume", "Resume", id="resume"),
-        Binding("c", "compare", "Compare", id="compare"),
-        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear-filter"),
+        Binding("space", "toggle_select", "Select", id="select",
+                tooltip="Select or unselect the run under the cursor (for compare)"),
+        Binding("slash", "filter", "Filter", key_display="/", id="filter",
+                tooltip="Filter runs by name, kind or status"),
+        Binding("o", "cycle_sort", "Sort", id="sort",
+                tooltip="Cycle the sort: newest, name, status, loss, health"),
+        Binding("s", "stop", "Stop", id="stop",
+                tooltip="Graceful stop (finish the step, checkpoint, exit) or kill"),
+        Binding("r", "resume", "Resume", id="resume",
+                tooltip="Continue a stopped run from a checkpoint"),
+        Binding("c", "compare", "Compare", id="compare",
+                tooltip="Compare the selected runs side by side"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear-filter",
+                tooltip="Clear the filter"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -45,12 +52,19 @@ class RunsScreen(DataScreen):
         self.runs_refreshed(self.app.runs)
         self.table.focus()
 
+    def _follow(self) -> None:
+        """The cursor goes to the run last launched or opened (`app.followed_run`)."""
+        run_id = self.app.followed_run
+        if run_id is not None and self.table.follow(run_id):
+            self.app.followed_run = None
+
     @property
     def table(self) -> RunTable:
         return self.query_one(RunTable)
 
     def runs_refreshed(self, runs: tuple[RunRow, ...]) -> None:
         self.table.show_runs(runs)
+        self._follow()
         self._update_status()
 
     def _tick_ages(self) -> None:

@@ -94,7 +94,8 @@ class BandGauge(CachedLines):
         return Strip(self._scale(width))
 
     def _one_line(self, width: int, base: Style) -> Strip:
-        """A gauge one line tall (short terminals): title, value in its band's colour, scale."""
+        """A gauge one line tall (short terminals): title, value in its band's colour, the
+        band's name where the scale keeps 16 cells, the scale."""
         segments = [Segment(self.title + " ", base + Style(bold=True))]
         if self.value is None or not math.isfinite(self.value):
             text = "nan " if self.value is not None else "no data yet "
@@ -103,6 +104,9 @@ class BandGauge(CachedLines):
             band = self.band_of(self.value)
             colour = Style(color=band.colour, bold=True) if band else Style()
             segments.append(Segment(f"{self._fmt(self.value)}{self.unit} ", base + colour))
+            used = sum(s.cell_length for s in segments)
+            if band is not None and width - used - len(band.label) - 1 >= 16:
+                segments.append(Segment(f"{band.label} ", base + Style(color=band.colour)))
         used = sum(s.cell_length for s in segments)
         if self.bands and width - used >= 12:
             segments += self._scale(width - used)

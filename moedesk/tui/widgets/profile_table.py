@@ -8,12 +8,17 @@ The problem column shows the CLI's own message for that key ("got 0; must be >= 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
 from moedesk.profiles.edit import KIND_SECTIONS, FieldSpec, ProfileDocument, field_specs
 
 
 class ProfileTable(DataTable):
+    # DataTable hides its enter binding; here enter edits the key, so the footer says so
+    BINDINGS = [Binding("enter", "select_cursor", "Edit", id="profile-edit",
+                        tooltip="Edit the key under the cursor")]
+
     def __init__(self, *, id: str | None = None):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self.specs = field_specs()
