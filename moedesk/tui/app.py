@@ -306,14 +306,20 @@ class MoedeskApp(App):
         yield from binding_commands(self, screen)
 
 
+def moedesk_binding_ids(cls: type) -> set[str]:
+    """The ids of the bindings moedesk's classes in `cls`'s MRO declare themselves."""
+    return {b.id for c in cls.__mro__ if c.__module__.startswith("moedesk.")
+            for b in vars(c).get("BINDINGS", ()) if isinstance(b, Binding) and b.id}
+
+
 def binding_commands(app: App, screen: Screen) -> Iterable[SystemCommand]:
     """One palette command per moedesk binding active on `screen` (its focused widget's,
-    its own and the app's), hidden ones included, so the palette holds every key.
+    its own and the app's; hidden ones too), so the palette holds every key.
     A key bound twice to one action (`[` and `←`) gives one command."""
     seen = set()
     for node, binding, enabled, tooltip in screen.active_bindings.values():
-        if not enabled or not type(node).__module__.startswith("moedesk."):
-            continue
+        if not enabled or binding.id not in moedesk_binding_ids(type(node)):
+            continue  # Textual's own keys (tab, ctrl+c) are not the screen's
         if (id(node), binding.action) in seen:
             continue
         seen.add((id(node), binding.action))

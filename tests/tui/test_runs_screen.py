@@ -140,18 +140,18 @@ async def test_app_keys_footer_and_command_palette(canned):
     app = make_app(canned.path)
     async with app.run_test(size=(140, 30)) as pilot:
         await loaded(pilot)
-        await pilot.pause()
+        await until(pilot, lambda: "Quit" in screen_text(app).splitlines()[-1], what="footer")
         footer = screen_text(app).splitlines()[-1]
         for label in ("Open", "Select", "Filter", "Sort", "Stop", "Resume", "Compare",
                       "New run", "Alerts", "Profiles", "Quit"):
             assert label in footer, label
         titles = {c.title for c in app.get_system_commands(app.screen)}
-        assert {"New run", "Open run", "Stop run", "Resume run", "Compare selected runs",
-                "Alerts", "Profiles", "Quit moedesk"} <= titles
+        assert {"New run", "Open", "Stop", "Resume", "Compare", "Alerts", "Profiles",
+                "Quit"} <= titles  # the keys of the screen, by their footer names
         await pilot.press("ctrl+p")
         await until(pilot, lambda: isinstance(app.screen, CommandPalette), what="palette")
         await pilot.press(*"compare")
-        await until(pilot, lambda: "Compare selected runs" in screen_text(app),
+        await until(pilot, lambda: "Compare the selected runs side by side" in screen_text(app),
                     what="the compare command")
         await pilot.press("escape")
         await pilot.press("a")

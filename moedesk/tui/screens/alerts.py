@@ -14,13 +14,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Header, Static
+from textual.widgets import DataTable, Static
 
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunRow
 from moedesk.tui.reading import read_in_worker
 from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.key_footer import KeyFooter
+from moedesk.tui.widgets.title_header import TitleHeader
 
 
 class AlertsScreen(DataScreen):
@@ -47,7 +48,7 @@ class AlertsScreen(DataScreen):
         self._key: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield DataTable(id="alerts-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="alert-detail")
         yield KeyFooter(compact=True)

@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Header, Static
+from textual.widgets import DataTable, Static
 
 from moedesk.store import Reader
 from moedesk.tui import format as fmt
@@ -28,6 +28,7 @@ from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.series import SeriesBuffer
 from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.line_chart import LineChart, series_source
+from moedesk.tui.widgets.title_header import TitleHeader
 
 RELOAD_S = 2.0
 RUN_COLOURS = ("#5fafff", "#ffaf5f", "#87d787", "#ff87af", "#d7d75f", "#af87ff")
@@ -128,7 +129,7 @@ class CompareScreen(DataScreen):
         self._last_load = 0.0
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield DataTable(id="compare-table", cursor_type="none", zebra_stripes=True)
         yield Static("", id="compare-verdict")
         yield LineChart("train loss", id="compare-chart")

@@ -13,7 +13,7 @@ import math
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Header, Log
+from textual.widgets import Log
 
 from moedesk.loadstats import aggregate, load_stats
 from moedesk.tui import bands
@@ -26,6 +26,7 @@ from moedesk.tui.widgets.expert_timeline import ExpertTimeline
 from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.line_chart import LineChart, series_source
 from moedesk.tui.widgets.run_stats import RunStats
+from moedesk.tui.widgets.title_header import TitleHeader
 
 TRAIN, VAL, OTHER = "#5fafff", "#ffaf5f", "#af87ff"
 
@@ -59,7 +60,7 @@ class MonitorScreen(DataScreen):
         self._kind = ""
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with Horizontal(id="monitor-top"):
             with Vertical(id="monitor-charts"):
                 yield LineChart("loss", id="loss-chart")
@@ -144,7 +145,7 @@ class MonitorScreen(DataScreen):
             self.query_one("#latency", BandGauge).set_bands(bands.latency_bands(row))
             if row.kind == "ternary":
                 self.query_one("#timeline", ExpertTimeline).row_name = "cluster"
-            self.refresh_bindings()  # `g` (routing) shows for topk runs only
+            self.refresh_bindings()  # `g` (routing) shows for topk runs, `t` not for dense
 
     def _series_lines(self, data: RunData, chart: LineChart,
                       wanted: list[tuple[str, str, str]]) -> None:
@@ -237,6 +238,8 @@ class MonitorScreen(DataScreen):
             return self._kind == "topk"
         if action == "routing_unavailable":
             return self._kind != "topk"
+        if action == "toggle_timeline":
+            return self._kind != "dense"  # a dense run has no experts to show over time
         return True
 
     def action_routing(self) -> None:

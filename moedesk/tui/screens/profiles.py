@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Header, Input, OptionList, Static
+from textual.widgets import DataTable, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from moedesk.profiles import ProfileError
@@ -23,6 +23,13 @@ from moedesk.profiles.edit import ProfileDocument, list_profiles
 from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.profile_list import ProfileList
 from moedesk.tui.widgets.profile_table import ProfileTable
+from moedesk.tui.widgets.title_header import TitleHeader
+
+
+def without_path(line: str, path: Path) -> str:
+    """A CLI problem line (`FILE: key: message`) without the file, named above it."""
+    prefix = f"{path}: "
+    return line[len(prefix):] if line.startswith(prefix) else line
 
 
 class ProfilesScreen(Screen):
@@ -47,7 +54,7 @@ class ProfilesScreen(Screen):
         self._editing = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with Horizontal(id="profiles-body"):
             # file names are data: Text, never markup
             yield ProfileList(*[Option(Text(p.name), id=p.name) for p in self.paths]
@@ -65,10 +72,11 @@ class ProfilesScreen(Screen):
     def on_mount(self) -> None:
         self.title = "moedesk"
         self.sub_title = f"profiles · {self.folder.name}/"
+        opened = bool(self.paths) and self.open_profile(self.paths[0])
         if self.paths:
-            self.open_profile(self.paths[0])
             self.query_one("#profile-list", OptionList).highlighted = 0
-        self.query_one(ProfileTable).focus()
+        # an unreadable first file: the list has focus, to pick another
+        self.query_one(ProfileTable if opened else ProfileList).focus()
 
     # loading and validating
 
@@ -97,9 +105,9 @@ class ProfilesScreen(Screen):
             style="italic"))
         status = Text()
         status.append(path.name, style="bold")
-        status.append("  cannot be opened, as `moedesk run` reports it:", style="#ff5f5f")
+        status.append("  cannot be opened; `moedesk run` says:", style="#ff5f5f")
         for line in lines:
-            status.append("\n  " + line, style="#ff5f5f")
+            status.append("\n  " + without_path(line, path), style="#ff5f5f")
         self.query_one("#profile-problems", Static).update(status)
 
     def revalidate(self) -> None:
@@ -126,7 +134,7 @@ class ProfilesScreen(Screen):
         if self.problem_lines:
             status.append("\nas `moedesk run` reports them:", style="#ff5f5f")
             for line in self.problem_lines:
-                status.append("\n  " + line, style="#ff5f5f")
+                status.append("\n  " + without_path(line, doc.path), style="#ff5f5f")
         self.query_one("#profile-problems", Static).update(status)
         self._show_help()
 

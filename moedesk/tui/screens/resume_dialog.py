@@ -43,6 +43,8 @@ class ResumeDialog(ModalScreen[int | None]):
             yield Static("Rows logged after the checkpoint are removed; the run continues "
                          "as if never interrupted.", classes="dialog-body")
             yield OptionList(id="checkpoints")
+            yield Static("enter resumes from the highlighted step · esc cancels",
+                         classes="dialog-hint")
 
     def on_mount(self) -> None:
         self._load()

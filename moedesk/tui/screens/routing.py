@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, ScrollableContainer
 from textual.message import Message
-from textual.widgets import Header, Static
+from textual.widgets import Static
 
 from moedesk.compare.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
 from moedesk.store import Reader
@@ -30,6 +30,7 @@ from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.class_heatmap import ClassHeatmap
 from moedesk.tui.widgets.expert_bars import ExpertBars
 from moedesk.tui.widgets.key_footer import KeyFooter
+from moedesk.tui.widgets.title_header import TitleHeader
 
 CHECK_S = 1.0
 
@@ -115,7 +116,7 @@ class RoutingScreen(DataScreen):
         self._key: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with ScrollableContainer(id="routing-scroll"):
             yield Static(id="routing-head")
             with Container(id="routing-panels"):

@@ -6,12 +6,13 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Header, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from moedesk.tui.model import RunRow
 from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.run_table import RunTable
+from moedesk.tui.widgets.title_header import TitleHeader
 
 AGE_REFRESH_S = 5.0
 
@@ -35,7 +36,7 @@ class RunsScreen(DataScreen):
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield Input(placeholder="filter runs by name, kind or status", id="runs-filter")
         yield RunTable(self.app.clock, id="runs-table")
         yield Static(id="runs-status")
