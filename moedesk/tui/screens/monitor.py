@@ -177,7 +177,7 @@ class MonitorScreen(DataScreen):
         if row.kind == "dense":
             return
         if data.load_step is None:
-            heatmap.clear_grid("expert load: waiting for the first logged step")
+            heatmap.clear_grid("expert load: waiting for data")
         elif row.cluster_size:
             ratios = next(iter(data.load_layers.values()))
             size = row.cluster_size

@@ -44,7 +44,7 @@ class ProfilePicker(ModalScreen[Path | None]):
             yield OptionList(*[Option(Text(p.name), id=str(i)) for i, p in enumerate(self.paths)]
                              or [Option(Text(f"no profiles found in {self.folder}"),
                                         disabled=True)], id="profiles")
-            yield Static("enter launches a run from the highlighted profile · esc cancels",
+            yield Static("enter launches a run from it · esc cancels",
                          classes="dialog-hint")
 
     def on_mount(self) -> None:
