@@ -78,6 +78,7 @@ class MoedeskApp(App):
         self.alerts_key: tuple = ()
         self.refreshes = 0  # RunsRefreshed messages applied (tests wait on it)
         self.polls = 0  # poll ticks completed by the worker
+        self._guard_errors: dict[str, str] = {}  # hook -> its last failure, shown once
         self.followed_run: int | None = None  # the runs cursor goes there (launched, opened)
         self._wake = threading.Event()
         self._children: set[int] = set()
@@ -156,13 +157,19 @@ class MoedeskApp(App):
         return None
 
     def guard(self, what: str, call: Callable, *args) -> None:
-        """Run a screen's data hook; a failure (a row it cannot draw) is shown, not fatal."""
+        """Run a screen's data hook; a failure (a row it cannot draw) is shown, not fatal.
+
+        The same failure on every tick is shown once, until the hook succeeds again."""
         try:
             call(*args)
         except Exception as exc:  # noqa: BLE001 - data must never take the app down
-            self.log.error(f"{what} failed", exc)
-            self.notify(f"{what} failed: {type(exc).__name__}: {exc}",
-                        title="unexpected error", severity="error", timeout=15)
+            text = f"{what} failed: {type(exc).__name__}: {exc}"
+            if self._guard_errors.get(what) != text:
+                self._guard_errors[what] = text
+                self.log.error(text)
+                self.notify(text, title="unexpected error", severity="error", timeout=15)
+            return
+        self._guard_errors.pop(what, None)
 
     # errors: one handler for every worker, literal notifications
 

@@ -114,6 +114,10 @@ async def test_a_screen_that_cannot_draw_says_so_and_the_app_goes_on(canned, mon
         app.open_monitor(canned.topk)
         await until(pilot, lambda: any(f"drawing run {canned.topk} failed" in n
                                        for n in notes(app)), what="the drawing error")
+        ticks = app.polls
+        await until(pilot, lambda: app.polls >= ticks + 3, what="three more ticks")
+        app.guard(f"drawing run {canned.topk}", app.screen.apply, True)  # the same failure:
+        assert sum(f"drawing run {canned.topk} failed" in n for n in notes(app)) == 1  # shown once
         assert app.is_running
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)

@@ -125,7 +125,7 @@ class RunTable(DataTable):
             fmt.step_text(row.step, row.total_steps),
             loss,
             fmt.health_text(row.health),
-            fmt.age(now - row.created_at),
+            fmt.age(now - row.created_at) if row.created_at is not None else "-",
         )
 
     def _render(self) -> None:
