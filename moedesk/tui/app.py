@@ -95,7 +95,7 @@ class MoedeskApp(App):
     # the poller thread
 
     @work(thread=True, exclusive=True, group="poll", exit_on_error=False,
-          description="Polling the run store")
+          description="polling the run store")
     def _poll_loop(self) -> None:
         worker = get_current_worker()
         poller = self.poller
@@ -141,8 +141,8 @@ class MoedeskApp(App):
         self.refreshes += 1
         screen = self._data_screen()
         if screen is not None:
-            self.guard(f"showing the runs on {type(screen).__name__}",
-                          screen.runs_refreshed, message.runs)
+            self.guard(f"showing the runs on {type(screen).__name__}", screen.runs_refreshed,
+                       message.runs)
 
     def on_run_data_changed(self, message: RunDataChanged) -> None:
         screen = self._data_screen()
@@ -240,7 +240,7 @@ class MoedeskApp(App):
     def request_launch(self, path: Path) -> None:
         self._launch(Path(path))
 
-    @work(thread=True, group="run-ops", exit_on_error=False)
+    @work(thread=True, group="run-ops", exit_on_error=False, description="launching a run")
     def _launch(self, path: Path) -> None:
         try:
             profile = load_profile(path)
@@ -267,7 +267,7 @@ class MoedeskApp(App):
 
         self.push_screen(ConfirmStop(row), chosen)
 
-    @work(thread=True, group="run-ops", exit_on_error=False)
+    @work(thread=True, group="run-ops", exit_on_error=False, description="stopping a run")
     def _stop(self, run_id: int, kill: bool) -> None:
         try:
             info = stop_run(self.home, run_id, kill=kill)
@@ -293,7 +293,7 @@ class MoedeskApp(App):
 
         self.push_screen(ResumeDialog(row), chosen)
 
-    @work(thread=True, group="run-ops", exit_on_error=False)
+    @work(thread=True, group="run-ops", exit_on_error=False, description="resuming a run")
     def _resume(self, run_id: int, step: int) -> None:
         try:
             info, from_step = resume_run(self.home, run_id, step)
