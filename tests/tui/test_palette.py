@@ -80,3 +80,25 @@ async def test_a_palette_command_does_what_its_key_does(canned):
         await pilot.press("enter")
         await until(pilot, lambda: not timeline.display, what="the strip hidden")
         assert app.screen is screen
+
+
+async def test_the_footer_fits_its_width_after_a_live_resize(canned):
+    """newuser.md B9: at 80 columns the footer leaked clipped labels (`p P▏^p paletteu`)."""
+    app = make_app(canned.path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        app.open_monitor(canned.topk)
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.caught_up,
+                    what="the monitor")
+        footer = lambda: screen_text(app).splitlines()[-1]  # noqa: E731
+        await until(pilot, lambda: "p Profiles" in footer(), what="the wide footer")
+        await pilot.resize_terminal(80, 24)
+        fitted = "esc Back s Stop r Resume t Timeline g Routing n New run q Quit"
+        await until(pilot, lambda: footer().split("▏")[0].rstrip() == fitted,
+                    what="the footer refitted to 80 columns")
+        await pilot.pause(0.2)
+        line = footer()
+        assert line.split("▏")[0].rstrip() == fitted, line  # and it stays so
+        assert line.rstrip().endswith("▏^p palette"), line  # nothing bleeds past it
+        await pilot.resize_terminal(120, 40)
+        await until(pilot, lambda: "p Profiles" in footer(), what="the wide footer again")
