@@ -43,19 +43,18 @@ async def test_a_profile_with_a_toml_syntax_error_opens_in_the_editor(canned, pr
         await loaded(pilot)
         await pilot.press("p")
         screen = await until(pilot, lambda: isinstance(app.screen, ProfilesScreen)
-                             and app.screen)
-        await pilot.pause()
+                             and "cannot be opened" in screen_text(app) and app.screen)
         text = screen_text(app)
         assert screen.doc is None
         assert "aa_syntax.toml  cannot be opened" in text
         assert "(toml): not valid TOML" in text and "line 3" in text  # the CLI's own line
         assert screen.query_one("#edit-value").disabled  # nothing to edit
         lst = screen.query_one("#profile-list")
-        lst.focus()
+        screen.set_focus(lst)
         await pilot.press("down", "enter")  # tiny_dense.toml: a good file still opens
         assert screen.doc is not None and screen.doc.path.name == "tiny_dense.toml"
         assert "model.dim" in screen_text(app)
-        lst.focus()
+        screen.set_focus(lst)
         await pilot.press("end", "enter")  # zz_syntax.toml, selected from the list
         await pilot.pause()
         assert screen.doc is None and "zz_syntax.toml  cannot be opened" in screen_text(app)
@@ -194,7 +193,7 @@ async def test_profile_values_like_markup_show_as_typed(canned, profiles_dir):
         await loaded(pilot)
         await pilot.press("p")
         screen = await until(pilot, lambda: isinstance(app.screen, ProfilesScreen)
-                             and app.screen)
+                             and app.screen.doc is not None and app.screen)
         table = screen.query_one(ProfileTable)
         assert table.get_cell("name", "value") == Text("[/]")
         table.move_cursor(row=[s.key for s in table.order].index("model.dim"))

@@ -146,7 +146,7 @@ class ProfilesScreen(Screen):
                             title="profiles", severity="warning")
             return
         if self.open_profile(path):
-            self.query_one(ProfileTable).focus()
+            self.set_focus(self.query_one(ProfileTable))
 
     # editing one key
 
@@ -164,7 +164,11 @@ class ProfilesScreen(Screen):
         self.query_one("#field-help", Static).update(text)
 
     @on(DataTable.RowSelected, "#profile-table")
-    def _edit(self) -> None:
+    def _row_clicked(self) -> None:
+        self.action_edit_key()
+
+    def action_edit_key(self) -> None:
+        """Open the key under the cursor in the edit line (enter in the table)."""
         spec = self.query_one(ProfileTable).spec_at_cursor()
         if spec is None or self.doc is None:
             return
@@ -172,7 +176,7 @@ class ProfilesScreen(Screen):
         self.query_one("#edit-key", Static).update(Text(f"{spec.key} = ", style="bold"))
         box = self.query_one("#edit-value", Input)
         box.value = self.doc.raw(spec)
-        box.focus()
+        self.set_focus(box)  # at once, not after the queued events
 
     @on(Input.Changed, "#edit-value")
     def _typed(self, event: Input.Changed) -> None:
@@ -187,7 +191,7 @@ class ProfilesScreen(Screen):
     def _committed(self) -> None:
         self._editing = None
         self.query_one("#edit-key", Static).update("")
-        self.query_one(ProfileTable).focus()
+        self.set_focus(self.query_one(ProfileTable))
 
     def action_back(self) -> None:
         if self._editing is not None and self.doc is not None:
@@ -197,7 +201,7 @@ class ProfilesScreen(Screen):
             self.query_one("#edit-key", Static).update("")
             self.query_one("#edit-value", Input).value = ""
             self.revalidate()
-            self.query_one(ProfileTable).focus()
+            self.set_focus(self.query_one(ProfileTable))
             return
         if self.doc is not None and self.doc.dirty:
             self.app.notify("Unsaved edits kept in the editor; ctrl+s saves, ctrl+z reverts.",

@@ -102,7 +102,7 @@ class RunsScreen(DataScreen):
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
         box.display = True
-        box.focus()
+        self.set_focus(box)  # at once: what is typed right after `/` goes to the filter
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:

@@ -15,8 +15,10 @@ from moedesk.profiles.edit import KIND_SECTIONS, FieldSpec, ProfileDocument, fie
 
 
 class ProfileTable(DataTable):
-    # DataTable hides its enter binding; here enter edits the key, so the footer says so
-    BINDINGS = [Binding("enter", "select_cursor", "Edit", id="profile-edit",
+    # enter edits the key (shown in the footer). It runs the screen's action while the key
+    # is handled, not through a RowSelected message, so the edit line has focus before
+    # the next key arrives: nothing typed right after enter is lost (newuser.md B17)
+    BINDINGS = [Binding("enter", "screen.edit_key", "Edit", id="profile-edit",
                         tooltip="Edit the key under the cursor")]
 
     def __init__(self, *, id: str | None = None):
