@@ -106,6 +106,8 @@ def test_compare(snap_compare, canned):
         pilot.app.open_compare([canned.dense, canned.topk, canned.crashed])
         await until(pilot, lambda: isinstance(pilot.app.screen, CompareScreen)
                     and pilot.app.screen.loads)
+        chart = pilot.app.screen.query_one(LineChart)
+        await until(pilot, lambda: chart.builds and chart._pending is None, what="the chart")
         await pilot.pause()
     assert snap_compare(make_app(canned.path), terminal_size=(80, 24), run_before=run_before)
 
