@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
+from tomlkit.exceptions import TOMLKitError
 
 from moedesk.profiles import (
+    Problem,
     ProfileError,
     apply_overrides,
     parse_overrides,
@@ -90,9 +92,14 @@ class ProfileDocument:
         self.reload()
 
     def reload(self) -> None:
+        """Read the file; an unreadable or invalid TOML file raises `ProfileError`, as the CLI."""
+        self.data = read_toml(self.path)  # first: its errors are the CLI's, naming the file
         self.text = self.path.read_text(encoding="utf-8")
-        self.doc = tomlkit.parse(self.text)
-        self.data = read_toml(self.path)
+        try:
+            self.doc = tomlkit.parse(self.text)
+        except TOMLKitError as exc:
+            raise ProfileError(str(self.path), [Problem("(toml)", f"not valid TOML: {exc}")]
+                               ) from None
         self.edits: dict[str, str] = {}
 
     @property

@@ -2,9 +2,16 @@
 
 The app owns the poller: one long-lived thread worker that reads the store over a
 read-only connection and posts coalescing messages (`messages.py`); screens get new
-data from the app ("attributes down"), never by reading SQLite on the UI thread. Runs
+data from the app ("attributes down", the `DataScreen` protocol of screens/base.py),
+never by reading SQLite on the UI thread; one-off reads go through `reading.py`. Runs
 are launched, stopped and resumed through `moedesk.runner.launch`, the same API as the
 CLI, in thread workers. Runs are detached processes: quitting leaves them running.
+
+Errors are never silent and never fatal: every worker belongs to the app and its one
+`Worker.StateChanged` handler turns an unexpected failure into a notification; a
+screen that fails to draw new data says so in a notification and keeps running; no
+text from the store, a file or an exception is read as markup (`notify` is literal).
+Only a real crash ends the app, and `run_app` then exits with status 1.
 This package never imports torch (tests/tui/test_import_hygiene.py).
 """
 
@@ -13,13 +20,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from moedesk.paths import profiles_dir as default_profiles_dir
 from moedesk.profiles import ProfileError, load_profile
@@ -34,6 +43,7 @@ from moedesk.tui.messages import (
 )
 from moedesk.tui.model import RunRow
 from moedesk.tui.poller import Poller, reap_child
+from moedesk.tui.screens.base import DataScreen
 
 POLL_ACTIVE_S = 0.3  # with the charts' spacing (line_chart.py), commit -> screen <= 0.5 s
 POLL_IDLE_S = 1.0
@@ -46,10 +56,14 @@ class MoedeskApp(App):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS = [
-        Binding("n", "new_run", "New run", id="new-run"),
-        Binding("a", "alerts", "Alerts", id="alerts"),
-        Binding("p", "profiles", "Profiles", id="profiles"),
-        Binding("q", "quit", "Quit", id="quit"),
+        Binding("n", "new_run", "New run", id="new-run",
+                tooltip="Launch a run from a profile"),
+        Binding("a", "alerts", "Alerts", id="alerts",
+                tooltip="Alerts across all runs"),
+        Binding("p", "profiles", "Profiles", id="profiles",
+                tooltip="Edit, validate and launch profiles"),
+        Binding("q", "quit", "Quit", id="quit",
+                tooltip="Quit moedesk; runs keep running"),
     ]
 
     def __init__(self, home: Path, *, profiles: Path | None = None,
@@ -64,6 +78,8 @@ class MoedeskApp(App):
         self.alerts_key: tuple = ()
         self.refreshes = 0  # RunsRefreshed messages applied (tests wait on it)
         self.polls = 0  # poll ticks completed by the worker
+        self._guard_errors: dict[str, str] = {}  # hook -> its last failure, shown once
+        self.followed_run: int | None = None  # the runs cursor goes there (launched, opened)
         self._wake = threading.Event()
         self._children: set[int] = set()
 
@@ -79,13 +95,20 @@ class MoedeskApp(App):
     # the poller thread
 
     @work(thread=True, exclusive=True, group="poll", exit_on_error=False,
-          description="Polling the run store")
+          description="polling the run store")
     def _poll_loop(self) -> None:
         worker = get_current_worker()
         poller = self.poller
         try:
             while not worker.is_cancelled:
-                result = poller.poll()
+                try:
+                    result = poller.poll()
+                except Exception as exc:  # noqa: BLE001 - one bad tick must not end polling
+                    self.post_message(StoreProblem(f"reading the store failed: "
+                                                   f"{type(exc).__name__}: {exc}"))
+                    poller.close()  # reopen on the next tick
+                    self._wake.wait(POLL_IDLE_S)
+                    continue
                 self.polls += 1
                 if result.error:
                     self.post_message(StoreProblem(result.error))
@@ -117,20 +140,53 @@ class MoedeskApp(App):
         self.alerts_key = message.alerts_key
         self.refreshes += 1
         screen = self._data_screen()
-        if screen is not None and hasattr(screen, "runs_refreshed"):
-            screen.runs_refreshed(message.runs)
+        if screen is not None:
+            self.guard(f"showing the runs on {type(screen).__name__}", screen.runs_refreshed,
+                       message.runs)
 
     def on_run_data_changed(self, message: RunDataChanged) -> None:
         screen = self._data_screen()
-        if getattr(screen, "run_id", None) == message.run_id and hasattr(screen, "apply"):
-            screen.apply()
+        if screen is not None and screen.run_id == message.run_id:
+            self.guard(f"drawing run {message.run_id}", screen.apply)
 
-    def _data_screen(self) -> Screen | None:
+    def _data_screen(self) -> DataScreen | None:
         """The screen showing data: the top one, or the one under an open dialog."""
         for screen in reversed(self.screen_stack):
             if not screen.is_modal:
-                return screen
+                return screen if isinstance(screen, DataScreen) else None
         return None
+
+    def guard(self, what: str, call: Callable, *args) -> None:
+        """Run a screen's data hook; a failure (a row it cannot draw) is shown, not fatal.
+
+        The same failure on every tick is shown once, until the hook succeeds again."""
+        try:
+            call(*args)
+        except Exception as exc:  # noqa: BLE001 - data must never take the app down
+            text = f"{what} failed: {type(exc).__name__}: {exc}"
+            if self._guard_errors.get(what) != text:
+                self._guard_errors[what] = text
+                self.log.error(text)
+                self.notify(text, title="unexpected error", severity="error", timeout=15)
+            return
+        self._guard_errors.pop(what, None)
+
+    # errors: one handler for every worker, literal notifications
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state != WorkerState.ERROR:
+            return
+        worker, error = event.worker, event.worker.error
+        what = worker.description or worker.name or "background work"
+        self.log.error(f"worker {what!r} failed", error)
+        self.notify(f"{what} failed: {type(error).__name__}: {error}", title="unexpected error",
+                    severity="error", timeout=15)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification is literal text: run names, paths and error messages may
+        hold `[` and must show as typed (Textual's default would parse them as markup)."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     def on_store_problem(self, message: StoreProblem) -> None:
         self.notify(message.text, title="store", severity="error", timeout=8)
@@ -143,6 +199,7 @@ class MoedeskApp(App):
             self._children.add(message.supervisor_pid)
         self.wake_poller()
         self.notify(f"run {message.run_id} ({message.name}) started", title="launched")
+        self.followed_run = message.run_id
         if message.open_monitor:
             self.open_monitor(message.run_id)
 
@@ -151,6 +208,7 @@ class MoedeskApp(App):
     def open_monitor(self, run_id: int) -> None:
         from moedesk.tui.screens.monitor import MonitorScreen
 
+        self.followed_run = run_id
         self.push_screen(MonitorScreen(run_id))
 
     def open_compare(self, run_ids: list[int]) -> None:
@@ -182,7 +240,7 @@ class MoedeskApp(App):
     def request_launch(self, path: Path) -> None:
         self._launch(Path(path))
 
-    @work(thread=True, group="run-ops", exit_on_error=False)
+    @work(thread=True, group="run-ops", exit_on_error=False, description="launching a run")
     def _launch(self, path: Path) -> None:
         try:
             profile = load_profile(path)
@@ -209,7 +267,7 @@ class MoedeskApp(App):
 
         self.push_screen(ConfirmStop(row), chosen)
 
-    @work(thread=True, group="run-ops", exit_on_error=False)
+    @work(thread=True, group="run-ops", exit_on_error=False, description="stopping a run")
     def _stop(self, run_id: int, kill: bool) -> None:
         try:
             info = stop_run(self.home, run_id, kill=kill)
@@ -233,9 +291,9 @@ class MoedeskApp(App):
             if step is not None:
                 self._resume(row.id, step)
 
-        self.push_screen(ResumeDialog(self.home, row), chosen)
+        self.push_screen(ResumeDialog(row), chosen)
 
-    @work(thread=True, group="run-ops", exit_on_error=False)
+    @work(thread=True, group="run-ops", exit_on_error=False, description="resuming a run")
     def _resume(self, run_id: int, step: int) -> None:
         try:
             info, from_step = resume_run(self.home, run_id, step)
@@ -246,24 +304,43 @@ class MoedeskApp(App):
         self.call_from_thread(self.notify, f"run {info.id} resumes from step {from_step}",
                               title="resume")
 
-    # the command palette
+    # the command palette: every key of the current screen, and the app's extras
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield SystemCommand("New run", "Launch a run from a profile", self.action_new_run)
-        yield SystemCommand("Alerts", "Alerts across all runs", self.action_alerts)
-        yield SystemCommand("Profiles", "Edit, validate and launch profiles",
-                            self.action_profiles)
-        for action, title, help_text in (
-                ("open_run", "Open run", "Monitor the run under the cursor"),
-                ("stop", "Stop run", "Graceful stop: finish the step, checkpoint, exit"),
-                ("resume", "Resume run", "Continue a stopped run from a checkpoint"),
-                ("compare", "Compare selected runs", "Side by side, loss curves overlaid")):
-            if hasattr(screen, f"action_{action}"):
-                yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
-        yield SystemCommand("Quit moedesk", "Runs keep running", self.action_quit)
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":  # Textual's own; ours is the `q` binding below
+                yield command
+        yield from binding_commands(self, screen)
+
+
+def moedesk_binding_ids(cls: type) -> set[str]:
+    """The ids of the bindings moedesk's classes in `cls`'s MRO declare themselves."""
+    return {b.id for c in cls.__mro__ if c.__module__.startswith("moedesk.")
+            for b in vars(c).get("BINDINGS", ()) if isinstance(b, Binding) and b.id}
+
+
+def binding_commands(app: App, screen: Screen) -> Iterable[SystemCommand]:
+    """One palette command per moedesk binding active on `screen` (its focused widget's,
+    its own and the app's; hidden ones too), so the palette holds every key.
+    A key bound twice to one action (`[` and `←`) gives one command."""
+    seen = set()
+    for node, binding, enabled, tooltip in screen.active_bindings.values():
+        if not enabled or binding.id not in moedesk_binding_ids(type(node)):
+            continue  # Textual's own keys (tab, ctrl+c) are not the screen's
+        if (id(node), binding.action) in seen:
+            continue
+        seen.add((id(node), binding.action))
+        key = binding.key_display or app.get_key_display(binding)
+        yield SystemCommand(binding.description, f"{key} · {tooltip or binding.description}",
+                            partial(app.run_action, binding.action, node))
 
 
 def run_app(home: Path, profiles: Path | None = None) -> None:
-    """Open the TUI on the data home `home` (runs/moedesk.db lives there)."""
-    MoedeskApp(Path(home), profiles=profiles).run()
+    """Open the TUI on the data home `home` (runs/moedesk.db lives there).
+
+    Returns when the user quits; a crash (the traceback is printed) exits with status 1.
+    """
+    app = MoedeskApp(Path(home), profiles=profiles)
+    app.run()
+    if app.return_code:
+        raise SystemExit(app.return_code)

@@ -9,8 +9,20 @@ healthy top-k router there), 0.1-0.3 uneven, above 0.3 imbalanced.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from moedesk.tui.model import RunRow
-from moedesk.tui.widgets.band_gauge import Band
+
+
+@dataclass(frozen=True)
+class Band:
+    """A stretch [lo, hi) of a gauge's scale, painted `colour`, named `label`."""
+
+    lo: float
+    hi: float
+    colour: str
+    label: str
+
 
 GOOD, LOW, WARN, POOR, BAD = "#4e9a57", "#4a7fb0", "#c9a227", "#d9782d", "#c8443a"
 TOPK_IMBALANCE = [Band(0.0, 0.1, GOOD, "balanced"), Band(0.1, 0.3, WARN, "uneven"),

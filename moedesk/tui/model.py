@@ -177,9 +177,24 @@ class RunData:
             return [(f"c{i}", row) for i, row in enumerate(groups(ratios, cluster))]
         return [(f"L{i}", self.load_layers[i]) for i in sorted(self.load_layers)]
 
-    def set_alerts(self, alerts: list[dict]) -> None:
-        self.alerts = alerts
-        self.bump("alerts")
+    def alerts_since(self) -> int:
+        """The alert id to read after. Alerts up to the oldest one still open are final
+        (a cleared alert stays cleared; only a resume reopens, and it resets this model),
+        so a tick reads the new alerts and those that may have cleared, never the rest."""
+        open_ids = [a["id"] for a in self.alerts if a.get("cleared_step") is None]
+        return min(open_ids) - 1 if open_ids else self.alert_cursor
+
+    def merge_alerts(self, rows: list[dict]) -> None:
+        """Alerts read after `alerts_since()`: new ones are added, re-read ones replaced."""
+        if not rows:
+            return
+        by_id = {a["id"]: a for a in self.alerts}
+        changed = [a for a in rows if by_id.get(a["id"]) != a]
+        self.alert_cursor = max(self.alert_cursor, rows[-1]["id"])
+        if changed:
+            by_id.update((a["id"], a) for a in changed)
+            self.alerts = [by_id[i] for i in sorted(by_id)]
+            self.bump("alerts")
 
     def add_log(self, lines: list[str]) -> None:
         if lines:

@@ -1,11 +1,13 @@
-"""The TUI's only reader of the store: one read-only connection, polled from a thread.
+"""The TUI's live reader of the store: one read-only connection, polled from a thread.
 
 `Poller.poll()` does one tick: the runs list (with each run's latest loss and worst open
 alert) and, for every watched run, only the rows newer than that run's cursors:
-metrics, expert load, alerts and new bytes of `RUN_DIR/train.log`. It never re-reads a
-whole history on a tick. A resume deletes the rows after its checkpoint and logs them
-again, so when a run's resume count moves its cached series are reset and refetched.
-No Textual here: the app's thread worker calls `poll()` and posts messages.
+metrics, expert load, alerts (from the oldest one still open, `RunData.alerts_since`)
+and new bytes of `RUN_DIR/train.log`. It never re-reads a whole history on a tick. A
+damaged row of one watched run is reported in `PollResult.error` without stopping the
+others. A resume deletes the rows after its checkpoint and logs them again, so when a
+run's resume count moves its cached series are reset and refetched. Screens' one-off
+reads go through `reading.py`. No Textual here: the app's thread worker calls `poll()` and posts messages.
 """
 
 from __future__ import annotations
@@ -104,16 +106,25 @@ class Poller:
             with self._watch_lock:
                 watched = list(self._watched.values())
             by_id = {r.id: r for r in runs}
+            problems = []
             for data in watched:
-                if self._poll_run(reader, data, by_id.get(data.run_id)):
-                    result.changed.append(data.run_id)
+                try:
+                    if self._poll_run(reader, data, by_id.get(data.run_id)):
+                        result.changed.append(data.run_id)
+                except (ValueError, TypeError, KeyError, IndexError) as exc:
+                    # a damaged row of this run: the others and the runs list go on
+                    problems.append(f"run {data.run_id}: cannot read its new rows "
+                                    f"({type(exc).__name__}: {exc})")
         except Exception as exc:  # a locked or replaced file: report, reopen next tick
             message = f"cannot read {self.db_file}: {exc}"
             self.close()
             if message != self._last_error:
                 self._last_error = result.error = message
             return result
-        self._last_error = None
+        message = "; ".join(problems) or None
+        if message != self._last_error:
+            result.error = message
+        self._last_error = message
         if runs != self.runs:
             self.runs = runs
             result.runs = runs
@@ -184,10 +195,10 @@ class Poller:
                 data.reset()  # rows after the checkpoint were deleted: refetch from scratch
             data.num_resumes = num_resumes
             data.set_row(row)
-            cursor = data.metric_cursor
+            cursor, alerts_since = data.metric_cursor, data.alerts_since()
         metrics, metric_cursor = reader.metrics_since(data.run_id, cursor, list(MONITOR_METRICS))
         loads, load_cursor = reader.expert_load_since(data.run_id, data.load_cursor)
-        alerts = reader.alerts(data.run_id)
+        alerts = reader.alerts(data.run_id, after_id=alerts_since)
         if len(reader.resumes(data.run_id)) != num_resumes:
             return False  # a resume landed mid-tick: drop this tick, the next one resets
         lines = self._read_log(data, row)
@@ -196,8 +207,7 @@ class Poller:
             data.metric_cursor = metric_cursor
             data.add_expert_load(loads)
             data.load_cursor = load_cursor
-            if alerts != data.alerts:
-                data.set_alerts(alerts)
+            data.merge_alerts(alerts)
             data.add_log(lines)
         return data.versions != before
 
@@ -215,9 +225,12 @@ class Poller:
             return []
         first = data.log_offset == 0
         start = max(0, size - LOG_CHUNK) if first else data.log_offset
-        with open(path, "rb") as f:
-            f.seek(start)
-            chunk = f.read(size - start)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                chunk = f.read(size - start)
+        except OSError:
+            return []  # removed or unreadable since the stat: try again next tick
         cut = chunk.rfind(b"\n")
         if cut < 0:
             return []  # no complete line yet: keep the partial one for the next tick

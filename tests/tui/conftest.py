@@ -38,7 +38,7 @@ def make_app(home: Path, profiles: Path | None = None, fixed_clock: bool = True)
                       poll_interval=0.05)
 
 
-async def until(pilot, predicate: Callable[[], object], timeout: float = 10.0,
+async def until(pilot, predicate: Callable[[], object], timeout: float = 30.0,
                 what: str = "condition"):
     """Let the app run until `predicate()` is truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

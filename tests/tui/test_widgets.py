@@ -6,8 +6,8 @@ from rich.style import Style
 from textual.app import App, ComposeResult
 
 from moedesk.tui import palette
-from moedesk.tui.bands import TOPK_IMBALANCE
-from moedesk.tui.widgets.band_gauge import Band, BandGauge
+from moedesk.tui.bands import TOPK_IMBALANCE, Band
+from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
 from moedesk.tui.widgets.line_chart import ansi_to_strips

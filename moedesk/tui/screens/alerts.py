@@ -1,39 +1,42 @@
 """AlertsScreen: every alert of every run, newest first; open ones only with `o`.
 
 Each row: run, step, severity, rule, open or cleared, message and suggested action.
-Enter opens the run's monitor. The table is re-read (in a thread worker) whenever the
-poller reports that an alert fired or cleared.
+Enter opens the run's monitor. The table is re-read (`reading.read_in_worker`) whenever
+the poller reports that an alert fired or cleared.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Static
 
-from moedesk.paths import db_path
-from moedesk.store import Reader, StoreError
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunRow
+from moedesk.tui.reading import read_in_worker
+from moedesk.tui.screens.base import DataScreen
+from moedesk.tui.widgets.key_footer import KeyFooter
+from moedesk.tui.widgets.title_header import TitleHeader
 
 
-class AlertsScreen(Screen):
+class AlertsScreen(DataScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="alerts-back"),
-        Binding("o", "toggle_open", "Open only", id="alerts-open-only"),
-        Binding("enter", "open_run", "Open run", id="alerts-open-run"),
+        Binding("escape", "app.pop_screen", "Back", id="alerts-back",
+                tooltip="Back to the previous screen"),
+        Binding("o", "toggle_open", "Open only", id="alerts-open-only",
+                tooltip="Show only open alerts, or all"),
+        Binding("enter", "open_run", "Open run", id="alerts-open-run",
+                tooltip="Monitor the alert's run"),
     ]
 
     @dataclass
     class Loaded(Message):
-        alerts: list[dict]
+        alerts: list[dict] | None
         error: str | None
 
     def __init__(self):
@@ -41,13 +44,14 @@ class AlertsScreen(Screen):
         self.open_only = False
         self.alerts: list[dict] = []
         self.loads = 0
+        self.error: str | None = None
         self._key: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield DataTable(id="alerts-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="alert-detail")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -61,22 +65,17 @@ class AlertsScreen(Screen):
         if self.app.alerts_key != self._key:
             self._reload()
 
-    @work(thread=True, exclusive=True, group="alerts-load", exit_on_error=False)
     def _reload(self) -> None:
         self._key = self.app.alerts_key
-        try:
-            reader = Reader(db_path(Path(self.app.home)))
-        except StoreError as exc:
-            self.post_message(self.Loaded([], str(exc)))
-            return
-        try:
-            alerts = reader.alerts()
-        finally:
-            reader.close()
-        self.post_message(self.Loaded(alerts, None))
+        read_in_worker(self, lambda reader: reader.alerts(), self.Loaded, name="alerts",
+                       description="reading the alerts")
 
     def on_alerts_screen_loaded(self, message: Loaded) -> None:
-        self.alerts = message.alerts
+        self.error = message.error
+        if message.error is None:
+            self.alerts = message.alerts or []
+        else:
+            self._key = None  # read again on the next refresh
         self._fill()
         self.loads += 1
 
@@ -90,15 +89,21 @@ class AlertsScreen(Screen):
             sev = a["severity"]
             state = ("open" if a.get("cleared_step") is None
                      else f"cleared @{a['cleared_step']}")
-            table.add_row(names.get(a["run_id"], str(a["run_id"])), str(a["step"]),
+            # data cells are Text, never markup: a run named "[/]" shows as typed
+            table.add_row(Text(names.get(a["run_id"], str(a["run_id"]))), str(a["step"]),
                           Text(f"{fmt.SEVERITY_ICONS.get(sev, '?')} {sev}",
                                style=fmt.SEVERITY_STYLES.get(sev, "")),
-                          a["rule"], state, a.get("message") or "", key=str(a["id"]))
+                          Text(a["rule"]), state, Text(a.get("message") or ""),
+                          key=str(a["id"]))
         total_open = sum(1 for a in self.alerts if a.get("cleared_step") is None)
         self.sub_title = (f"alerts · {len(self.alerts)} total, {total_open} open"
                           + (" · showing open only" if self.open_only else ""))
+        detail = self.query_one("#alert-detail", Static)
+        if self.error is not None:
+            detail.update(Text(self.error, style="#ff5f5f"))
+            return
         if not shown:
-            self.query_one("#alert-detail", Static).update("no alerts")
+            detail.update(Text("no alerts"))
         self._show_detail()
 
     def _current(self) -> dict | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -13,9 +14,12 @@ from moedesk.tui.model import RunRow
 
 class ConfirmStop(ModalScreen[str | None]):
     BINDINGS = [
-        Binding("escape", "dismiss(None)", "Cancel", id="stop-cancel"),
-        Binding("y", "choose('graceful')", "Stop", id="stop-graceful"),
-        Binding("k", "choose('kill')", "Kill", id="stop-kill"),
+        Binding("escape", "dismiss(None)", "Cancel", id="stop-cancel",
+                tooltip="Keep the run going"),
+        Binding("y", "choose('graceful')", "Stop", id="stop-graceful",
+                tooltip="Finish the step, write a checkpoint, exit (resume continues exactly)"),
+        Binding("k", "choose('kill')", "Kill", id="stop-kill",
+                tooltip="SIGKILL now, no checkpoint"),
     ]
 
     def __init__(self, row: RunRow):
@@ -24,7 +28,8 @@ class ConfirmStop(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(f"Stop run {self.row.id} ({self.row.name})?", classes="dialog-title")
+            yield Static(Text(f"Stop run {self.row.id} ({self.row.name})?"),
+                         classes="dialog-title")
             yield Static("Stop: the trainer finishes its step, writes a checkpoint and exits "
                          "(resume continues exactly). Kill: SIGKILL now, no checkpoint.",
                          classes="dialog-body")

@@ -8,37 +8,45 @@ get points downsampled to their width; the heatmap redraws only lines that chang
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
-from textual.widgets import Footer, Header, Log, Static
+from textual.widgets import Log
 
 from moedesk.stats import names
 from moedesk.tui import bands
-from moedesk.tui import format as fmt
 from moedesk.tui.model import RunData, RunRow
+from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.alert_list import AlertList
 from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
+from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.line_chart import LineChart, series_source
+from moedesk.tui.widgets.run_stats import RunStats
+from moedesk.tui.widgets.title_header import TitleHeader
 
 TRAIN, VAL, OTHER = "#5fafff", "#ffaf5f", "#af87ff"
 
 
-class MonitorScreen(Screen):
+class MonitorScreen(DataScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="back"),
-        Binding("s", "stop", "Stop", id="monitor-stop"),
-        Binding("r", "resume", "Resume", id="monitor-resume"),
-        Binding("t", "toggle_timeline", "Timeline", id="toggle-timeline"),
+        Binding("escape", "app.pop_screen", "Back", id="back",
+                tooltip="Back to the runs"),
+        Binding("s", "stop", "Stop", id="monitor-stop",
+                tooltip="Graceful stop (finish the step, checkpoint, exit) or kill"),
+        Binding("r", "resume", "Resume", id="monitor-resume",
+                tooltip="Continue this run from a checkpoint"),
+        Binding("t", "toggle_timeline", "Timeline", id="toggle-timeline",
+                tooltip="Show or hide the experts-over-time strip"),
         # routing analysis: shown for topk runs; other kinds get a notice on the same key
-        Binding("g", "routing", "Routing", id="monitor-routing"),
+        Binding("g", "routing", "Routing", id="monitor-routing",
+                tooltip="Routing analysis: expert histogram and expert-by-class heatmap"),
         Binding("g", "routing_unavailable", "Routing", show=False,
-                id="monitor-routing-unavailable"),
-        Binding("w", "sample", "Sample", id="monitor-sample"),  # dense and topk runs
+                id="monitor-routing-unavailable",
+                tooltip="Routing analysis (recorded for topk runs only)"),
+        Binding("w", "sample", "Sample", id="monitor-sample",  # dense and topk runs
+                tooltip="Sample from the latest checkpoint, with per-token routing"),
     ]
 
     def __init__(self, run_id: int):
@@ -52,13 +60,13 @@ class MonitorScreen(Screen):
         self._kind = ""
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with Horizontal(id="monitor-top"):
             with Vertical(id="monitor-charts"):
                 yield LineChart("loss", id="loss-chart")
                 yield LineChart("learning rate", id="lr-chart")
             with VerticalScroll(id="monitor-side"):
-                yield Static(id="run-stats")
+                yield RunStats(id="run-stats")
                 yield ExpertHeatmap(id="heatmap")
                 yield ExpertTimeline(id="timeline")
                 yield BandGauge("imbalance", bands.TOPK_IMBALANCE, id="imbalance")
@@ -68,7 +76,7 @@ class MonitorScreen(Screen):
             with VerticalScroll(id="alerts-box"):
                 yield AlertList(id="alerts")
             yield Log(id="log-tail", max_lines=400, auto_scroll=True)
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -77,13 +85,13 @@ class MonitorScreen(Screen):
         self.query_one("#log-tail").border_title = "train.log"
         self.data = self.app.poller.watch(self.run_id)
         self.app.wake_poller()
-        self.apply()
+        self.app.guard(f"drawing run {self.run_id}", self.apply)
 
     def on_unmount(self) -> None:
         self.app.poller.unwatch(self.run_id)
 
     def on_screen_resume(self) -> None:
-        self.apply()
+        self.app.guard(f"drawing run {self.run_id}", self.apply)
 
     @property
     def caught_up(self) -> bool:
@@ -114,6 +122,9 @@ class MonitorScreen(Screen):
                 self._apply_row(row)
             if versions["curves"] != seen.get("curves"):
                 self._apply_curves(data, row)
+            if versions["row"] != seen.get("row") or versions["curves"] != seen.get("curves"):
+                # a status change (completed, stopped, failed) redraws it too, with its reason
+                self.query_one(RunStats).show(data, row)
             if versions["load"] != seen.get("load") or versions["curves"] != seen.get("curves"):
                 self._apply_load(data, row)
             if versions["alerts"] != seen.get("alerts"):
@@ -134,7 +145,7 @@ class MonitorScreen(Screen):
             self.query_one("#latency", BandGauge).set_bands(bands.latency_bands(row))
             if row.kind == "ternary":
                 self.query_one("#timeline", ExpertTimeline).row_name = "cluster"
-            self.refresh_bindings()  # `g` (routing) shows for topk runs only
+            self.refresh_bindings()  # `g` (routing) shows for topk runs, `t` not for dense
 
     def _series_lines(self, data: RunData, chart: LineChart,
                       wanted: list[tuple[str, str, str]]) -> None:
@@ -159,44 +170,6 @@ class MonitorScreen(Screen):
         else:
             lr_chart.title = "learning rate"
             self._series_lines(data, lr_chart, [(names.TRAIN_LR, "lr", OTHER)])
-        self.query_one("#run-stats", Static).update(self._stats_text(data, row), layout=False)
-
-    def _stats_text(self, data: RunData, row: RunRow) -> Text:
-        """Three lines, always: progress; throughput and goodness; experts or the error.
-
-        A fixed height lets the stats change every tick without a screen layout.
-        """
-        progress = Text(no_wrap=True, overflow="ellipsis")
-        progress.append(fmt.status_text(row.status))
-        progress.append(f"  step {fmt.step_text(row.step, row.total_steps)}")
-        step_s = data.value(names.SYS_STEP_S)
-        if step_s:
-            progress.append(f"  {step_s * 1000:.0f} ms/step", style="dim")
-            if row.total_steps and row.active:
-                progress.append(f"  ETA {fmt.duration((row.total_steps - row.step) * step_s)}",
-                                style="dim")
-        speed = Text(no_wrap=True, overflow="ellipsis")
-        rate = data.value(names.TRAIN_SAMPLES_PER_S) if row.kind == "ternary" else None
-        if rate is not None:
-            speed.append(f"{fmt.count(rate)} samples/s")
-        elif data.value(names.TRAIN_TOKENS_PER_S) is not None:
-            speed.append(f"{fmt.count(data.value(names.TRAIN_TOKENS_PER_S))} tokens/s")
-        if row.kind == "ternary":
-            delta = data.value(names.FF_GOODNESS_DELTA)
-            label, colour = bands.goodness_verdict(row, delta)
-            speed.append(f"  goodness Δ {fmt.number(delta, 3)} ")
-            speed.append(label, style=colour)
-        experts = Text(no_wrap=True, overflow="ellipsis")
-        if row.error and row.status in ("failed", "crashed"):
-            experts.append(row.error.splitlines()[0], style="#ff5f5f")
-        elif row.kind in ("topk", "ternary"):
-            dead = data.value(names.MOE_DEAD_EXPERTS)
-            if dead is not None:
-                experts.append(f"dead experts {dead:.0f}", style="bold #ff5f5f" if dead else "")
-            usage = data.value(names.MOE_USAGE_STD)
-            if usage is not None:
-                experts.append(f"  usage std {usage:.3f}", style="dim")
-        return Text("\n").join([progress, speed, experts])
 
     def _apply_load(self, data: RunData, row: RunRow) -> None:
         heatmap = self.query_one(ExpertHeatmap)
@@ -253,6 +226,8 @@ class MonitorScreen(Screen):
             return self._kind != "topk"
         if action == "sample":
             return self._kind in ("dense", "topk")
+        if action == "toggle_timeline":
+            return self._kind != "dense"  # a dense run has no experts to show over time
         return True
 
     def action_routing(self) -> None:
@@ -270,5 +245,5 @@ class MonitorScreen(Screen):
     def action_routing_unavailable(self) -> None:
         row = self._row()
         what = f"run {self.run_id} is a {row.kind} run" if row else f"run {self.run_id} has no data yet"
-        self.notify(f"{what}: the routing analysis (expert histogram, expert-by-class heatmap) "
-                    "is recorded for topk runs only", title="routing", severity="warning")
+        self.app.notify(f"{what}: the routing analysis (expert histogram, expert-by-class heatmap) "
+                        "is recorded for topk runs only", title="routing", severity="warning")

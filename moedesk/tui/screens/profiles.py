@@ -15,19 +15,33 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
+from textual.widgets import DataTable, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from moedesk.profiles import ProfileError
 from moedesk.profiles.edit import ProfileDocument, list_profiles
+from moedesk.tui.widgets.key_footer import KeyFooter
+from moedesk.tui.widgets.profile_list import ProfileList
 from moedesk.tui.widgets.profile_table import ProfileTable
+from moedesk.tui.widgets.title_header import TitleHeader
+
+
+def without_path(line: str, path: Path) -> str:
+    """A CLI problem line (`FILE: key: message`) without the file, named above it."""
+    prefix = f"{path}: "
+    return line[len(prefix):] if line.startswith(prefix) else line
 
 
 class ProfilesScreen(Screen):
     BINDINGS = [
-        Binding("escape", "back", "Back", id="profiles-back"),
-        Binding("ctrl+s", "save", "Save", id="profile-save"),
-        Binding("ctrl+l", "launch", "Launch", id="profile-launch"),
-        Binding("ctrl+z", "revert", "Revert", id="profile-revert"),
+        Binding("escape", "back", "Back", id="profiles-back",
+                tooltip="Back (in the edit line: put the old value back)"),
+        Binding("ctrl+s", "save", "Save", id="profile-save",
+                tooltip="Save the profile (refused while it is invalid)"),
+        Binding("ctrl+l", "launch", "Launch", id="profile-launch",
+                tooltip="Save the profile and launch a run from it"),
+        Binding("ctrl+z", "revert", "Revert", id="profile-revert",
+                tooltip="Drop the unsaved edits"),
     ]
 
     def __init__(self, folder: Path):
@@ -40,10 +54,12 @@ class ProfilesScreen(Screen):
         self._editing = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with Horizontal(id="profiles-body"):
-            yield OptionList(*[Option(p.name, id=p.name) for p in self.paths]
-                             or [Option("no profiles", disabled=True)], id="profile-list")
+            # file names are data: Text, never markup
+            yield ProfileList(*[Option(Text(p.name), id=p.name) for p in self.paths]
+                              or [Option(Text(f"no profiles in {self.folder}"), disabled=True)],
+                              id="profile-list")
             with Vertical(id="profile-editor"):
                 yield ProfileTable(id="profile-table")
                 yield Static(id="field-help")
@@ -51,24 +67,48 @@ class ProfilesScreen(Screen):
                     yield Static("", id="edit-key")
                     yield Input(id="edit-value", placeholder="select a key and press enter")
                 yield Static(id="profile-problems")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
         self.sub_title = f"profiles · {self.folder.name}/"
+        opened = bool(self.paths) and self.open_profile(self.paths[0])
         if self.paths:
-            self.open_profile(self.paths[0])
             self.query_one("#profile-list", OptionList).highlighted = 0
-        self.query_one(ProfileTable).focus()
+        # an unreadable first file: the list has focus, to pick another
+        self.query_one(ProfileTable if opened else ProfileList).focus()
 
     # loading and validating
 
-    def open_profile(self, path: Path) -> None:
-        self.doc = ProfileDocument(path)
+    def open_profile(self, path: Path) -> bool:
+        """Open `path` in the editor; a file that cannot be read shows why, in the editor."""
         self._editing = None
         self.query_one("#edit-key", Static).update("")
-        self.query_one("#edit-value", Input).value = ""
+        box = self.query_one("#edit-value", Input)
+        box.value = ""
+        try:
+            self.doc = ProfileDocument(path)
+        except ProfileError as exc:
+            self.doc = None
+            self._show_unreadable(path, exc.lines)
+            return False
+        box.disabled = False
         self.revalidate()
+        return True
+
+    def _show_unreadable(self, path: Path, lines: list[str]) -> None:
+        self.problems, self.problem_lines = {}, lines
+        self.query_one(ProfileTable).clear()
+        self.query_one("#edit-value", Input).disabled = True
+        self.query_one("#field-help", Static).update(Text(
+            "Fix the file in an editor, then press enter on it in the list to read it again.",
+            style="italic"))
+        status = Text()
+        status.append(path.name, style="bold")
+        status.append("  cannot be opened; `moedesk run` says:", style="#ff5f5f")
+        for line in lines:
+            status.append("\n  " + without_path(line, path), style="#ff5f5f")
+        self.query_one("#profile-problems", Static).update(status)
 
     def revalidate(self) -> None:
         doc = self.doc
@@ -87,12 +127,14 @@ class ProfilesScreen(Screen):
         status.append(f"  ({len(doc.edits)} unsaved edit(s))" if doc.dirty else "  (saved)",
                       style="#ffd75f" if doc.dirty else "dim")
         if self.problem_lines:
-            status.append(f"\n{len(self.problem_lines)} problem(s), as `moedesk run` reports"
-                          " them:", style="#ff5f5f")
-            for line in self.problem_lines:
-                status.append("\n  " + line, style="#ff5f5f")
+            status.append(f"  {len(self.problem_lines)} problem(s)", style="#ff5f5f")
         else:
             status.append("  valid", style="#5fd75f")
+        status.append("  ·  tab: files, keys, edit line", style="dim")
+        if self.problem_lines:
+            status.append("\nas `moedesk run` reports them:", style="#ff5f5f")
+            for line in self.problem_lines:
+                status.append("\n  " + without_path(line, doc.path), style="#ff5f5f")
         self.query_one("#profile-problems", Static).update(status)
         self._show_help()
 
@@ -103,8 +145,8 @@ class ProfilesScreen(Screen):
             self.app.notify("Unsaved edits: save (ctrl+s) or revert (ctrl+z) first.",
                             title="profiles", severity="warning")
             return
-        self.open_profile(path)
-        self.query_one(ProfileTable).focus()
+        if self.open_profile(path):
+            self.set_focus(self.query_one(ProfileTable))
 
     # editing one key
 
@@ -122,7 +164,11 @@ class ProfilesScreen(Screen):
         self.query_one("#field-help", Static).update(text)
 
     @on(DataTable.RowSelected, "#profile-table")
-    def _edit(self) -> None:
+    def _row_clicked(self) -> None:
+        self.action_edit_key()
+
+    def action_edit_key(self) -> None:
+        """Open the key under the cursor in the edit line (enter in the table)."""
         spec = self.query_one(ProfileTable).spec_at_cursor()
         if spec is None or self.doc is None:
             return
@@ -130,7 +176,7 @@ class ProfilesScreen(Screen):
         self.query_one("#edit-key", Static).update(Text(f"{spec.key} = ", style="bold"))
         box = self.query_one("#edit-value", Input)
         box.value = self.doc.raw(spec)
-        box.focus()
+        self.set_focus(box)  # at once, not after the queued events
 
     @on(Input.Changed, "#edit-value")
     def _typed(self, event: Input.Changed) -> None:
@@ -145,7 +191,7 @@ class ProfilesScreen(Screen):
     def _committed(self) -> None:
         self._editing = None
         self.query_one("#edit-key", Static).update("")
-        self.query_one(ProfileTable).focus()
+        self.set_focus(self.query_one(ProfileTable))
 
     def action_back(self) -> None:
         if self._editing is not None and self.doc is not None:
@@ -155,7 +201,7 @@ class ProfilesScreen(Screen):
             self.query_one("#edit-key", Static).update("")
             self.query_one("#edit-value", Input).value = ""
             self.revalidate()
-            self.query_one(ProfileTable).focus()
+            self.set_focus(self.query_one(ProfileTable))
             return
         if self.doc is not None and self.doc.dirty:
             self.app.notify("Unsaved edits kept in the editor; ctrl+s saves, ctrl+z reverts.",
@@ -172,7 +218,13 @@ class ProfilesScreen(Screen):
                             severity="error")
             return False
         if self.doc.dirty:
-            self.doc.save()
+            try:
+                self.doc.save()
+            except (OSError, ProfileError) as exc:
+                lines = exc.lines if isinstance(exc, ProfileError) else [str(exc)]
+                self.app.notify("\n".join(lines), title=f"not saved: {self.doc.path.name}",
+                                severity="error")
+                return False
             self.app.notify(f"saved {self.doc.path.name}", title="profiles")
         self.revalidate()
         return True

@@ -1,15 +1,15 @@
 """ResumeDialog: pick the checkpoint a run continues from; returns its step or None.
 
-The checkpoints are read in a thread worker (the store is never read on the UI
-thread); the newest is highlighted, which is what `moedesk resume RUN` uses.
+The checkpoints are read with `reading.read_in_worker` (the store is never read on the
+UI thread); the newest is highlighted, which is what `moedesk resume RUN` uses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from textual import on, work
+from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -18,51 +18,47 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from moedesk.paths import db_path
-from moedesk.store import Reader, StoreError
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunRow
+from moedesk.tui.reading import read_in_worker
 
 
 class ResumeDialog(ModalScreen[int | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="resume-cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel", id="resume-cancel",
+                        tooltip="Close without resuming")]
 
     @dataclass
     class Loaded(Message):
-        checkpoints: list[dict]
+        checkpoints: list[dict] | None
         error: str | None
 
-    def __init__(self, home: Path, row: RunRow):
+    def __init__(self, row: RunRow):
         super().__init__(classes="dialog-screen")
-        self.home = home
         self.row = row
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(f"Resume run {self.row.id} ({self.row.name}) from", classes="dialog-title")
+            yield Static(Text(f"Resume run {self.row.id} ({self.row.name}) from"),
+                         classes="dialog-title")
             yield Static("Rows logged after the checkpoint are removed; the run continues "
                          "as if never interrupted.", classes="dialog-body")
             yield OptionList(id="checkpoints")
+            yield Static("enter resumes from the highlighted step · esc cancels",
+                         classes="dialog-hint")
 
     def on_mount(self) -> None:
         self._load()
 
-    @work(thread=True, exclusive=True, group="resume-checkpoints", exit_on_error=False)
     def _load(self) -> None:
-        try:
-            reader = Reader(db_path(self.home))
-            try:
-                found = reader.checkpoints(self.row.id)
-            finally:
-                reader.close()
-            self.post_message(self.Loaded(found, None))
-        except StoreError as exc:
-            self.post_message(self.Loaded([], str(exc)))
+        run_id = self.row.id
+        read_in_worker(self, lambda reader: reader.checkpoints(run_id), self.Loaded,
+                       name="checkpoints", description="reading the checkpoints")
 
     def on_resume_dialog_loaded(self, message: Loaded) -> None:
         options = self.query_one("#checkpoints", OptionList)
         if message.error or not message.checkpoints:
-            options.add_option(Option(message.error or "no checkpoints: nothing to resume from",
+            options.add_option(Option(Text(message.error or
+                                           "no checkpoints: nothing to resume from"),
                                       disabled=True))
             return
         newest_first = list(reversed(message.checkpoints))

@@ -4,71 +4,125 @@ It shows what `moedesk analysis RUN` prints, for the newest evaluation: the laye
 the step, a one-line reading of specialization, the per-expert assignment bars and the
 expert-by-class heatmap. All numbers come from `moedesk.stats.routing`: the shares
 (`class_expert_shares`) and the U statistics (`specialization`). The rows are the
-`routing/L{i}` analysis rows (`moedesk.store.analysis`). They are read in a thread
-worker over a read-only Reader. Once every `CHECK_S` seconds a worker compares each
-layer's analysis steps with those on screen, and reloads only when they moved.
+`routing/L{i}` analysis rows (`moedesk.store.analysis`), read with
+`reading.read_in_worker`, and shaped into a `LayerView` per layer in that worker: a
+damaged payload becomes that layer's error line, never an exception on the UI thread.
+Once every `CHECK_S` seconds a worker compares each layer's analysis steps with those on
+screen, and reloads only when they moved.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, ScrollableContainer
 from textual.message import Message
-from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Static
 
-from moedesk.paths import db_path
 from moedesk.stats.routing import SPECIALIZATION_THRESHOLD, class_expert_shares, specialization
-from moedesk.store import Reader, StoreError
+from moedesk.store import Reader
 from moedesk.store.analysis import ROUTING_PREFIX
-from moedesk.tui.widgets.routing_charts import ClassHeatmap, ExpertBars
+from moedesk.tui.reading import read_in_worker
+from moedesk.tui.screens.base import DataScreen
+from moedesk.tui.widgets.class_heatmap import ClassHeatmap
+from moedesk.tui.widgets.expert_bars import ExpertBars
+from moedesk.tui.widgets.key_footer import KeyFooter
+from moedesk.tui.widgets.title_header import TitleHeader
 
 CHECK_S = 1.0
-PATTERNS = {"none": "none", "word class": "word class", "token frequency": "token frequency"}
 
 
-class RoutingScreen(Screen):
+@dataclass(frozen=True)
+class LayerView:
+    """One layer's routing analysis, shaped for drawing (or the reason it cannot be)."""
+
+    step: int
+    error: str | None = None
+    tokens: int = 0
+    top_k: int = 0
+    num_experts: int = 0
+    histogram: tuple[int, ...] = ()
+    first_choice: tuple[int, ...] = ()
+    rows: tuple[tuple[str, int, list[float]], ...] = ()  # (class, tokens, share per expert)
+    spec: dict | None = None
+
+
+def layer_view(step: int, payload: dict) -> LayerView:
+    try:
+        # empty classes say nothing about routing (the CLI leaves them out too)
+        rows = tuple((str(label), int(n), shares) for label, n, shares in
+                     zip(payload["classes"], payload["class_tokens"],
+                         class_expert_shares(payload), strict=True) if n)
+        return LayerView(step, None, int(payload["tokens"]), int(payload["top_k"]),
+                         int(payload["num_experts"]), tuple(payload["histogram"]),
+                         tuple(payload["first_choice"]), rows, specialization(payload))
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        return LayerView(step, f"the routing analysis at step {step} cannot be read: "
+                               f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class RoutingRead:
+    key: tuple  # the analysis steps of each routing layer, as read
+    layers: dict[int, LayerView]
+
+
+def read_routing(reader: Reader, run_id: int, known: tuple | None) -> RoutingRead | None:
+    """The newest analysis of every layer; None when the steps on screen are still current."""
+    names = [n for n in reader.analysis_names(run_id) if n.startswith(ROUTING_PREFIX)]
+    key = tuple((n, tuple(reader.analysis_steps(run_id, n))) for n in names)
+    if key == known:
+        return None
+    try:
+        found = reader.latest_routing(run_id)
+    except (KeyError, TypeError, ValueError) as exc:  # a payload without a usable layer
+        return RoutingRead(key, {0: LayerView(0, f"the routing analysis cannot be read: {exc}")})
+    return RoutingRead(key, {layer: layer_view(step, payload)
+                             for layer, (step, payload) in found.items()})
+
+
+class RoutingScreen(DataScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back", id="routing-back"),
-        Binding("left_square_bracket", "layer(-1)", "Prev layer", id="routing-prev-layer"),
-        Binding("right_square_bracket", "layer(1)", "Next layer", id="routing-next-layer"),
+        Binding("escape", "app.pop_screen", "Back", id="routing-back",
+                tooltip="Back to the monitor"),
+        Binding("left_square_bracket", "layer(-1)", "Prev layer", id="routing-prev-layer",
+                tooltip="Previous MoE layer (also left)"),
+        Binding("right_square_bracket", "layer(1)", "Next layer", id="routing-next-layer",
+                tooltip="Next MoE layer (also right)"),
         # priority: the scroll area would take the arrows for sideways scrolling
         Binding("left", "layer(-1)", "Prev layer", show=False, priority=True,
-                id="routing-prev-layer-arrow"),
+                id="routing-prev-layer-arrow",
+                tooltip="Previous MoE layer"),
         Binding("right", "layer(1)", "Next layer", show=False, priority=True,
-                id="routing-next-layer-arrow"),
+                id="routing-next-layer-arrow",
+                tooltip="Next MoE layer"),
     ]
 
     @dataclass
     class Loaded(Message):
-        key: tuple | None  # the analysis steps of each routing layer, as read
-        routing: dict[int, tuple[int, dict]] | None  # {layer: (step, payload)}
+        read: RoutingRead | None
         error: str | None
 
     def __init__(self, run_id: int):
         super().__init__()
         self.run_id = run_id
-        self.routing: dict[int, tuple[int, dict]] = {}
+        self.routing: dict[int, LayerView] = {}
         self.shown_layer: int | None = None
         self.loads = 0  # applied loads (tests wait on it)
         self.error: str | None = None
         self._key: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         with ScrollableContainer(id="routing-scroll"):
             yield Static(id="routing-head")
             with Container(id="routing-panels"):
                 yield ExpertBars(id="routing-bars")
                 yield ClassHeatmap(id="routing-classes")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -80,34 +134,21 @@ class RoutingScreen(Screen):
 
     # reading, off the UI thread
 
-    @work(thread=True, exclusive=True, group="routing-load", exit_on_error=False)
     def _refresh(self) -> None:
-        known = self._key
-        try:
-            reader = Reader(db_path(Path(self.app.home)))
-        except StoreError as exc:
-            self.post_message(self.Loaded(None, None, str(exc)))
-            return
-        try:
-            names = [n for n in reader.analysis_names(self.run_id)
-                     if n.startswith(ROUTING_PREFIX)]
-            key = tuple((n, tuple(reader.analysis_steps(self.run_id, n))) for n in names)
-            if key == known:
-                return
-            routing = reader.latest_routing(self.run_id)
-        except sqlite3.Error as exc:
-            self.post_message(self.Loaded(None, None, f"cannot read the routing analysis: {exc}"))
-            return
-        finally:
-            reader.close()
-        self.post_message(self.Loaded(key, routing, None))
+        known, run_id = self._key, self.run_id
+
+        def loaded(read: RoutingRead | None, error: str | None) -> Message | None:
+            return None if read is None and error is None else self.Loaded(read, error)
+
+        read_in_worker(self, lambda reader: read_routing(reader, run_id, known), loaded,
+                       name="routing", description="reading the routing analysis")
 
     def on_routing_screen_loaded(self, message: Loaded) -> None:
         self.error = message.error
-        if message.error is not None:
+        if message.read is None:
             self._key = None  # read everything again once the store answers
         else:
-            self._key, self.routing = message.key, message.routing or {}
+            self._key, self.routing = message.read.key, message.read.layers
             if self.shown_layer not in self.routing:
                 self.shown_layer = min(self.routing, default=None)
         self._show()
@@ -119,39 +160,36 @@ class RoutingScreen(Screen):
         head = self.query_one("#routing-head", Static)
         bars = self.query_one(ExpertBars)
         heatmap = self.query_one(ClassHeatmap)
-        if self.error or self.shown_layer is None:
-            head.update(Text(self.error, style="#ff5f5f") if self.error else Text(
+        view = self.routing.get(self.shown_layer) if self.shown_layer is not None else None
+        if self.error or view is None or view.error:
+            error = self.error or (f"L{self.shown_layer}: {view.error}" if view else None)
+            head.update(Text(error, style="#ff5f5f") if error else Text(
                 "no routing analysis yet: a topk run records one at each evaluation "
                 "(train.eval_every) and at its end; this view shows it when it arrives",
                 style="italic"))
             bars.set_counts([], [], "")
             heatmap.clear_grid("")
             return
-        step, payload = self.routing[self.shown_layer]
-        head.update(self._head_text(step, payload))
-        num_experts = payload["num_experts"]
-        bars.set_counts(payload["histogram"], payload["first_choice"],
-                        f"per-expert assignments (fair share {1 / num_experts:.1%})")
-        # empty classes say nothing about routing (the CLI leaves them out too)
-        rows = [(label, n, shares) for label, n, shares in
-                zip(payload["classes"], payload["class_tokens"], class_expert_shares(payload),
-                    strict=True) if n]
-        heatmap.set_grid([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                         f"share of each class's assignments per expert (fair {1 / num_experts:.1%})")
+        head.update(self._head_text(view))
+        fair = 1 / view.num_experts
+        bars.set_counts(list(view.histogram), list(view.first_choice),
+                        f"per-expert assignments (fair share {fair:.1%})")
+        heatmap.set_grid([r[0] for r in view.rows], [r[1] for r in view.rows],
+                         [r[2] for r in view.rows],
+                         f"share of each class's assignments per expert (fair {fair:.1%})")
 
-    def _head_text(self, step: int, payload: dict) -> Text:
-        spec = specialization(payload)
+    def _head_text(self, view: LayerView) -> Text:
+        spec = view.spec  # set whenever view.error is None
         text = Text()
         text.append("layer ", style="dim")
         for layer in sorted(self.routing):
             style = "bold reverse" if layer == self.shown_layer else "dim"
             text.append(f" L{layer} ", style=style)
             text.append(" ")
-        text.append(f" step {step}", style="bold")
-        text.append(f" · {payload['tokens']:,} validation tokens × top-{payload['top_k']}\n",
-                    style="dim")
+        text.append(f" step {view.step}", style="bold")
+        text.append(f" · {view.tokens:,} validation tokens × top-{view.top_k}\n", style="dim")
         text.append("specialization: ")
-        text.append(PATTERNS.get(spec["pattern"], spec["pattern"]), style="bold")
+        text.append(spec["pattern"], style="bold")
         text.append(f" · class U = {spec['class']['u']:.3f}"
                     f" · frequency U = {spec['frequency']['u']:.3f}\n")
         text.append("U = routing entropy explained by the property (0 none, 1 all; "

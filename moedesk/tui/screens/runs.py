@@ -2,35 +2,45 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from moedesk.tui.model import RunRow
+from moedesk.tui.screens.base import DataScreen
+from moedesk.tui.widgets.key_footer import KeyFooter
 from moedesk.tui.widgets.run_table import RunTable
+from moedesk.tui.widgets.title_header import TitleHeader
 
 AGE_REFRESH_S = 5.0
 
 
-class RunsScreen(Screen):
+class RunsScreen(DataScreen):
     BINDINGS = [
-        Binding("space", "toggle_select", "Select", id="select"),
-        Binding("slash", "filter", "Filter", key_display="/", id="filter"),
-        Binding("o", "cycle_sort", "Sort", id="sort"),
-        Binding("s", "stop", "Stop", id="stop"),
-        Binding("r", "resume", "Resume", id="resume"),
-        Binding("c", "compare", "Compare", id="compare"),
-        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear-filter"),
+        Binding("space", "toggle_select", "Select", id="select",
+                tooltip="Select or unselect the run under the cursor (for compare)"),
+        Binding("slash", "filter", "Filter", key_display="/", id="filter",
+                tooltip="Filter runs by name, kind or status"),
+        Binding("o", "cycle_sort", "Sort", id="sort",
+                tooltip="Cycle the sort: newest, name, status, loss, health"),
+        Binding("s", "stop", "Stop", id="stop",
+                tooltip="Graceful stop (finish the step, checkpoint, exit) or kill"),
+        Binding("r", "resume", "Resume", id="resume",
+                tooltip="Continue a stopped run from a checkpoint"),
+        Binding("c", "compare", "Compare", id="compare",
+                tooltip="Compare the selected runs side by side"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="clear-filter",
+                tooltip="Clear the filter"),
     ]
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield TitleHeader()
         yield Input(placeholder="filter runs by name, kind or status", id="runs-filter")
         yield RunTable(self.app.clock, id="runs-table")
         yield Static(id="runs-status")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.title = "moedesk"
@@ -43,12 +53,19 @@ class RunsScreen(Screen):
         self.runs_refreshed(self.app.runs)
         self.table.focus()
 
+    def _follow(self) -> None:
+        """The cursor goes to the run last launched or opened (`app.followed_run`)."""
+        run_id = self.app.followed_run
+        if run_id is not None and self.table.follow(run_id):
+            self.app.followed_run = None
+
     @property
     def table(self) -> RunTable:
         return self.query_one(RunTable)
 
     def runs_refreshed(self, runs: tuple[RunRow, ...]) -> None:
         self.table.show_runs(runs)
+        self._follow()
         self._update_status()
 
     def _tick_ages(self) -> None:
@@ -65,7 +82,7 @@ class RunsScreen(Screen):
             parts.append(f"filter: {table.filter_text!r} ({table.row_count} shown)")
         if not runs:
             parts = [f"no runs yet in {self.app.home}: press n to start one from a profile"]
-        self.query_one("#runs-status", Static).update("  ·  ".join(parts))
+        self.query_one("#runs-status", Static).update(Text("  ·  ".join(parts)))
 
     # keys
 
@@ -85,7 +102,7 @@ class RunsScreen(Screen):
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
         box.display = True
-        box.focus()
+        self.set_focus(box)  # at once: what is typed right after `/` goes to the filter
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:

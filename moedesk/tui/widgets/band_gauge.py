@@ -3,29 +3,24 @@
 Line 1: the title, the value and the band it falls in ("imbalance 0.31  healthy").
 Line 2: the scale, each band in its colour with its edges written in, and a marker at
 the value. Used for the imbalance score (bands per run kind) and the routing latency
-(log scale, 100 and 500 us bands).
+(log scale, 100 and 500 us bands). The bands are `moedesk.tui.bands.Band`s. Given one
+line of height (short terminals), it draws the title, the value in its band's colour and
+the scale side by side.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
-from textual.widget import Widget
+
+from moedesk.tui.bands import Band
+from moedesk.tui.widgets._cached_lines import CachedLines
 
 
-@dataclass(frozen=True)
-class Band:
-    lo: float
-    hi: float
-    colour: str
-    label: str
-
-
-class BandGauge(Widget):
+class BandGauge(CachedLines):
     DEFAULT_CSS = "BandGauge { height: 2; }"
 
     def __init__(self, title: str, bands: list[Band], *, log_scale: bool = False,
@@ -39,20 +34,17 @@ class BandGauge(Widget):
         self.digits = digits
         self.value: float | None = None
         self.note = ""
-        self._strips: dict[int, Strip] = {}
 
     def set_bands(self, bands: list[Band]) -> None:
         if bands != self.bands:
             self.bands = bands
-            self._strips.clear()
-            self.refresh()
+            self.invalidate()
 
     def set_value(self, value: float | None, note: str = "") -> None:
         if value == self.value and note == self.note:
             return
         self.value, self.note = value, note
-        self._strips.clear()
-        self.refresh()
+        self.invalidate()
 
     def band_of(self, value: float) -> Band | None:
         for band in self.bands:
@@ -77,14 +69,13 @@ class BandGauge(Widget):
             return f"{value:.2g}" if abs(value) < 10 else f"{value:.0f}"
         return f"{value:.{self.digits}f}"
 
-    def render_line(self, y: int) -> Strip:
-        strip = self._strips.get(y)
-        if strip is None or strip.cell_length != self.size.width:
-            strip = self._strips[y] = self._build(y)
-        return strip
+    def layout_key(self) -> tuple[int, int]:
+        return self.size.width, self.size.height
 
-    def _build(self, y: int) -> Strip:
+    def build_line(self, y: int) -> Strip:
         width, base = self.size.width, self.rich_style
+        if y == 0 and self.size.height == 1:
+            return self._one_line(width, base)
         if y == 0:
             segments = [Segment(self.title + " ", base + Style(bold=True))]
             if self.value is None or not math.isfinite(self.value):
@@ -97,10 +88,29 @@ class BandGauge(Widget):
                     segments.append(Segment(f"  {band.label}", base + Style(color=band.colour)))
             if self.note:
                 segments.append(Segment(f"  {self.note}", base + Style(dim=True)))
-            return Strip(segments).adjust_cell_length(width, base)
+            return Strip(segments)
         if y != 1 or width < 4 or not self.bands:
             return Strip.blank(width, base)
-        return Strip(self._scale(width)).adjust_cell_length(width, base)
+        return Strip(self._scale(width))
+
+    def _one_line(self, width: int, base: Style) -> Strip:
+        """A gauge one line tall (short terminals): title, value in its band's colour, the
+        band's name where the scale keeps 16 cells, the scale."""
+        segments = [Segment(self.title + " ", base + Style(bold=True))]
+        if self.value is None or not math.isfinite(self.value):
+            text = "nan " if self.value is not None else "no data yet "
+            segments.append(Segment(text, base + Style(dim=True)))
+        else:
+            band = self.band_of(self.value)
+            colour = Style(color=band.colour, bold=True) if band else Style()
+            segments.append(Segment(f"{self._fmt(self.value)}{self.unit} ", base + colour))
+            used = sum(s.cell_length for s in segments)
+            if band is not None and width - used - len(band.label) - 1 >= 16:
+                segments.append(Segment(f"{band.label} ", base + Style(color=band.colour)))
+        used = sum(s.cell_length for s in segments)
+        if self.bands and width - used >= 12:
+            segments += self._scale(width - used)
+        return Strip(segments)
 
     def _scale(self, width: int) -> list[Segment]:
         cells = [" "] * width

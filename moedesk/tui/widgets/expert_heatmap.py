@@ -4,23 +4,24 @@ Top-k runs: one row per MoE layer, one column per expert. Ternary runs: the 243 
 as a grid with one row per routing cluster (rows of 27 for a flat router). Each cell is
 the expert's load ratio (tokens / fair share, from `moedesk.stats.load`); the last line
 is the colour legend. When rows outnumber the lines available two rows share a line
-(upper half-block over lower). An update only swaps the level grid and drops the line
-cache; `render_line` rebuilds a line from shared segments (`palette`), which keeps a
-243-expert update well under the 8 ms budget that a Static with Rich text misses.
+(upper half-block over lower). An update only swaps the level grid and drops the cached
+lines that changed (`CachedLines`); a line is rebuilt from shared segments (`palette`),
+which keeps a 243-expert update well under the 8 ms budget a Static with Rich text misses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from rich.segment import Segment
 from rich.style import Style
-from textual.geometry import Region
 from textual.strip import Strip
-from textual.widget import Widget
 
 from moedesk.tui import palette
+from moedesk.tui.widgets._cached_lines import CachedLines
 
 
-class ExpertHeatmap(Widget):
+class ExpertHeatmap(CachedLines):
     DEFAULT_CSS = "ExpertHeatmap { height: auto; }"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
@@ -30,8 +31,6 @@ class ExpertHeatmap(Widget):
         self.levels: list[tuple[int, ...]] = []
         self.caption = "waiting for expert load"
         self.max_lines = 8
-        self._lines: dict[int, Strip] = {}
-        self._layout_key: tuple = ()
 
     def set_grid(self, row_labels: list[str], ratios: list[list[float]], caption: str) -> None:
         """Show a new grid of load ratios (rows x experts); redraws only lines that changed."""
@@ -42,31 +41,24 @@ class ExpertHeatmap(Widget):
         changed_caption = caption != self.caption
         self.caption = caption
         if shape_changed:
-            self._lines.clear()
-            self.refresh(layout=True)
+            self.invalidate(layout=True)
             return
         if self._numbers_shown():
-            self._lines.clear()  # the numbers change even when the colours do not
-            self.refresh()
+            self.invalidate()  # the numbers change even when the colours do not
             return
         packed = self._packed()
-        for y in list(self._lines):
+        for y in self.cached_lines():
             if y == 0:
                 continue
             grid_line = y - 1  # line 0 is the caption
             rows = (2 * grid_line, 2 * grid_line + 1) if packed else (grid_line,)
             if any(r < len(levels) and levels[r] != old_levels[r] for r in rows):
-                del self._lines[y]
-                self.refresh_line(y)
+                self.invalidate_line(y)
         if changed_caption:
-            self._lines.pop(0, None)
-            self.refresh_line(0)
+            self.invalidate_line(0)
 
     def clear_grid(self, caption: str) -> None:
         self.set_grid([], [], caption)
-
-    def refresh_line(self, y: int) -> None:
-        self.refresh(Region(0, y, self.size.width, 1))
 
     # geometry
 
@@ -93,17 +85,10 @@ class ExpertHeatmap(Widget):
 
     # drawing
 
-    def render_line(self, y: int) -> Strip:
-        key = (self.size.width, self._packed())
-        if key != self._layout_key:
-            self._lines.clear()
-            self._layout_key = key
-        strip = self._lines.get(y)
-        if strip is None:
-            strip = self._lines[y] = self._build_line(y)
-        return strip
+    def layout_key(self) -> Hashable:
+        return self.size.width, self._packed()
 
-    def _build_line(self, y: int) -> Strip:
+    def build_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
         label_style = base + Style(dim=True)
@@ -116,7 +101,7 @@ class ExpertHeatmap(Widget):
             segments = palette.legend_segments(width, label_style)
         else:
             segments = []
-        return Strip(segments).adjust_cell_length(width, base)
+        return Strip(segments)
 
     def _grid_segments(self, line: int, label_style: Style) -> list[Segment]:
         label_w, cell_w = self._label_width(), self._cell_width()

@@ -10,14 +10,14 @@ from __future__ import annotations
 from rich.segment import Segment
 from rich.style import Style
 from textual.strip import Strip
-from textual.widget import Widget
 
 from moedesk.tui import palette
+from moedesk.tui.widgets._cached_lines import CachedLines
 
 MAX_COLUMNS = 512
 
 
-class ExpertTimeline(Widget):
+class ExpertTimeline(CachedLines):
     DEFAULT_CSS = "ExpertTimeline { height: auto; }"
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
@@ -25,8 +25,6 @@ class ExpertTimeline(Widget):
         self.columns: list[tuple[int, tuple[int, ...]]] = []  # (step, level per row)
         self.row_name = "expert"
         self.num_rows = 0
-        self._lines: dict[int, Strip] = {}
-        self._width = 0
         self._level_cache: dict[int, tuple[int, ...]] = {}
         self._generation = 0
 
@@ -55,8 +53,7 @@ class ExpertTimeline(Widget):
         num_rows = max((len(levels) for _, levels in shown), default=0)
         relayout = num_rows != self.num_rows or row_name != self.row_name
         self.num_rows, self.row_name = num_rows, row_name
-        self._lines.clear()
-        self.refresh(layout=relayout)
+        self.invalidate(layout=relayout)
 
     def get_content_height(self, container, viewport, width: int) -> int:
         return 1 + (self.num_rows + 1) // 2
@@ -67,16 +64,7 @@ class ExpertTimeline(Widget):
     def _label_width(self) -> int:
         return len(f"{max(0, self.num_rows - 1)}") * 2 + 2
 
-    def render_line(self, y: int) -> Strip:
-        if self.size.width != self._width:
-            self._lines.clear()
-            self._width = self.size.width
-        strip = self._lines.get(y)
-        if strip is None:
-            strip = self._lines[y] = self._build(y)
-        return strip
-
-    def _build(self, y: int) -> Strip:
+    def build_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
         dim = base + Style(dim=True)
@@ -87,7 +75,7 @@ class ExpertTimeline(Widget):
             else:
                 text = (f"{self.row_name}s over time, steps {shown[0][0]}..{shown[-1][0]}"
                         f" (rows {self.row_name} 0..{self.num_rows - 1})")
-            return Strip([Segment(text, dim)]).adjust_cell_length(width, base)
+            return Strip([Segment(text, dim)])
         top = 2 * (y - 1)
         if top >= self.num_rows:
             return Strip.blank(width, base)
@@ -108,7 +96,7 @@ class ExpertTimeline(Widget):
             run_key, run_len = key, 1
         if run_key is not None:
             segments.append(self._cell(run_key, run_len))
-        return Strip(segments).adjust_cell_length(width, base)
+        return Strip(segments)
 
     @staticmethod
     def _cell(key: tuple[int, int | None], length: int) -> Segment:

@@ -8,12 +8,19 @@ The problem column shows the CLI's own message for that key ("got 0; must be >= 
 from __future__ import annotations
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
 from moedesk.profiles.edit import KIND_SECTIONS, FieldSpec, ProfileDocument, field_specs
 
 
 class ProfileTable(DataTable):
+    # enter edits the key (shown in the footer). It runs the screen's action while the key
+    # is handled, not through a RowSelected message, so the edit line has focus before
+    # the next key arrives: nothing typed right after enter is lost (newuser.md B17)
+    BINDINGS = [Binding("enter", "screen.edit_key", "Edit", id="profile-edit",
+                        tooltip="Edit the key under the cursor")]
+
     def __init__(self, *, id: str | None = None):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self.specs = field_specs()

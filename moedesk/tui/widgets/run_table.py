@@ -27,7 +27,8 @@ _STATUS_RANK = {"running": 0, "queued": 1, "crashed": 2, "failed": 3, "stopped":
 
 class RunTable(DataTable):
     # DataTable hides its enter binding; here enter opens the run, so the footer says so
-    BINDINGS = [Binding("enter", "select_cursor", "Open", id="open")]
+    BINDINGS = [Binding("enter", "select_cursor", "Open", id="open",
+                        tooltip="Monitor the run under the cursor")]
 
     def __init__(self, clock: Callable[[], float], *, id: str | None = None):
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
@@ -65,6 +66,17 @@ class RunTable(DataTable):
             return
         self.selected ^= {run_id}
         self._render()
+
+    def follow(self, run_id: int) -> bool:
+        """Put the cursor on `run_id` (clearing a filter that hides it); False when the
+        list does not have it yet (a run just launched: call again on the next refresh)."""
+        if run_id not in self.rows_by_id:
+            return False
+        if run_id not in self._shown and self.filter_text:
+            self.set_filter("")
+        if run_id in self._shown:
+            self.move_cursor(row=self._shown.index(run_id), animate=False)
+        return True
 
     def current_run_id(self) -> int | None:
         if not self._shown or self.cursor_row >= len(self._shown):
@@ -107,13 +119,13 @@ class RunTable(DataTable):
         return (
             Text("✓", style="bold #5fd75f") if row.id in self.selected else Text(" "),
             str(row.id),
-            row.name,
-            row.kind,
+            Text(row.name),  # data is never markup: a run named "[/]" shows as typed
+            Text(row.kind),
             fmt.status_text(row.status),
             fmt.step_text(row.step, row.total_steps),
             loss,
             fmt.health_text(row.health),
-            fmt.age(now - row.created_at),
+            fmt.age(now - row.created_at) if row.created_at is not None else "-",
         )
 
     def _render(self) -> None:
