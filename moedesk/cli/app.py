@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from moedesk.paths import data_home
 
@@ -43,6 +45,12 @@ EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "crashed": EXIT_
 
 
 def home_of(home: Path | None) -> Path:
+    """The data home: the command's --home, else the one given before the command
+    (`moedesk --home H CMD`), else $MOEDESK_HOME, else ./runs."""
+    if home is None:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            home = ctx.find_root().params.get("home")
     return data_home(home)
 
 
@@ -50,7 +58,9 @@ def fail(message: str | list[str], code: int = EXIT_USAGE) -> NoReturn:
     """Print a clear error (no traceback) and exit with `code`."""
     lines = [message] if isinstance(message, str) else message
     for line in lines:
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+        # the message may hold user data (a run named "[/]"): never parsed as markup
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(line)),
+                          highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

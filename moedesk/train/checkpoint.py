@@ -1,9 +1,12 @@
-"""Checkpoints on disk: atomic writes, checksums, listing, pruning, verified loads.
+"""Checkpoints on disk: atomic writes, checksums, listing, verified loads.
 
 A checkpoint is `checkpoints/step_XXXXXXXX.pt` (a plain `torch.save` dict that loads
 without moedesk) plus a sidecar `step_XXXXXXXX.json` {step, size, sha256} written after
 it. Both are written to a temporary name, fsynced and renamed, so a crash at any moment
-leaves either the complete pair or nothing that `list_checkpoints` reports.
+leaves either the complete pair or nothing that `list_checkpoints` reports. The trainer
+never deletes a checkpoint: the supervisor prunes to `checkpoint.keep` once the events up
+to the newer one are committed (runner/checkpoints.py `prune_plan`), so a resume always
+finds one the stored rows reach.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from moedesk.runner.checkpoints import (  # noqa: F401 - re-exported for trainer
     CheckpointError,
     CheckpointInfo,
     checkpoint_dir,
+    checkpoint_path,
     find_checkpoint,
     list_checkpoints,
     verify_bytes,
@@ -48,11 +52,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> CheckpointInfo:
-    """Write `state` for `step` atomically; prune to the newest `keep` (0 = keep all)."""
+def save_checkpoint(state: dict, run_dir: Path, step: int) -> CheckpointInfo:
+    """Write `state` for `step` atomically (the pair, then the folder, fsynced)."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:08d}.pt"
+    path = checkpoint_path(run_dir, step)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -66,10 +70,6 @@ def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0) -> Che
         path.with_suffix(".json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            old.path.with_suffix(".json").unlink(missing_ok=True)
-            old.path.unlink(missing_ok=True)
     return CheckpointInfo(step, path, len(data), digest)
 
 

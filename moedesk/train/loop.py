@@ -171,7 +171,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                  "config": profile_to_dict(profile), "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "data": data.state_dict(),
                  "rng": rng_states(device), "extra": model.extra_state()}
-        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep)
+        info = save_checkpoint(state, run_dir, at_step)
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
                      sha256=info.sha256)
 

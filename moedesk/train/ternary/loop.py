@@ -127,7 +127,7 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
                  "data": batches.state_dict(), "log_window": window.state_dict(),
                  "dead_tracker": dead.state_dict(), "best_accuracy": best_accuracy,
                  "epochs_without_better": epochs_without_better}
-        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep)
+        info = save_checkpoint(state, run_dir, at_step)
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
                      sha256=info.sha256)
 
