@@ -18,7 +18,7 @@ from pathlib import Path
 
 from moedesk.paths import db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
-from moedesk.store import Reader, StoreError
+from moedesk.store import Reader, StoreError, StoreMissing
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
 
 LOG_CHUNK = 256 * 1024  # the first read of a long log starts this far from its end
@@ -48,6 +48,7 @@ class Poller:
         self._last_error: str | None = None
         self._data_version: int | None = None
         self._quiet_ticks = 0
+        self.problem: str | None = None  # why the store cannot be read (shown, not "no runs")
 
     # watching: called from the UI thread
 
@@ -82,8 +83,13 @@ class Poller:
         if self.reader is None:
             try:
                 self.reader = Reader(self.db_file)
-            except StoreError:
+            except StoreMissing:
+                self.problem = None
                 return None  # no database yet: the first launch creates it
+            except StoreError as exc:  # damaged, unreadable: say so, retry next tick
+                self.problem = str(exc)
+                return None
+            self.problem = None
         return self.reader
 
     def close(self) -> None:
@@ -95,10 +101,13 @@ class Poller:
         result = PollResult()
         reader = self._open()
         if reader is None:
+            if self.problem and self.problem != self._last_error:
+                self._last_error = result.error = self.problem
             return result
         try:
             if self._unchanged(reader):
                 return result
+            reader.record_gone()  # write down dead supervisors (a short write, rarely)
             runs = self._poll_runs(reader)
             with self._watch_lock:
                 watched = list(self._watched.values())
@@ -108,6 +117,8 @@ class Poller:
                     result.changed.append(data.run_id)
         except Exception as exc:  # a locked or replaced file: report, reopen next tick
             message = f"cannot read {self.db_file}: {exc}"
+            if isinstance(exc, StoreError):
+                self.problem = message = str(exc)
             self.close()
             if message != self._last_error:
                 self._last_error = result.error = message
