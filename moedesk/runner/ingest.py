@@ -7,7 +7,8 @@ It commits adaptively (`commit`, called by the supervisor's loop once it has dra
 the trainer already wrote): at once when the trainer is quiet, one large batch when it
 floods, never more often than every `MIN_COMMIT_GAP_S`, never more than `MAX_BATCH_ROWS`
 at a time. The writes themselves, and surviving a store that refuses them, are the
-`Committer`'s (commit.py).
+`Committer`'s (commit.py). A gap in its own ticks (the supervisor was frozen) restarts
+the stall clock, so a thaw fires no stall at all.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ MIN_COMMIT_GAP_S = 0.005
 # after the queue runs dry, wait this long for the rest of a step's events (metrics,
 # expert load, analysis arrive as separate lines) so they are committed together
 COALESCE_S = 0.002
+# the supervisor's loop turns at least every 0.25 s (a commit may wait out its 5 s busy
+# timeout); a longer gap between two ticks means the supervisor itself was not running
+# (SIGSTOP, a suspended machine), and the time it lost says nothing about the trainer
+FROZEN_GAP_S = 10.0
 
 
 class Ingestor:
@@ -41,6 +46,7 @@ class Ingestor:
         self.finished: dict | None = None
         self.started: dict | None = None
         self.last_step = 0
+        self.last_tick: float | None = None
         self.log_lines: list[str] = []
 
     @property
@@ -85,9 +91,16 @@ class Ingestor:
             self.finished = event
 
     def tick(self, now: float | None = None) -> None:
-        """Let time-based rules (stalled) look at the clock."""
-        if self.engine is not None:
-            self._apply_health(self.engine.tick(self.clock() if now is None else now))
+        """Let time-based rules (stalled) look at the clock; after a gap in the ticks
+        (the supervisor was frozen) the stall clock restarts instead of firing."""
+        now = self.clock() if now is None else now
+        frozen = self.last_tick is not None and now - self.last_tick > FROZEN_GAP_S
+        self.last_tick = now
+        if self.engine is None:
+            return
+        if frozen and self.engine.stalled is not None:
+            self.engine.stalled.restart_clock(now)
+        self._apply_health(self.engine.tick(now))
 
     def _apply_health(self, result) -> None:
         fired, cleared = result

@@ -165,13 +165,13 @@ def plan_resume(info: RunInfo, step: int | None, stop_at: int | None
     newer than them (steps were truly lost), a RunError naming the missing steps: the user
     accepts the gap with `--at`. With `step`: that checkpoint, gap and all."""
     total = info.total_steps or info.config["train"]["steps"]
+    if stop_at is not None and stop_at > total:
+        raise RunError(f"--steps {stop_at} is past run {info.id}'s train.steps = {total}."
+                       f" {_extend_hint(info)}")
     if step is None and info.status == "completed" and info.last_step >= total:
         raise RunError(f"run {info.id} ({info.name}) completed all {total} steps: there is"
                        f" nothing to resume. {_extend_hint(info)}. To redo its end, resume"
                        " from an earlier checkpoint with --at STEP")
-    if stop_at is not None and stop_at > total:
-        raise RunError(f"--steps {stop_at} is past run {info.id}'s train.steps = {total}."
-                       f" {_extend_hint(info)}")
     ckpt = checkpoint_for(info, step, at_most=info.last_step)
     gap = (info.last_step + 1, ckpt.step) if ckpt.step > info.last_step else None
     if gap and step is None:

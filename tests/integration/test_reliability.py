@@ -45,6 +45,14 @@ def sql(home: Path, query: str, args: tuple = ()) -> list[tuple]:
         conn.close()
 
 
+def supervisor_pid(home: Path) -> int | None:
+    try:  # the first run creates the store: its schema may not be there yet
+        rows = sql(home, "SELECT supervisor_pid FROM runs")
+    except sqlite3.OperationalError:
+        return None
+    return rows[0][0] if rows else None
+
+
 def gone(pid: int | None) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -211,9 +219,8 @@ def test_a_foreground_run_gives_up_within_seconds_when_its_supervisor_dies(home)
                             "train.steps=100000", *FAST, "--home", str(home)], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: (home / "moedesk.db").exists() and sql(
-            home, "SELECT supervisor_pid FROM runs")[0][0], what="a supervisor pid")
-        pid = sql(home, "SELECT supervisor_pid FROM runs")[0][0]
+        pid = wait_for(lambda: (home / "moedesk.db").exists() and supervisor_pid(home),
+                       what="a supervisor pid")
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         out, err = cli.communicate(timeout=30)
@@ -319,7 +326,7 @@ def test_root_home_option_is_honoured_by_commands(home, tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     cmd = [sys.executable, "-m", "moedesk", "--home", str(home), "run", str(REPO / TINY),
-           "--set", "train.steps=3", *FAST]
+           "--set", "train.steps=12", *FAST]
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (home / "moedesk.db").exists() and not (cwd / "runs").exists()

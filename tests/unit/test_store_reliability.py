@@ -346,6 +346,13 @@ def test_a_thawed_backlog_fires_the_stalled_rule_at_most_once():
                        "values": {}})
         ingestor.tick()
     assert len([a for a in fired if a["rule"] == "stalled"]) <= 1
+    # the first tick after the thaw, before any backlog line: the gap in its own ticks
+    # tells the supervisor it was frozen, so not even one stall fires
+    now[0] += 150.0
+    ingestor.tick()
+    ingestor.feed({"type": "metrics", "step": 63, "wall": now[0], "values": {}})
+    ingestor.tick()
+    assert [a for a in fired if a["rule"] == "stalled"] == []
 
 
 # ---- checkpoints and outcomes ------------------------------------------------------------
