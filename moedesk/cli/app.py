@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -44,14 +43,15 @@ EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "crashed": EXIT_
                    "stopped": EXIT_STOPPED}
 
 
+# `moedesk --home H CMD`: the root callback (cli/__init__.py) runs before the command and
+# leaves H here for `home_of`
+root_home: list[str | None] = [None]
+
+
 def home_of(home: Path | None) -> Path:
     """The data home: the command's --home, else the one given before the command
     (`moedesk --home H CMD`), else $MOEDESK_HOME, else ./runs."""
-    if home is None:
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None:
-            home = ctx.find_root().params.get("home")
-    return data_home(home)
+    return data_home(home if home is not None else root_home[0])
 
 
 def fail(message: str | list[str], code: int = EXIT_USAGE) -> NoReturn:

@@ -187,7 +187,8 @@ def _follow(conn, run_id: int, trainer: subprocess.Popen, committer: Committer, 
         if line is not None and line is not _IDLE:
             ingestor.feed_line(line)
             eof = _drain(lines, ingestor)
-        ingestor.tick()
+        if not watch.stopping:
+            ingestor.tick()  # time-based rules (stalled)
         ingestor.commit()  # adaptive: at once when quiet, the whole backlog when flooding
         watch.tick(ingestor.last_step)
         committer.retry_if_due()

@@ -63,5 +63,11 @@ class Watch:
         except OSError:
             pass
 
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested and passed on: the trainer's pause to checkpoint and exit
+        is not a stall."""
+        return bool(self.acked)
+
     def close(self) -> None:
         heartbeat_file(self.run_dir).unlink(missing_ok=True)

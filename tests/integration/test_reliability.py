@@ -304,7 +304,7 @@ def test_a_full_disk_while_running_loses_nothing(tmp_path):
 
 def test_a_frozen_supervisor_is_unresponsive_and_its_thaw_is_quiet(home):
     moedesk("run", TINY, *LONG, "--stop-on", "warning", "--set",
-            "health.stalled.min_seconds=3", "--detach", home=home, check=True)
+            "health.stalled.min_seconds=8", "--detach", home=home, check=True)
     wait_for(lambda: reader(home).run(1).last_step >= 25, what="a usual step time")
     row = reader(home).run(1).row
     os.kill(row["supervisor_pid"], signal.SIGSTOP)
