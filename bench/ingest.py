@@ -11,6 +11,7 @@ Side by side in one run, interleaved over `--rounds` rounds, 20 metrics per step
 Targets (issue 18): flood >= 300,000 rows/s; p95 freshness <= 25 ms.
 
     .venv/bin/python bench/ingest.py [--steps 20000] [--metrics 20] [--rounds 3]
+        [--baseline DIR]   # also an earlier checkout's supervisor (git archive REV | tar -x)
 """
 
 from __future__ import annotations
@@ -88,32 +89,41 @@ def new_run(home: Path, steps: int) -> int:
     return run_id
 
 
-def supervise(home: Path, run_id: int, steps: int, names: int, pause: float):
+def supervise(home: Path, run_id: int, steps: int, names: int, pause: float,
+              code: Path | None = None):
+    """The real supervisor on the fake trainer; `code`: another checkout's supervisor."""
     script = home / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     cmd = json.dumps([sys.executable, str(script), str(steps), str(names), str(pause)])
+    env = {**os.environ, **({"PYTHONPATH": str(code)} if code else {})}
     return subprocess.Popen([sys.executable, "-m", "moedesk.runner.supervise", "--home",
-                             str(home), "--run-id", str(run_id), "--trainer-cmd", cmd])
+                             str(home), "--run-id", str(run_id), "--trainer-cmd", cmd],
+                            cwd=code or Path.cwd(), env=env)
 
 
-def moedesk_flood(steps: int, names: int) -> float:
+def moedesk_flood(steps: int, names: int, code: Path | None = None) -> tuple[float, float]:
+    """(rows/s of wall time, rows per CPU second of the supervisor and its fake trainer:
+    the figure a loaded machine does not move)."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         run_id = new_run(home, steps)
-        supervise(home, run_id, steps, names, 0.0).wait()
+        proc = supervise(home, run_id, steps, names, 0.0, code)
+        _, _, usage = os.wait4(proc.pid, 0)
+        proc.returncode = 0
+        cpu = usage.ru_utime + usage.ru_stime
         with open_reader(home) as reader:
             rows = reader.query("SELECT COUNT(*), MIN(wall) FROM metrics WHERE run_id = ?",
                                 (run_id,))[1][0]
             ended = reader.run(run_id).ended_at
         assert rows[0] == steps * names, f"lost rows: {rows[0]} of {steps * names}"
-        return rows[0] / (ended - rows[1])
+        return rows[0] / (ended - rows[1]), rows[0] / cpu
 
 
-def moedesk_freshness(names: int) -> list[float]:
+def moedesk_freshness(names: int, code: Path | None = None) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         run_id = new_run(home, FRESH_STEPS)
-        proc = supervise(home, run_id, FRESH_STEPS, names, FRESH_PAUSE_S)
+        proc = supervise(home, run_id, FRESH_STEPS, names, FRESH_PAUSE_S, code)
         lags: list[float] = []
         seen = 0
         with open_reader(home) as reader:
@@ -174,22 +184,40 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=20, help="metric names per step")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mlflow-steps", type=int, default=500)
+    parser.add_argument("--baseline", type=Path, help="an earlier checkout to compare with")
     args = parser.parse_args()
     with_mlflow = importlib.util.find_spec("mlflow") is not None
-    floods, lags, ml_floods, ml_lags = [], [], [], []
+    floods, lags, ml_floods, ml_lags, base_floods, base_lags = [], [], [], [], [], []
+    cpus, base_cpus = [], []
     for _ in range(args.rounds):  # interleaved: every system sees the same machine load
-        floods.append(moedesk_flood(args.steps, args.metrics))
+        rate, per_cpu = moedesk_flood(args.steps, args.metrics)
+        floods.append(rate)
+        cpus.append(per_cpu)
         lags += moedesk_freshness(args.metrics)
+        if args.baseline:
+            rate, per_cpu = moedesk_flood(args.steps, args.metrics, args.baseline)
+            base_floods.append(rate)
+            base_cpus.append(per_cpu)
+            base_lags += moedesk_freshness(args.metrics, args.baseline)
         if with_mlflow:
             ml_floods.append(mlflow_run(args.mlflow_steps, args.metrics, 0.0, False)[0])
             ml_lags += mlflow_run(FRESH_STEPS, args.metrics, FRESH_PAUSE_S, True)[1]
     ms = 1000.0
     print(f"moedesk flood: {statistics.median(floods):,.0f} rows/s median of {args.rounds} "
           f"({', '.join(f'{r:,.0f}' for r in floods)}); {args.steps} steps x {args.metrics} "
-          "metrics through the real supervisor; target >= 300,000")
+          f"metrics through the real supervisor; target >= 300,000; "
+          f"{statistics.median(cpus):,.0f} rows per CPU second (supervisor + fake trainer)")
     print(f"moedesk freshness: p50 {pct(lags, 0.5) * ms:.1f} ms, p95 {pct(lags, 0.95) * ms:.1f}"
           f" ms over {len(lags)} steps (one step every {FRESH_PAUSE_S * ms:.0f} ms, reader "
           f"polling every {POLL_S * ms:.0f} ms); target p95 <= 25 ms")
+    if args.baseline:
+        print(f"baseline {args.baseline}: flood {statistics.median(base_floods):,.0f} rows/s"
+              f" ({', '.join(f'{r:,.0f}' for r in base_floods)}), freshness p50"
+              f" {pct(base_lags, 0.5) * ms:.1f} ms, p95 {pct(base_lags, 0.95) * ms:.1f} ms; ratios"
+              f" this/baseline: flood {statistics.median(floods) / statistics.median(base_floods):.2f},"
+              f" p95 freshness {pct(lags, 0.95) / pct(base_lags, 0.95):.2f}, rows per CPU second"
+              f" {statistics.median(cpus) / statistics.median(base_cpus):.2f}"
+              f" ({statistics.median(base_cpus):,.0f} per CPU second)")
     if not with_mlflow:
         print("mlflow not installed: reference figures from issue 18, measured on this machine"
               " earlier: log_batch 3,140 rows/s, freshness p50 12 / p95 16 ms")
