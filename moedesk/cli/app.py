@@ -14,7 +14,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.text import Text
 
 from moedesk.paths import data_home
 
@@ -58,9 +57,7 @@ def fail(message: str | list[str], code: int = EXIT_USAGE) -> NoReturn:
     """Print a clear error (no traceback) and exit with `code`."""
     lines = [message] if isinstance(message, str) else message
     for line in lines:
-        # the message may hold user data (a run named "[/]"): never parsed as markup
-        err_console.print(Text.assemble(("error:", "bold red"), " ", str(line)),
-                          highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

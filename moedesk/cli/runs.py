@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -33,7 +34,7 @@ def _reader(home) -> Reader:
     try:
         return open_reader(home)
     except StoreError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
 
 
 def say(text: str) -> None:
@@ -71,7 +72,7 @@ def run(
         else:
             started = launch.start_run(loaded, home, name=name, stop_on=stop_on, stop_at=stop_at)
     except (launch.RunError, StoreError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     say(f"started run {started.run_id} ({started.name}); data in {home}")
     if detach:
         return
@@ -109,7 +110,7 @@ def show(ref: RunArg, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     try:
         info = reader.run(ref)
     except StoreError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     latest = reader.latest_metrics(info.id)
     data = {k: v for k, v in info.row.items() if k != "config_json"}
     data.update(status=info.status, config=info.config,
@@ -158,7 +159,7 @@ def stop(ref: RunArg,
     try:
         out = stopping.stop_and_wait(home_of(home), ref, kill=kill, wait=wait, timeout=timeout)
     except (launch.RunError, StoreError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     info = out.info
     label = f"run {info.id} ({info.name})"
     if out.recorded is not None:
@@ -172,7 +173,7 @@ def stop(ref: RunArg,
                 f" {stopping.ACK_TIMEOUT_S:.0f} s (unresponsive), so it was killed too;"
                 f" recorded as {final}")
             return
-        fail(f"stop requested for {label}, but its supervisor (pid"
+        fail(f"stop requested for {escape(label)}, but its supervisor (pid"
              f" {info.row['supervisor_pid']}) did not acknowledge it within"
              f" {stopping.ACK_TIMEOUT_S:.0f} s: it is unresponsive (stopped, frozen or hung)."
              " The run stops when the supervisor runs again; `moedesk stop"
@@ -182,7 +183,7 @@ def stop(ref: RunArg,
     final = out.final
     if final is None:
         if wait:
-            fail(f"{label} is still stopping after {timeout:.0f} s (finishing its step);"
+            fail(f"{escape(label)} is still stopping after {timeout:.0f} s (finishing its step);"
                  f" `moedesk show {info.id}` tells when it has", code=EXIT_FAILED)
         return
     ckpt = out.checkpoint
@@ -211,7 +212,7 @@ def resume(
     try:
         done = launch.resume(home, ref, step=at, stop_at=steps)
     except (launch.RunError, StoreError) as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     info = done.info
     say(f"resuming run {info.id} ({info.name}) from step {done.step}")
     if done.gap:

@@ -171,8 +171,10 @@ def record_end(conn: sqlite3.Connection, row, status: str, reason: str) -> list[
             status, exit_code = finish["status"], finish.get("exit_code")
             reason = "\n".join(filter(None, [finish.get("error"), "(recorded from the"
                                               " supervisor's spool after it exited)"]))
+    beat = heartbeat_age(row["run_dir"])
+    last_beat = None if beat is None else time.time() - beat
     if store_runs.record_gone(conn, row["id"], status, reason, row["status"],
-                              row["supervisor_pid"], exit_code):
+                              row["supervisor_pid"], exit_code, ended_at=last_beat):
         return [Recorded(row["id"], status, reason)]
     return []
 

@@ -134,15 +134,21 @@ def finish_run(conn: sqlite3.Connection, run_id: int, status: str, exit_code: in
 
 
 def record_gone(conn: sqlite3.Connection, run_id: int, status: str, error: str,
-                seen_status: str, seen_pid: int | None, exit_code: int | None = None) -> bool:
+                seen_status: str, seen_pid: int | None, exit_code: int | None = None,
+                ended_at: float | None = None) -> bool:
     """Record the end a reader found (a dead supervisor: crashed, or failed before it
-    started the trainer), only if the row is still what the reader saw."""
+    started the trainer), only if the row is still what the reader saw. `ended_at`
+    defaults to the run's last sign of life: its newest metric, else now."""
     assert status in STATUSES, status
+    if ended_at is None:
+        last = conn.execute("SELECT MAX(wall) FROM metrics WHERE run_id = ?",
+                            (run_id,)).fetchone()[0]
+        ended_at = last if last is not None else time.time()
     with transaction(conn):
         cur = conn.execute("UPDATE runs SET status = ?, error = ?, ended_at = ?,"
                            " exit_code = COALESCE(?, exit_code)"
                            " WHERE id = ? AND status = ? AND supervisor_pid IS ?",
-                           (status, error, time.time(), exit_code, run_id, seen_status,
+                           (status, error, ended_at, exit_code, run_id, seen_status,
                             seen_pid))
     return cur.rowcount == 1
 

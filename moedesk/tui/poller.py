@@ -105,9 +105,11 @@ class Poller:
                 self._last_error = result.error = self.problem
             return result
         try:
+            # write down dead supervisors first (a short write, only when there is one), so
+            # the data_version below already includes it
+            reader.record_gone()
             if self._unchanged(reader):
                 return result
-            reader.record_gone()  # write down dead supervisors (a short write, rarely)
             runs = self._poll_runs(reader)
             with self._watch_lock:
                 watched = list(self._watched.values())
