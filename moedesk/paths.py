@@ -7,6 +7,9 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `train.log`: the trainer's stderr and the supervisor's notes, tailed by the TUI;
 - `supervisor.log`: the detached supervisor's own output (launch.py);
 - `stop_request.json`: a requested stop, written before any signal (runner/control.py);
+- `stop_ack.json`: the supervisor's acknowledgement of that request (runner/control.py);
+- `heartbeat`: touched by the live supervisor every few seconds (store/liveness.py);
+- `spool.jsonl`: batches the supervisor could not commit, replayed later (store/spool.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar, and `best.json`, the
   `[checkpoint] keep_best` mark (runner/checkpoints.py).
 """
@@ -21,6 +24,9 @@ CONFIG_FILE = "config.json"
 TRAIN_LOG = "train.log"
 SUPERVISOR_LOG = "supervisor.log"
 STOP_REQUEST_FILE = "stop_request.json"
+STOP_ACK_FILE = "stop_ack.json"
+HEARTBEAT_FILE = "heartbeat"
+SPOOL_FILE = "spool.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT_FILE = "best.json"
 
@@ -56,6 +62,18 @@ def supervisor_log(run_dir: str | Path) -> Path:
 
 def stop_request_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / STOP_REQUEST_FILE
+
+
+def stop_ack_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / STOP_ACK_FILE
+
+
+def heartbeat_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / HEARTBEAT_FILE
+
+
+def spool_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / SPOOL_FILE
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

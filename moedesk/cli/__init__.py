@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from moedesk.cli.app import app, home_of
+from moedesk.cli.app import app, home_of, root_home
 
 # each command module registers its commands on `app` when imported; the order of these
 # imports is the order of `moedesk --help`, so the sorter leaves them alone
@@ -25,8 +25,11 @@ from moedesk.cli import sample  # noqa: F401
 
 @app.callback()
 def _root(ctx: typer.Context,
-          home: str = typer.Option(None, "--home", help="Data home for the TUI.")) -> None:
+          home: str = typer.Option(None, "--home", help="Data home for the TUI and every"
+                                                        " command (default ./runs, or"
+                                                        " $MOEDESK_HOME).")) -> None:
     """Open the TUI when no command is given."""
+    root_home[0] = home
     if ctx.invoked_subcommand is None:
         from moedesk.tui.app import run_app
 

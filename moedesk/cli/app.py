@@ -42,8 +42,15 @@ EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "crashed": EXIT_
                    "stopped": EXIT_STOPPED}
 
 
+# `moedesk --home H CMD`: the root callback (cli/__init__.py) runs before the command and
+# leaves H here for `home_of`
+root_home: list[str | None] = [None]
+
+
 def home_of(home: Path | None) -> Path:
-    return data_home(home)
+    """The data home: the command's --home, else the one given before the command
+    (`moedesk --home H CMD`), else $MOEDESK_HOME, else ./runs."""
+    return data_home(home if home is not None else root_home[0])
 
 
 def fail(message: str | list[str], code: int = EXIT_USAGE) -> NoReturn:

@@ -6,9 +6,12 @@ import time
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from moedesk.cli.app import (
+    EXIT_FAILED,
     EXIT_FOR_STATUS,
     HomeOpt,
     JsonOpt,
@@ -16,13 +19,13 @@ from moedesk.cli.app import (
     age,
     app,
     console,
+    err_console,
     fail,
     home_of,
     print_json,
 )
-from moedesk.paths import db_path
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
-from moedesk.runner import launch
+from moedesk.runner import launch, stopping
 from moedesk.runner.checkpoints import CheckpointError, parse_at
 from moedesk.stats import names
 from moedesk.store import Reader, StoreError, open_reader
@@ -31,11 +34,14 @@ from moedesk.store import Reader, StoreError, open_reader
 def _reader(home) -> Reader:
     """A read-only reader, after recording crashes of runs whose supervisor died."""
     try:
-        if db_path(home).exists():
-            launch.reconcile_crashed(home)
         return open_reader(home)
     except StoreError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
+
+
+def say(text: str) -> None:
+    """Print a line holding user data (run names, paths): never parsed as markup."""
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -68,9 +74,8 @@ def run(
         else:
             started = launch.start_run(loaded, home, name=name, stop_on=stop_on, stop_at=stop_at)
     except (launch.RunError, StoreError) as exc:
-        fail(str(exc))
-    console.print(f"started run {started.run_id} ({started.name}); data in {home}",
-                  highlight=False)
+        fail(escape(str(exc)))
+    say(f"started run {started.run_id} ({started.name}); data in {home}")
     if detach:
         return
     from moedesk.cli.follow import follow
@@ -94,7 +99,7 @@ def list_runs(as_json: JsonOpt = False, home: HomeOpt = None) -> None:
                   box=None, header_style="bold")
     now = time.time()
     for r in runs:
-        table.add_row(str(r.id), r.name, r.kind, r.status, f"{r.last_step}/{r.total_steps}",
+        table.add_row(str(r.id), Text(r.name), r.kind, r.status, f"{r.last_step}/{r.total_steps}",
                       "-" if loss[r.id] is None else f"{loss[r.id]:.4f}",
                       badges.get(r.id, "ok"), age(now - r.created_at))
     console.print(table if runs else "no runs yet: try `moedesk run profiles/tiny_dense.toml`")
@@ -107,7 +112,7 @@ def show(ref: RunArg, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     try:
         info = reader.run(ref)
     except StoreError as exc:
-        fail(str(exc))
+        fail(escape(str(exc)))
     latest = reader.latest_metrics(info.id)
     data = {k: v for k, v in info.row.items() if k != "config_json"}
     data.update(status=info.status, config=info.config,
@@ -117,8 +122,9 @@ def show(ref: RunArg, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     if as_json:
         print_json(data)
         return
-    console.print(f"[bold]run {info.id}[/] {info.name}  kind {info.kind}  [bold]{info.status}[/]"
-                  f"  step {info.last_step}/{info.total_steps}", highlight=False)
+    console.print(Text.assemble((f"run {info.id}", "bold"), f" {info.name}  kind {info.kind}  ",
+                                (info.status, "bold"),
+                                f"  step {info.last_step}/{info.total_steps}"))
     for key in ("profile_path", "run_dir", "seed", "params_total", "params_active", "device",
                 "parent_id", "parent_step", "resumed_from_step", "exit_code"):
         if data.get(key) is not None:
@@ -143,34 +149,80 @@ def show(ref: RunArg, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
 @app.command()
 def stop(ref: RunArg,
          kill: Annotated[bool, typer.Option("--kill", help="SIGKILL now, no checkpoint.")] = False,
+         wait: Annotated[bool, typer.Option(
+             "--wait/--no-wait", help="Wait for the run to end and report its checkpoint "
+                                      "(default), or return once the stop is acknowledged.")
+         ] = True,
+         timeout: Annotated[float, typer.Option(
+             "--timeout", min=0, help="Seconds to wait for the end.")] = stopping.END_TIMEOUT_S,
          home: HomeOpt = None) -> None:
-    """Stop a run: it finishes its step, checkpoints and exits (--kill: at once)."""
+    """Stop a run: it finishes its step, checkpoints and exits (--kill: at once).
+
+    Says when the run's supervisor did not acknowledge the stop (a frozen supervisor),
+    and the step the final checkpoint was written at."""
     try:
-        info = launch.stop_run(home_of(home), ref, kill=kill)
+        out = stopping.stop_and_wait(home_of(home), ref, kill=kill, wait=wait, timeout=timeout)
     except (launch.RunError, StoreError) as exc:
-        fail(str(exc))
-    console.print(f"{'killing' if kill else 'stopping'} run {info.id} ({info.name})",
-                  highlight=False)
+        fail(escape(str(exc)))
+    info = out.info
+    label = f"run {info.id} ({info.name})"
+    if out.recorded is not None:
+        say(f"{label} had already ended: {out.recorded.reason}; recorded it as"
+            f" {out.recorded.status}")
+        return
+    if out.ack is None and not out.ended_before_ack:
+        if kill:
+            final = out.final.status if out.final else "stopped"
+            say(f"killed {label}: its supervisor did not acknowledge within"
+                f" {stopping.ACK_TIMEOUT_S:.0f} s (unresponsive), so it was killed too;"
+                f" recorded as {final}")
+            return
+        fail(f"stop requested for {escape(label)}, but its supervisor (pid"
+             f" {info.row['supervisor_pid']}) did not acknowledge it within"
+             f" {stopping.ACK_TIMEOUT_S:.0f} s: it is unresponsive (stopped, frozen or hung)."
+             " The run stops when the supervisor runs again; `moedesk stop"
+             f" {info.id} --kill` ends it now", code=EXIT_FAILED)
+    if out.ack is not None:
+        say(f"{'killing' if kill else 'stopping'} {label}: requested at step {out.ack['step']}")
+    final = out.final
+    if final is None:
+        if wait:
+            fail(f"{escape(label)} is still stopping after {timeout:.0f} s (finishing its step);"
+                 f" `moedesk show {info.id}` tells when it has", code=EXIT_FAILED)
+        return
+    ckpt = out.checkpoint
+    where = (f"; checkpoint written at step {ckpt['step']}: {ckpt['path']}" if ckpt
+             and ckpt["step"] == final.last_step else
+             f"; its newest checkpoint is at step {ckpt['step']}: {ckpt['path']}" if ckpt
+             else "; no checkpoint")
+    say(f"{label} {final.status} at step {final.last_step}{where}")
 
 
 @app.command()
 def resume(
     ref: RunArg,
     steps: Annotated[int | None, typer.Option(
-        "--steps", min=1, help="Stop at this step (default: the profile's train.steps).")] = None,
+        "--steps", min=1, help="Stop at this step, at most the run's train.steps (a resume "
+                               "never lengthens a run; fork it with --from to train on).")
+    ] = None,
     at: Annotated[str | None, typer.Option(
-        "--at", help="Resume from the checkpoint at this step, or 'best' (default: newest).",
-        show_default=False)] = None,
+        "--at", help="Resume from the checkpoint at this step, or 'best' (default: the newest "
+                     "the stored rows reach).", show_default=False)] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Start and return at once.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Continue a run from its latest (or a chosen) checkpoint, exactly where it left off."""
     home = home_of(home)
     try:
-        info, step = launch.resume_run(home, ref, step=parse_at(at, "--at"), stop_at=steps)
+        done = launch.resume(home, ref, step=parse_at(at, "--at"), stop_at=steps)
     except (launch.RunError, StoreError, CheckpointError) as exc:
-        fail(str(exc))
-    console.print(f"resuming run {info.id} ({info.name}) from step {step}", highlight=False)
+        fail(escape(str(exc)))
+    info = done.info
+    say(f"resuming run {info.id} ({info.name}) from step {done.step}")
+    if done.gap:
+        err_console.print(f"warning: steps {done.gap[0]}..{done.gap[1]} are missing from the"
+                          " stored curves (no checkpoint could restore them); recorded in"
+                          " `resumes`", highlight=False, markup=False)
     if detach:
         return
     from moedesk.cli.follow import follow

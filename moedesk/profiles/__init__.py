@@ -8,6 +8,7 @@ Public API: `load_profile`, `parse_overrides`, `profile_to_dict`, `profile_from_
 from __future__ import annotations
 
 import copy
+import stat
 import tomllib
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -22,19 +23,42 @@ __all__ = ["Profile", "ProfileError", "load_profile", "parse_overrides", "apply_
            "profile_to_dict", "profile_from_dict", "read_toml", "validate_data"]
 
 
+# a profile is a few KB; anything far larger is not one (and /dev/zero never ends)
+MAX_PROFILE_BYTES = 1024 * 1024
+TOO_DEEP = "nested too deeply (tables and arrays more than a few hundred levels deep)"
+
+
 def read_toml(path: str | Path) -> dict:
-    """Parse a TOML file, turning every failure into a `ProfileError` naming the file."""
+    """Parse a TOML file, turning every failure into a `ProfileError` naming the file.
+
+    Only regular files of at most MAX_PROFILE_BYTES are read: a FIFO would block and a
+    device like /dev/zero would never end."""
     path = Path(path)
+
+    def problem(text: str, key: str = "(file)") -> ProfileError:
+        return ProfileError(str(path), [Problem(key, text)])
+
     try:
-        text = path.read_text(encoding="utf-8")
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise problem("not a regular file (a folder, FIFO or device); a profile is a"
+                          " TOML file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_PROFILE_BYTES + 1)
+        if len(data) > MAX_PROFILE_BYTES:
+            raise problem(f"larger than {MAX_PROFILE_BYTES // 1024} KB; a profile is a"
+                          " small TOML file")
+        text = data.decode("utf-8")
     except FileNotFoundError:
-        raise ProfileError(str(path), [Problem("(file)", "no such profile file")]) from None
+        raise problem("no such profile file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(str(path), [Problem("(file)", f"cannot read: {exc}")]) from None
+        raise problem(f"cannot read: {exc}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(str(path), [Problem("(toml)", f"not valid TOML: {exc}")]) from None
+        raise problem(f"not valid TOML: {exc}", "(toml)") from None
+    except RecursionError:
+        raise problem(TOO_DEEP, "(toml)") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -49,6 +73,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw  # bare words are strings: --set data.source=text
+        except RecursionError:
+            raise ProfileError("--set", [Problem(key, TOO_DEEP)]) from None
         out[key] = value
     return out
 
@@ -78,9 +104,12 @@ def validate_data(data: dict, file: str = "") -> Profile:
 def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> Profile:
     """Read, override and validate a profile file; raises `ProfileError` on any problem."""
     data = read_toml(path)
-    if overrides:
-        data = apply_overrides(data, overrides)
-    return validate_data(data, str(path))
+    try:
+        if overrides:
+            data = apply_overrides(data, overrides)
+        return validate_data(data, str(path))
+    except RecursionError:  # a deep value that parsed, but is too deep to copy or check
+        raise ProfileError(str(path), [Problem("(toml)", TOO_DEEP)]) from None
 
 
 def profile_to_dict(profile: Profile) -> dict:

@@ -170,3 +170,54 @@ def resolve_checkpoint(run_dir: Path, at: int | str | None = None,
         if at == BEST:
             return best_checkpoint(run_dir)
     return find_checkpoint(run_dir, at, at_most)
+def checkpoint_step(path: Path) -> int | None:
+    """The step in a `step_XXXXXXXX.*` name, or None."""
+    stem = path.name.split(".", 1)[0]
+    if stem.startswith("step_") and stem[5:].isascii() and stem[5:].isdigit():
+        return int(stem[5:])
+    return None
+
+
+def remove_partial_files(run_dir: Path) -> list[Path]:
+    """Remove the temporary files a trainer killed mid-write leaves (`*.pt.tmp`,
+    `*.json.tmp`). Only while no trainer of the run is alive (the supervisor's start)."""
+    removed = []
+    for path in checkpoint_dir(run_dir).glob("step_*.tmp"):
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def delete_checkpoint(path: Path) -> None:
+    """Sidecar first: a pair cut short by a crash is then simply not listed."""
+    Path(path).with_suffix(".json").unlink(missing_ok=True)
+    Path(path).unlink(missing_ok=True)
+
+
+def prune_plan(run_dir: Path, listed: list[tuple[int, str]], keep: int) -> list[int]:
+    """The steps to prune when `listed` (step, path) are the checkpoints the store holds
+    (committed, oldest first) and `checkpoint.keep` is `keep` (0 = keep all): every listed
+    one but the newest `keep`, and any file on disk older than the oldest one kept. Files
+    newer than the newest listed one are never touched: their rows are not committed yet,
+    and they may be what a resume needs. The checkpoint `best.json` marks (`[checkpoint]
+    keep_best`) is never pruned."""
+    if keep <= 0 or not listed:
+        return []
+    kept = listed[-keep:]
+    drop = {step for step, _ in listed[:-keep]}
+    oldest_kept = kept[0][0]
+    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
+        step = checkpoint_step(path)
+        if step is not None and step < oldest_kept:
+            drop.add(step)
+    mark = read_best(run_dir)
+    if mark is not None:
+        drop.discard(int(mark["step"]))
+    return sorted(drop)
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"

@@ -1,41 +1,61 @@
-"""Decoded trainer events -> batched SQLite writes and health evaluation.
+"""Decoded trainer events -> batches, health evaluation, and when to commit.
 
-`Ingestor` is the supervisor's whole write path: it buffers events, asks the health
-engine about each metrics event, and commits at most every `flush_interval` seconds
-(or sooner when a batch grows large) in one transaction.
+`Ingestor` buffers events into a `Batch` and asks the health engine about each metrics
+event, with the time the event *arrived* (a supervisor that was frozen and replays a
+backlog sees it arrive now, so the stalled rule does not fire once per backlogged step).
+It commits adaptively (`commit`, called by the supervisor's loop once it has drained what
+the trainer already wrote): at once when the trainer is quiet, one large batch when it
+floods, never more often than every `MIN_COMMIT_GAP_S`, never more than `MAX_BATCH_ROWS`
+at a time. The writes themselves, and surviving a store that refuses them, are the
+`Committer`'s (commit.py). A gap in its own ticks (the supervisor was frozen) restarts
+the stall clock, so a thaw fires no stall at all.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 
 from moedesk.runner.protocol import decode
-from moedesk.store import runs as store_runs
-from moedesk.store.ingest import Batch, write_batch
+from moedesk.store.ingest import Batch
 
-FLUSH_INTERVAL_S = 0.2
 MAX_BATCH_ROWS = 20_000
+# at most ~200 commits a second per run: a quiet trainer's step is visible within a few
+# ms, and eight runs logging every few ms do not queue for the write lock
+MIN_COMMIT_GAP_S = 0.005
+# after the queue runs dry, wait this long for the rest of a step's events (metrics,
+# expert load, analysis arrive as separate lines) so they are committed together
+COALESCE_S = 0.002
+# the supervisor's loop turns at least every 0.25 s (a commit may wait out its 5 s busy
+# timeout); a longer gap between two ticks means the supervisor itself was not running
+# (SIGSTOP, a suspended machine), and the time it lost says nothing about the trainer
+FROZEN_GAP_S = 10.0
 
 
 class Ingestor:
-    def __init__(self, conn: sqlite3.Connection, run_id: int, engine=None,
+    def __init__(self, committer, engine=None,
                  on_alert: Callable[[dict], None] | None = None,
-                 flush_interval: float = FLUSH_INTERVAL_S):
-        self.conn = conn
-        self.run_id = run_id
+                 clock: Callable[[], float] = time.time):
+        self.committer = committer
         self.engine = engine
         self.on_alert = on_alert
-        self.flush_interval = flush_interval
+        self.clock = clock
         self.batch = Batch()
-        self.last_flush = time.monotonic()
+        self.last_commit = 0.0  # monotonic
         self.finished: dict | None = None
         self.started: dict | None = None
         self.last_step = 0
-        self.rows_written = 0
+        self.last_tick: float | None = None
         self.log_lines: list[str] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.batch) >= MAX_BATCH_ROWS
+
+    def wait_s(self) -> float:
+        """How long to wait for more lines before committing what is pending."""
+        return max(COALESCE_S, self.last_commit + MIN_COMMIT_GAP_S - time.monotonic())
 
     def feed_line(self, line: str) -> None:
         decoded = decode(line)
@@ -48,13 +68,14 @@ class Ingestor:
     def feed(self, event: dict) -> None:
         kind = event["type"]
         step = int(event.get("step", self.last_step) or 0)
-        wall = float(event.get("wall") or time.time())
+        arrived = self.clock()
+        wall = float(event.get("wall") or arrived)
         self.last_step = max(self.last_step, step)
         if kind == "metrics":
             values = event["values"]
             self.batch.add_metrics(step, values, wall)
             if self.engine is not None:
-                self._apply_health(self.engine.observe(step, values, wall))
+                self._apply_health(self.engine.observe(step, values, arrived))
         elif kind == "expert_load":
             self.batch.add_expert_load(step, event.get("loads") or {}, wall)
         elif kind == "checkpoint":
@@ -75,19 +96,21 @@ class Ingestor:
                                        event.get("seed"), event.get("max_new_tokens"), wall))
         elif kind == "started":
             self.started = event
-            self.flush()
-            store_runs.record_started_event(self.conn, self.run_id, event)
+            self.batch.started = event
         elif kind == "finished":
             self.finished = event
-        if len(self.batch) >= MAX_BATCH_ROWS:
-            self.flush()
 
     def tick(self, now: float | None = None) -> None:
-        """Flush when due and let time-based rules (stalled) look at the clock."""
-        if self.engine is not None:
-            self._apply_health(self.engine.tick(time.time() if now is None else now))
-        if time.monotonic() - self.last_flush >= self.flush_interval:
-            self.flush()
+        """Let time-based rules (stalled) look at the clock; after a gap in the ticks
+        (the supervisor was frozen) the stall clock restarts instead of firing."""
+        now = self.clock() if now is None else now
+        frozen = self.last_tick is not None and now - self.last_tick > FROZEN_GAP_S
+        self.last_tick = now
+        if self.engine is None:
+            return
+        if frozen and self.engine.stalled is not None:
+            self.engine.stalled.restart_clock(now)
+        self._apply_health(self.engine.tick(now))
 
     def _apply_health(self, result) -> None:
         fired, cleared = result
@@ -98,9 +121,16 @@ class Ingestor:
         for rule, step in cleared:
             self.batch.cleared.append((rule, step))
 
-    def flush(self) -> None:
+    def commit(self) -> None:
+        """Hand what is pending to the committer (a no-op when nothing is)."""
         if len(self.batch) or self.batch.last_step is not None:
-            write_batch(self.conn, self.run_id, self.batch)
-            self.rows_written += len(self.batch)
+            self.committer.write(self.batch)
             self.batch = Batch()
-        self.last_flush = time.monotonic()
+        self.last_commit = time.monotonic()
+
+    @property
+    def rows_written(self) -> int:
+        return self.committer.rows_written
+
+
+__all__ = ["Ingestor", "MAX_BATCH_ROWS", "MIN_COMMIT_GAP_S", "COALESCE_S"]

@@ -1,8 +1,11 @@
-"""The runner's Python API: start, stop, resume and fork runs. CLI and TUI both call it.
+"""The runner's Python API: start, resume and fork runs. CLI and TUI both call it.
 
 Starting a run creates its row (queued) and spawns a detached supervisor
 (`start_new_session=True`), so the run outlives the terminal, the TUI and an SSH
-disconnect. Nothing here imports torch.
+disconnect; the launcher records the supervisor's pid at once, so a supervisor that dies
+before starting the trainer reads as `failed` within a poll. Every entry point first
+writes down what it finds (`Reader.record_gone`: crashed and failed runs) and refuses to
+write into a damaged store. `stopping.py` waits for a stop to take effect. No torch here.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import psutil
 
 from moedesk.paths import db_path, run_dir, supervisor_log
 from moedesk.profiles import Profile, profile_to_dict
@@ -30,7 +36,8 @@ from moedesk.runner.control import (
 )
 from moedesk.store import StoreError, connect_writer, open_reader
 from moedesk.store import runs as store_runs
-from moedesk.store.reads import RunInfo, effective_status
+from moedesk.store.db import check_writable
+from moedesk.store.reads import RunInfo
 
 
 class RunError(Exception):
@@ -44,8 +51,15 @@ class Launched:
     supervisor_pid: int
 
 
+class Resumed(NamedTuple):
+    info: RunInfo  # the run as it was before the resume
+    step: int  # the checkpoint step it continues from
+    gap: tuple[int, int] | None  # steps no checkpoint could restore (recorded in `resumes`)
+
+
 def spawn_supervisor(home: Path, run_id: int, resume: str | None = None,
                      stop_at: int | None = None) -> int:
+    """Start the run's detached supervisor and record its pid and start time."""
     folder = run_dir(home, run_id)
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "moedesk.runner.supervise", "--home", str(home),
@@ -58,7 +72,27 @@ def spawn_supervisor(home: Path, run_id: int, resume: str | None = None,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        started = None  # already gone: the reader sees a dead pid and calls the run failed
+    db = connect_writer(db_path(home))
+    try:
+        store_runs.record_spawned(db.conn, run_id, proc.pid, started)
+    finally:
+        db.close()
     return proc.pid
+
+
+def _writer(home: Path):
+    """A writer on a store that passes its quick check (StoreDamaged otherwise)."""
+    db = connect_writer(db_path(home))
+    try:
+        check_writable(db, db_path(home))
+    except StoreError:
+        db.close()
+        raise
+    return db
 
 
 def start_run(profile: Profile, home: Path, *, name: str | None = None,
@@ -68,7 +102,7 @@ def start_run(profile: Profile, home: Path, *, name: str | None = None,
 
     `parent` = (run_id, step, checkpoint path) forks from another run's checkpoint.
     """
-    db = connect_writer(db_path(home))
+    db = _writer(home)
     try:
         run_id, final_name = store_runs.create_run(
             db.conn, config=profile_to_dict(profile), profile_path=profile.path, home=home,
@@ -76,24 +110,32 @@ def start_run(profile: Profile, home: Path, *, name: str | None = None,
             parent_step=parent[1] if parent else None, stop_on=stop_on)
     finally:
         db.close()
-    pid = spawn_supervisor(home, run_id, resume=parent[2] if parent else None, stop_at=stop_at)
+    try:
+        pid = spawn_supervisor(home, run_id, resume=parent[2] if parent else None,
+                               stop_at=stop_at)
+    except (OSError, StoreError) as exc:
+        _record_failed_start(home, run_id, exc)
+        raise RunError(f"run {run_id} ({final_name}) could not start its supervisor: {exc}"
+                       " (recorded as failed)") from None
     return Launched(run_id, final_name, pid)
 
 
+def _record_failed_start(home: Path, run_id: int, exc: Exception) -> None:
+    try:
+        db = connect_writer(db_path(home))
+        try:
+            store_runs.finish_run(db.conn, run_id, "failed", None,
+                                  f"the supervisor could not be started: {exc}")
+        finally:
+            db.close()
+    except StoreError:
+        pass  # readers call it failed after the grace period anyway
+
+
 def get_run(home: Path, ref: str | int) -> RunInfo:
+    """A run by id or name, after recording what its supervisor's absence means."""
     with open_reader(home) as reader:
         return reader.run(ref)
-
-
-def stop_run(home: Path, ref: str | int, kill: bool = False) -> RunInfo:
-    """Graceful stop (finish the step, checkpoint, exit) or, with kill, SIGKILL now."""
-    info = get_run(home, ref)
-    if info.status not in store_runs.ACTIVE:
-        raise RunError(f"run {info.id} ({info.name}) is {info.status}; only queued or running "
-                       "runs can be stopped")
-    write_stop_request(Path(info.row["run_dir"]), "kill" if kill else "graceful")
-    signal_trainer(info.row["trainer_pid"], stop_signal(kill))
-    return info
 
 
 def checkpoint_for(info: RunInfo, step: int | str | None, at_most: int | None = None
@@ -124,24 +166,73 @@ def checkpoint_of(home: Path, ref: str, kinds: tuple[str, ...] | None = None,
     return info, checkpoint_for(info, at)
 
 
-def resume_run(home: Path, ref: str | int, step: int | str | None = None,
-               stop_at: int | None = None) -> tuple[RunInfo, int]:
-    """Continue a run in place from a checkpoint (`step`: a number, "best" or None for the
-    newest); rows after that step are dropped first."""
+def _extend_hint(info: RunInfo) -> str:
+    return (f"A run's length is part of its learning-rate schedule (warmup, then decay over "
+            f"train.steps = {info.total_steps}), so a resume never lengthens it. To train on"
+            f" from its weights, fork it into a new run with a longer schedule: `moedesk run"
+            f" {info.row.get('profile_path') or 'PROFILE'} --from {info.id}@{info.last_step}"
+            f" --set train.steps=N`")
+
+
+def plan_resume(info: RunInfo, step: int | str | None, stop_at: int | None
+                ) -> tuple[CheckpointInfo, tuple[int, int] | None]:
+    """Which checkpoint a resume continues from, and the steps it cannot restore.
+
+    Without `step`: the newest checkpoint the stored rows reach; when every checkpoint is
+    newer than them (steps were truly lost), a RunError naming the missing steps: the user
+    accepts the gap with `--at`. With `step`: that checkpoint, gap and all."""
+    total = info.total_steps or info.config["train"]["steps"]
+    if stop_at is not None and stop_at > total:
+        raise RunError(f"--steps {stop_at} is past run {info.id}'s train.steps = {total}."
+                       f" {_extend_hint(info)}")
+    if step is None and info.status == "completed" and info.last_step >= total:
+        raise RunError(f"run {info.id} ({info.name}) completed all {total} steps: there is"
+                       f" nothing to resume. {_extend_hint(info)}. To redo its end, resume"
+                       " from an earlier checkpoint with --at STEP")
+    ckpt = checkpoint_for(info, step, at_most=info.last_step)
+    gap = (info.last_step + 1, ckpt.step) if ckpt.step > info.last_step else None
+    if gap and step is None:
+        raise RunError(
+            f"the stored rows of run {info.id} ({info.name}) end at step {info.last_step},"
+            f" but its oldest checkpoint is at step {ckpt.step}: steps {gap[0]}..{gap[1]}"
+            " were never stored and no checkpoint can restore them. Resume anyway with"
+            f" --at {ckpt.step} (the gap is recorded in `resumes`)")
+    if stop_at is not None and stop_at <= ckpt.step:
+        raise RunError(f"--steps {stop_at} is not after the checkpoint step {ckpt.step}:"
+                       " a resume trains at least one step (pick a larger --steps, or an"
+                       " earlier checkpoint with --at)")
+    return ckpt, gap
+
+
+def resume(home: Path, ref: str | int, step: int | str | None = None,
+           stop_at: int | None = None) -> Resumed:
+    """Continue a run in place from a checkpoint; rows after that step are dropped first.
+
+    One writer per run: the requeue is a compare-and-set (`claim_resume`), so of two
+    resumes at once one starts the run and the other gets a RunError."""
     info = get_run(home, ref)
     if info.status in store_runs.ACTIVE:
         raise RunError(f"run {info.id} ({info.name}) is still {info.status}; stop it first")
-    # a supervisor killed mid-batch can leave a checkpoint newer than the last stored row;
-    # resuming from it would leave a gap in the curves, so take the newest one at or before
-    ckpt = checkpoint_for(info, step, at_most=info.last_step)
-    db = connect_writer(db_path(home))
+    ckpt, gap = plan_resume(info, step, stop_at)
+    db = _writer(home)
     try:
-        store_runs.truncate_for_resume(db.conn, info.id, ckpt.step, str(ckpt.path))
+        claimed = store_runs.claim_resume(db.conn, info.id, ckpt.step, str(ckpt.path), gap)
     finally:
         db.close()
+    if not claimed:
+        raise RunError(f"run {info.id} ({info.name}) was just started by another command (a"
+                       " second resume?); a run has one supervisor at a time: see `moedesk"
+                       f" show {info.id}`")
     clear_stop_request(Path(info.row["run_dir"]))
     spawn_supervisor(home, info.id, resume=str(ckpt.path), stop_at=stop_at)
-    return info, ckpt.step
+    return Resumed(info, ckpt.step, gap)
+
+
+def resume_run(home: Path, ref: str | int, step: int | str | None = None,
+               stop_at: int | None = None) -> tuple[RunInfo, int]:
+    """`resume`, as (run, checkpoint step) (the TUI's call)."""
+    done = resume(home, ref, step, stop_at)
+    return done.info, done.step
 
 
 def fork_run(profile: Profile, home: Path, source: str, *, name: str | None = None,
@@ -160,21 +251,35 @@ def fork_run(profile: Profile, home: Path, source: str, *, name: str | None = No
                      parent=(parent.id, ckpt.step, str(ckpt.path)))
 
 
-def reconcile_crashed(home: Path) -> list[int]:
-    """Mark running runs whose supervisor died as crashed in the database."""
-    with open_reader(home) as reader:
-        dead = [r.id for r in reader.runs() if r.row["status"] == "running"
-                and effective_status(r.row) == "crashed"]
-    if dead:
-        db = connect_writer(db_path(home))
-        try:
-            for run_id in dead:
-                store_runs.mark_crashed_if_active(db.conn, run_id, "supervisor process is gone")
-        finally:
-            db.close()
-    return dead
+def reconcile(home: Path) -> list:
+    """Record every run whose supervisor is gone (crashed, or failed before it started
+    the trainer); returns what was recorded (`store.liveness.Recorded`)."""
+    if not db_path(home).exists():
+        return []
+    with open_reader(home, record=False) as reader:
+        return reader.record_gone()
 
 
-__all__ = ["RunError", "Launched", "start_run", "stop_run", "resume_run", "fork_run",
-           "get_run", "checkpoint_for", "checkpoint_of", "spawn_supervisor",
-           "reconcile_crashed", "StoreError"]
+def stop_run(home: Path, ref: str | int, kill: bool = False) -> RunInfo:
+    """Ask a run to stop: graceful (finish the step, checkpoint, exit) or, with kill,
+    SIGKILL now. Returns at once (the TUI's call); `stopping.stop_and_wait` also waits
+    for the supervisor's acknowledgement and the end (the CLI's)."""
+    info = get_run(home, ref)
+    request_stop(info, kill)
+    return info
+
+
+def request_stop(info: RunInfo, kill: bool) -> dict:
+    """Write the stop request, then signal the trainer; RunError if the run is not active."""
+    if info.status not in store_runs.ACTIVE:
+        raise RunError(f"run {info.id} ({info.name}) is {info.status}; only queued, running or"
+                       " unresponsive runs can be stopped")
+    request = write_stop_request(Path(info.row["run_dir"]), "kill" if kill else "graceful")
+    signal_trainer(info.row["trainer_pid"], stop_signal(kill))
+    return request
+
+
+__all__ = ["RunError", "Launched", "Resumed", "start_run", "stop_run", "request_stop",
+           "resume", "resume_run", "plan_resume", "fork_run", "get_run", "checkpoint_for",
+           "checkpoint_of", "spawn_supervisor",
+           "reconcile", "StoreError"]

@@ -1,9 +1,12 @@
 """The per-run supervisor: `python -m moedesk.runner.supervise --home H --run-id N`.
 
-Detached from the terminal that launched it, it starts the trainer in its own process
-group, reads its JSON-lines events, writes them to SQLite in batches (it is the run's
-only writer), evaluates health rules as metrics arrive, and records how the run ended:
-completed, failed, stopped or crashed, with the exit code and the tail of the log.
+Detached from the terminal that launched it, it claims its run (one writer per run:
+`store.runs.claim_supervisor`), starts the trainer in its own process group, reads its
+JSON-lines events, writes them to SQLite (commit.py, adaptively: ingest.py), evaluates
+health rules as metrics arrive, and records how the run ended: completed, failed,
+stopped or crashed, with the exit code and the tail of the log. While it runs it touches
+`RUN_DIR/heartbeat` every few seconds and answers stop requests (watch.py), so readers
+can tell a frozen supervisor (`unresponsive`) from a live one.
 """
 
 from __future__ import annotations
@@ -24,23 +27,21 @@ import psutil
 from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
 from moedesk.paths import config_file, db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
+from moedesk.runner.checkpoints import remove_partial_files
+from moedesk.runner.commit import Committer
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
-from moedesk.store import connect_writer
+from moedesk.runner.outcome import outcome
+from moedesk.runner.watch import Watch
+from moedesk.store import connect_writer, spool
 from moedesk.store import runs as store_runs
+from moedesk.store.db import StoreError
 
-LOG_TAIL_LINES = 20
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+# the supervisor's own busy timeout: short, so a lock held elsewhere turns into spooling
+# (commit.py) within seconds instead of a frozen read loop
+SUPERVISOR_BUSY_MS = 5_000
+TICK_S = 0.25  # the loop wakes at least this often (heartbeat, stop requests, stalls)
+_IDLE = object()
 
 
 def _reader(stream, out: queue.Queue) -> None:
@@ -74,44 +75,101 @@ def make_engine(config: dict, stop_on: str | None = None, conn=None,
     return engine
 
 
+def _note(log_path: Path):
+    def note(message: str) -> None:
+        try:
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%H:%M:%S')} moedesk supervisor: {message}\n")
+        except OSError:
+            print(message, flush=True)  # to supervisor.log, if even that can be written
+    return note
+
+
 def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
               trainer_cmd: list[str] | None = None) -> int:
-    db = connect_writer(db_path(home))
+    try:
+        db = connect_writer(db_path(home), busy_timeout_ms=SUPERVISOR_BUSY_MS)
+    except StoreError as exc:
+        print(f"moedesk supervisor: cannot open the store: {exc}", flush=True)
+        return 1
     conn = db.conn
     me = psutil.Process()
-    store_runs.set_supervisor(conn, run_id, me.pid, me.create_time())
+    refused = store_runs.claim_supervisor(conn, run_id, me.pid, me.create_time())
+    if refused:
+        print(f"moedesk supervisor {me.pid}: not starting: {refused}", flush=True)
+        return 2
+    try:
+        started = _start(conn, run_id, resume, stop_at, trainer_cmd, me.pid)
+    except Exception as exc:  # noqa: BLE001 - a startup failure must still be recorded
+        reason = f"the supervisor could not start the trainer: {exc}"
+        print(f"moedesk supervisor {me.pid}: {reason}", flush=True)
+        try:
+            store_runs.finish_run(conn, run_id, "failed", None, reason, owner=me.pid)
+        except Exception:  # noqa: BLE001 - the store may be why; readers then see failed
+            pass
+        return 1
+    if started is None:
+        return 0
+    return _follow(conn, run_id, *started, resume=resume, owner=me.pid)
+
+
+def _start(conn, run_id: int, resume: str | None, stop_at: int | None,
+           trainer_cmd: list[str] | None, owner: int):
+    """Housekeeping, config.json, then the trainer. None when a stop came first."""
     config, run_dir, stop_on = store_runs.launch_row(conn, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_file(run_dir).write_text(json.dumps(config, indent=2))
+    watch = Watch(run_dir)
+    watch.beat(force=True)
     log_path = train_log(run_dir)
+    note = _note(log_path)
+    keep = int(config.get("checkpoint", {}).get("keep", 0) or 0)
+    committer = Committer(conn, run_id, run_dir, keep, note, owner)
+    # what a previous supervisor left: its spool, half-written checkpoints, rows of
+    # checkpoints that are gone (pruned by an older moedesk, or deleted by hand)
+    spool.replay(conn, run_id, committer.spool_path)
+    for path in remove_partial_files(run_dir):
+        note(f"removed {path.name}, left by a trainer killed while writing it")
+    gone = [s for s, p in store_runs.checkpoint_rows(conn, run_id) if not Path(p).exists()]
+    store_runs.drop_checkpoint_rows(conn, run_id, gone)
+    committer.prune()
+    config_file(run_dir).write_text(json.dumps(config, indent=2))
 
-    request = read_stop_request(run_dir)
-    if request is not None:
-        store_runs.finish_run(conn, run_id, "stopped", None, "stopped before the trainer started")
-        return 0
-
+    if read_stop_request(run_dir) is not None:
+        store_runs.finish_run(conn, run_id, "stopped", None, "stopped before the trainer started",
+                              owner=owner)
+        return None
     cmd = trainer_cmd or [sys.executable, "-m", "moedesk.train", str(run_dir)]
     if resume:
         cmd += ["--resume", resume]
     if stop_at is not None:
         cmd += ["--stop-at", str(stop_at)]
     with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"--- moedesk supervisor {me.pid}: {' '.join(cmd)}\n")
+        log.write(f"--- moedesk supervisor {owner}: {' '.join(cmd)}\n")
         log.flush()
-        trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                   text=True, bufsize=1, start_new_session=True,
+        trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
+                                   stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                                   start_new_session=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    store_runs.mark_running(conn, run_id, trainer.pid)
+    if not store_runs.mark_running(conn, run_id, trainer.pid, owner=owner):
+        signal_trainer(trainer.pid, signal.SIGKILL)  # the run was taken from us meanwhile
+        trainer.wait()
+        return None
+    engine = make_engine(config, stop_on, *((conn, run_id) if resume else ()))
+    return trainer, committer, engine, watch, log_path
 
-    health_stop: list[dict] = []
+
+def _follow(conn, run_id: int, trainer: subprocess.Popen, committer: Committer, engine,
+            watch: Watch, log_path: Path, resume: str | None, owner: int) -> int:
+    """Read the trainer until it exits; commit, watch, and record the outcome."""
+    stops: list[dict] = []  # why moedesk itself stopped the trainer (health, the store)
 
     def on_alert(alert: dict) -> None:
-        if alert.get("stops") and not health_stop:
-            health_stop.append(alert)
+        if alert.get("stops") and not stops:
+            stops.append({"rule": alert["rule"], "message": alert["message"]})
             signal_trainer(trainer.pid, signal.SIGTERM)
 
-    engine = make_engine(config, stop_on, *((conn, run_id) if resume else ()))
-    ingestor = Ingestor(conn, run_id, engine, on_alert)
+    ingestor = Ingestor(committer, engine, on_alert)
+    watch.trainer_pid = trainer.pid
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(trainer.stdout, lines), daemon=True).start()
 
@@ -119,52 +177,51 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
     signal.signal(signal.SIGTERM, lambda *_: signal_trainer(trainer.pid, signal.SIGTERM))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    while True:
+    eof = False
+    while not eof:
         try:
-            line = lines.get(timeout=ingestor.flush_interval)
+            line = lines.get(timeout=TICK_S)
         except queue.Empty:
-            ingestor.tick()
-            continue
-        if line is None:
-            break
-        ingestor.feed_line(line)
-        ingestor.tick()
+            line = _IDLE
+        eof = line is None
+        if line is not None and line is not _IDLE:
+            ingestor.feed_line(line)
+            eof = _drain(lines, ingestor)
+        if not watch.stopping:
+            ingestor.tick()  # time-based rules (stalled)
+        ingestor.commit()  # adaptive: at once when quiet, the whole backlog when flooding
+        watch.tick(ingestor.last_step)
+        committer.retry_if_due()
+        if committer.outage_exceeded() and not stops:
+            reason = (f"the store was unwritable for more than {committer.limit_s:.0f} s"
+                      f" ({committer.error})")
+            stops.append({"rule": "store", "message": reason})
+            committer.note(f"{reason}: stopping the trainer with a checkpoint")
+            signal_trainer(trainer.pid, signal.SIGTERM)
     exit_code = trainer.wait()
-    ingestor.flush()
+    ingestor.commit()
     if ingestor.log_lines:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write("\n".join(ingestor.log_lines) + "\n")
-
-    status, error = _outcome(ingestor.finished, exit_code, read_stop_request(run_dir), health_stop,
-                             log_path)
-    store_runs.finish_run(conn, run_id, status, exit_code, error)
+    status, error = outcome(ingestor.finished, exit_code, read_stop_request(watch.run_dir),
+                            stops, log_path)
+    committer.finish(status, exit_code, error)
+    watch.close()
     return 0
 
 
-def _outcome(finished: dict | None, exit_code: int, request: dict | None,
-             health_stop: list[dict], log_path: Path) -> tuple[str, str | None]:
-    """The run's final status and error text from what the trainer said and how it exited."""
-    if finished is not None:
-        status = finished.get("status", "completed")
-        if status == "failed":
-            reason = finished.get("reason") or "the trainer reported a failure"
-            return "failed", f"{reason}\n{log_tail(log_path)}".strip()
-        if status == "stopped" and health_stop:
-            alert = health_stop[0]
-            return "stopped", f"stopped by health rule {alert['rule']}: {alert['message']}"
-        if exit_code != 0:
-            return status, f"trainer exited with code {exit_code} after finishing"
-        return status, None
-    if request is not None:
-        how = "killed" if request.get("mode") == "kill" else "stopped"
-        return "stopped", f"{how} by request (exit code {exit_code})"
-    tail = log_tail(log_path)
-    if exit_code < 0:
-        name = signal.Signals(-exit_code).name if -exit_code in signal.valid_signals() else exit_code
-        return "crashed", f"trainer killed by signal {name} without finishing\n{tail}".strip()
-    if exit_code != 0:
-        return "failed", f"trainer exited with code {exit_code}\n{tail}".strip()
-    return "crashed", f"trainer exited without a finished event\n{tail}".strip()
+def _drain(lines: queue.Queue, ingestor: Ingestor) -> bool:
+    """Feed what the trainer has already written (waiting a moment for the rest of a
+    step); True at the end of its output."""
+    while not ingestor.full:
+        try:
+            line = lines.get(timeout=ingestor.wait_s())
+        except queue.Empty:
+            return False
+        if line is None:
+            return True
+        ingestor.feed_line(line)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ ROUTING_PREFIX = "routing/"
 
 def insert_rows(conn: sqlite3.Connection, run_id: int, rows: list[tuple]) -> None:
     """Insert (step, name, payload_json, wall) rows; the caller holds the transaction."""
-    conn.executemany("INSERT INTO analysis (run_id, step, name, payload, wall)"
+    conn.executemany("INSERT OR IGNORE INTO analysis (run_id, step, name, payload, wall)"
                      " VALUES (?, ?, ?, ?, ?)", [(run_id, *row) for row in rows])
 
 

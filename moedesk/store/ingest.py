@@ -1,7 +1,11 @@
 """Batched event writes: one `BEGIN IMMEDIATE` transaction per batch, executemany per table.
 
 The supervisor is each run's only writer; it hands this module whole batches so a
-reader sees a step's metrics, expert load and alerts appear together.
+reader sees a step's metrics, expert load and alerts appear together. Writing a batch
+twice changes nothing (metrics, expert load and analysis have unique keys and are
+inserted OR IGNORE; an alert is inserted unless the same rule already fired at that
+step; checkpoints are keyed by step), so a spooled batch can be replayed after a crash
+without knowing whether it was committed (runner/spool.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from dataclasses import dataclass, field
 
 from moedesk.store.analysis import insert_rows as insert_analysis_rows
 from moedesk.store.db import transaction
+
+# a replayed spool is written in transactions of about this many rows
+MAX_REPLAY_ROWS = 50_000
 
 
 @dataclass
@@ -28,10 +35,33 @@ class Batch:
     alerts: list[dict] = field(default_factory=list)
     cleared: list[tuple] = field(default_factory=list)  # (alert_rule, cleared_step)
     last_step: int | None = None
+    started: dict | None = None  # the trainer's `started` event (total steps, params, device)
+
+    def to_json(self) -> dict:
+        return {"metrics": self.metrics, "expert_load": self.expert_load,
+                "checkpoints": self.checkpoints, "analysis": self.analysis,
+                "alerts": self.alerts, "cleared": self.cleared, "last_step": self.last_step,
+                "started": self.started}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Batch:
+        return cls(*([tuple(r) for r in data.get(k) or []]
+                     for k in ("metrics", "expert_load", "checkpoints", "analysis")),
+                   alerts=list(data.get("alerts") or []),
+                   cleared=[tuple(r) for r in data.get("cleared") or []],
+                   last_step=data.get("last_step"), started=data.get("started"))
+
+    def extend(self, other: Batch) -> None:
+        for name in ("metrics", "expert_load", "checkpoints", "analysis", "alerts", "cleared"):
+            getattr(self, name).extend(getattr(other, name))
+        if other.last_step is not None:
+            self.last_step = max(self.last_step or 0, other.last_step)
+        self.started = other.started or self.started
 
     def __len__(self) -> int:
         return (len(self.metrics) + len(self.expert_load) + len(self.checkpoints)
-                + len(self.alerts) + len(self.cleared) + len(self.analysis) + len(self.samples))
+                + len(self.alerts) + len(self.cleared) + len(self.analysis) + len(self.samples)
+                + (self.started is not None))
 
     def add_metrics(self, step: int, values: dict[str, float], wall: float) -> None:
         for name, value in values.items():
@@ -49,12 +79,15 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
     if not len(batch) and batch.last_step is None:
         return
     with transaction(conn):
+        if batch.started is not None:
+            _record_started(conn, run_id, batch.started)
         if batch.metrics:
-            conn.executemany("INSERT INTO metrics (run_id, step, name, value, wall)"
+            conn.executemany("INSERT OR IGNORE INTO metrics (run_id, step, name, value, wall)"
                              " VALUES (?, ?, ?, ?, ?)",
                              [(run_id, *row) for row in batch.metrics])
         if batch.expert_load:
-            conn.executemany("INSERT INTO expert_load (run_id, step, layer, counts, wall)"
+            conn.executemany("INSERT OR IGNORE INTO expert_load (run_id, step, layer, counts,"
+                             " wall)"
                              " VALUES (?, ?, ?, ?, ?)",
                              [(run_id, *row) for row in batch.expert_load])
         if batch.checkpoints:
@@ -73,10 +106,14 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
             insert_analysis_rows(conn, run_id, batch.analysis)
         for alert in batch.alerts:
             conn.execute("INSERT INTO alerts (run_id, step, rule, severity, metric, value,"
-                         " threshold, message, action, wall) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                         " threshold, message, action, wall, cleared_step)"
+                         " SELECT ?,?,?,?,?,?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM alerts"
+                         " WHERE run_id = ? AND rule = ? AND step = ? AND severity = ?)",
                          (run_id, alert["step"], alert["rule"], alert["severity"],
                           alert.get("metric"), alert.get("value"), alert.get("threshold"),
-                          alert.get("message"), alert.get("action"), alert["wall"]))
+                          alert.get("message"), alert.get("action"), alert["wall"],
+                          alert.get("cleared_step"), run_id, alert["rule"], alert["step"],
+                          alert["severity"]))
         # `step < cleared` keeps an alert of the same rule fired later in this batch open
         for rule, step in batch.cleared:
             conn.execute("UPDATE alerts SET cleared_step = ? WHERE run_id = ? AND rule = ?"
@@ -84,3 +121,11 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
         if batch.last_step is not None:
             conn.execute("UPDATE runs SET last_step = MAX(COALESCE(last_step, 0), ?) WHERE id = ?",
                          (batch.last_step, run_id))
+
+
+def _record_started(conn: sqlite3.Connection, run_id: int, event: dict) -> None:
+    params = event.get("params") or {}
+    conn.execute("UPDATE runs SET total_steps = COALESCE(?, total_steps), params_total = ?,"
+                 " params_active = ?, device = ? WHERE id = ?",
+                 (event.get("total_steps"), params.get("total"), params.get("active"),
+                  event.get("device"), run_id))

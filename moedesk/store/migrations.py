@@ -68,3 +68,32 @@ def m004_checkpoint_best(db: Database) -> None:
     db["checkpoints"].add_column("best", int, not_null_default=0)
     db["checkpoints"].add_column("metric", str)
     db["checkpoints"].add_column("score", float)
+# one row per key: a second writer (a double resume before the one-writer claim) left
+# every (run, step, name) twice; keep the first copy, then make a duplicate impossible
+UNIQUE_KEYS = (("metrics", "metrics_run_name_step", ("run_id", "name", "step")),
+               ("expert_load", "expert_load_run_step", ("run_id", "step", "layer")),
+               ("analysis", "analysis_run_name_step", ("run_id", "name", "step")))
+
+
+@migrations()
+def m005_unique_keys(db: Database) -> None:
+    """Drop duplicated rows (keeping the first) and make each table's key a unique index:
+    metrics (run_id, name, step), expert_load (run_id, step, layer), analysis (run_id,
+    name, step). Replaces the plain indexes of the same names."""
+    for table, index, cols in UNIQUE_KEYS:
+        key = ", ".join(cols)
+        db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM (SELECT rowid,"
+                   f" ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY rowid) AS n FROM {table})"
+                   " WHERE n > 1)")
+        db.execute(f"DROP INDEX IF EXISTS {index}")
+        db.execute(f"CREATE UNIQUE INDEX {index} ON {table}({key})")
+
+
+@migrations()
+def m006_run_liveness(db: Database) -> None:
+    """`runs.queued_at` (when a run was last queued: a queued run with no supervisor past
+    a grace period failed to start) and `resumes.gap_from`/`gap_to` (steps a resume could
+    not restore because no checkpoint the stored rows reach was left)."""
+    db["runs"].add_column("queued_at", float)
+    db["resumes"].add_column("gap_from", int)
+    db["resumes"].add_column("gap_to", int)

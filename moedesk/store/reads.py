@@ -1,45 +1,62 @@
 """Everything readers (CLI, TUI) ask of the store, over one read-only connection.
 
 Live views poll with a cursor per run (the last rowid they have) and fetch only
-newer rows; nothing here re-reads a whole history on each tick. A run whose row
-says running but whose supervisor process is gone is reported as crashed.
+newer rows; nothing here re-reads a whole history on each tick. A run's status is what a
+reader can tell (store/liveness.py: a dead supervisor is crashed, a frozen one
+unresponsive). Every method turns a damaged file into `StoreDamaged` (the message every
+command prints), never an sqlite3 traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import signal
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from moedesk.paths import db_path
 from moedesk.store.analysis import ROUTING_PREFIX
-from moedesk.store.db import StoreError, connect_reader
+from moedesk.store.db import StoreError, connect_reader, damaged, is_damage
+from moedesk.store.liveness import liveness, record_gone
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER
+MAX_QUERY_LIMIT = 10_000_000
+# the progress handler runs every this many SQLite VM steps (a few ms of work)
+INTERRUPT_CHECK_STEPS = 100_000
 
 
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """True when `pid` runs and is the same process (its start time matches)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if started is not None and abs(proc.create_time() - started) > 1.0:
-            return False  # the pid was reused by another process
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
+def parse_run_id(ref: str) -> int | None:
+    """A run reference that is an id: ASCII digits within SQLite's range (`²`, `１` and
+    `99999999999999999999` are names, which then match no run)."""
+    if ref.isascii() and ref.isdigit():
+        value = int(ref)
+        if value <= MAX_RUN_ID:
+            return value
+    return None
 
 
-def effective_status(row: sqlite3.Row | dict) -> str:
-    status = row["status"]
-    if status == "running" and not process_alive(row["supervisor_pid"], row["supervisor_started"]):
-        return "crashed"
-    return status
+def _maps_damage(cls):
+    """Wrap every public method so a damaged file raises StoreDamaged naming it."""
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if is_damage(exc):
+                    raise damaged(self.db_file) from None
+                raise
+        return guarded
+
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_"):
+            setattr(cls, name, wrap(value))
+    return cls
 
 
 @dataclass
@@ -60,6 +77,7 @@ class RunInfo:
         return json.loads(self.row["config_json"])
 
 
+@_maps_damage
 class Reader:
     """A read-only view of the store; cheap to create, safe to poll from a thread. Use it
     as a context manager, or call `close`."""
@@ -79,9 +97,20 @@ class Reader:
 
     def _info(self, row: sqlite3.Row) -> RunInfo:
         d = dict(row)
-        d["status"] = effective_status(row)
+        found = liveness(row)
+        # `row` keeps what is stored; `status` and `row["status"]` are what a reader can
+        # tell (kept the same for callers that read either), `row["stored_status"]` the SQL
+        d["stored_status"], d["status"], d["liveness"] = d["status"], found.status, found.reason
+        if found.reason and not d["error"] and found.status != "unresponsive":
+            d["error"] = found.reason  # what the next writer will record
         return RunInfo(d["id"], d["name"], d["kind"], d["status"], d["last_step"] or 0,
                        d["total_steps"], d["created_at"], d["started_at"], d["ended_at"], d)
+
+    def record_gone(self) -> list:
+        """Record in SQL the runs whose supervisor is gone (store/liveness.py); returns
+        what was recorded. Opens a writer only when there is something to record."""
+        rows = list(self.conn.execute("SELECT * FROM runs WHERE status IN ('queued', 'running')"))
+        return record_gone(self.db_file, rows)
 
     def runs(self) -> list[RunInfo]:
         return [self._info(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY id")]
@@ -90,8 +119,9 @@ class Reader:
         """A run by id or by name; StoreError naming the reference when absent."""
         ref = str(ref)
         row = None
-        if ref.isdigit():
-            row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(ref),)).fetchone()
+        run_id = parse_run_id(ref)
+        if run_id is not None:
+            row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             row = self.conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id DESC",
                                     (ref,)).fetchone()
@@ -189,19 +219,32 @@ class Reader:
 
     def query(self, sql: str, params: tuple = (), limit: int = 1000
               ) -> tuple[list[str], list[tuple], bool]:
-        """Run a read-only statement: (columns, rows, truncated). Writes raise StoreError."""
-        try:
-            cur = self.conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "readonly" in text or "query_only" in text or "read-only" in text:
-                raise StoreError("moedesk query is read-only: write statements (INSERT, UPDATE,"
-                                 " DELETE, CREATE, DROP, ...) are refused") from None
-            raise StoreError(f"SQL error: {text}") from None
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQL error: {exc}") from None
-        columns = [d[0] for d in cur.description or []]
-        rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
+        """Run a read-only statement: (columns, rows, truncated). Writes raise StoreError.
+
+        Ctrl-C (SIGINT, in the main thread) interrupts a long statement through the
+        connection's progress handler: SQLite itself never looks at signals."""
+        limit = max(0, min(int(limit), MAX_QUERY_LIMIT))
+        with _interruptible(self.conn) as interrupted:
+            try:
+                cur = self.conn.execute(sql, params)
+                columns = [d[0] for d in cur.description or []]
+                rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if interrupted.is_set():
+                    raise StoreError("query interrupted (Ctrl-C)") from None
+                if "readonly" in text or "query_only" in text or "read-only" in text:
+                    raise StoreError("moedesk query is read-only: write statements (INSERT,"
+                                     " UPDATE, DELETE, CREATE, DROP, ...) are refused") from None
+                if is_damage(exc):
+                    raise
+                raise StoreError(f"SQL error: {text}") from None
+            except sqlite3.DatabaseError as exc:
+                if is_damage(exc):
+                    raise
+                raise StoreError(f"SQL error: {exc}") from None
+            except (sqlite3.Error, OverflowError, ValueError) as exc:
+                raise StoreError(f"SQL error: {exc}") from None
         truncated = len(rows) > limit
         return columns, rows[:limit], truncated
 
@@ -242,6 +285,38 @@ class Reader:
 
 
 
-def open_reader(home: str | Path) -> Reader:
-    """A `Reader` of the store in the data home `home`; StoreError when there is none."""
-    return Reader(db_path(Path(home)))
+class _interruptible:
+    """While a statement runs, SIGINT sets a flag the progress handler returns, which
+    makes SQLite abort it (`interrupted`); the previous handler comes back after."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.flag = threading.Event()
+        self.previous = None
+
+    def __enter__(self) -> threading.Event:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, lambda *_: self.flag.set())
+        self.conn.set_progress_handler(lambda: 1 if self.flag.is_set() else 0,
+                                       INTERRUPT_CHECK_STEPS)
+        return self.flag
+
+    def __exit__(self, *exc) -> None:
+        self.conn.set_progress_handler(None, 0)
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def open_reader(home: str | Path, record: bool = True) -> Reader:
+    """A `Reader` of the store in the data home `home`; StoreError when there is none.
+
+    With `record`, runs whose supervisor is gone are first recorded as crashed or failed
+    (`Reader.record_gone`): every command that reads the store writes down what it found."""
+    reader = Reader(db_path(Path(home)))
+    if record:
+        try:
+            reader.record_gone()
+        except BaseException:
+            reader.close()
+            raise
+    return reader

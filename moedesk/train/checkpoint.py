@@ -1,17 +1,20 @@
-"""Checkpoints on disk: atomic writes, checksums, listing, pruning, verified loads.
+"""Checkpoints on disk: atomic writes, checksums, listing, verified loads.
 
 A checkpoint is `checkpoints/step_XXXXXXXX.pt` (a plain `torch.save` dict that loads
 without moedesk) plus a sidecar `step_XXXXXXXX.json` {step, size, sha256} written after
 it. Both are written to a temporary name, fsynced and renamed, so a crash at any moment
-leaves either the complete pair or nothing that `list_checkpoints` reports.
+leaves either the complete pair or nothing that `list_checkpoints` reports. The trainer
+never deletes a checkpoint: the supervisor prunes to `checkpoint.keep` once the events up
+to the newer one are committed (runner/checkpoints.py `prune_plan`), so a resume always
+finds one the stored rows reach.
 
 Keep-best (`[checkpoint] keep_best`): a `BestTracker` beside the loop is offered each
 measured value of the chosen metric (`profiles.schema.KEEP_BEST`: val/loss lowest,
 ff/accuracy or seed000_score highest); a new best makes the loop checkpoint that step.
-`save_checkpoint(..., best=tracker)` records the checkpoint's score in its sidecar,
-rewrites `checkpoints/best.json` {step, keep_best, metric, value} atomically, and never
-prunes the best checkpoint, whatever `keep` says. The tracker travels in the checkpoint,
-so a resumed run knows its best so far.
+`save_checkpoint(..., best=tracker)` records the checkpoint's score in its sidecar and
+rewrites `checkpoints/best.json` {step, keep_best, metric, value} atomically; the
+supervisor's pruning never removes the checkpoint best.json marks, whatever `keep` says.
+The tracker travels in the checkpoint, so a resumed run knows its best so far.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from moedesk.runner.checkpoints import (  # noqa: F401 - re-exported for trainer
     CheckpointError,
     CheckpointInfo,
     checkpoint_dir,
+    checkpoint_path,
     find_checkpoint,
     list_checkpoints,
     verify_bytes,
@@ -99,13 +103,14 @@ class BestTracker:
             self.step, self.value = state["step"], state["value"]
 
 
-def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0,
+def save_checkpoint(state: dict, run_dir: Path, step: int,
                     best: BestTracker | None = None) -> CheckpointInfo:
-    """Write `state` for `step` atomically; prune to the newest `keep` (0 = keep all),
-    never the one `best` marks (which is written to best.json)."""
+    """Write `state` for `step` atomically (the pair, then the folder, fsynced); with
+    `best`, its score goes in the sidecar and its mark in best.json. Never prunes (the
+    supervisor does, runner/checkpoints.py `prune_plan`)."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:08d}.pt"
+    path = checkpoint_path(run_dir, step)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
@@ -123,12 +128,6 @@ def save_checkpoint(state: dict, run_dir: Path, step: int, keep: int = 0,
         path.with_suffix(".json").unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    if keep > 0:
-        protected = best.step if best is not None else None
-        for old in list_checkpoints(run_dir)[:-keep]:
-            if old.step != protected:
-                old.path.with_suffix(".json").unlink(missing_ok=True)
-                old.path.unlink(missing_ok=True)
     return CheckpointInfo(step, path, len(data), digest)
 
 

@@ -97,6 +97,9 @@ class LMData:
         corpus = load_corpus(cfg)
         self.label_names = corpus.label_names
         self.seq_len, self.batch_size, self.device = cfg.seq_len, batch_size, torch.device(device)
+        if len(corpus.tokens) and int(corpus.tokens.min()) < 0:
+            raise DataError(f"token id {int(corpus.tokens.min())} is negative: token ids are"
+                            f" 0..{vocab_size - 1} (model.vocab_size = {vocab_size})")
         if len(corpus.tokens) and int(corpus.tokens.max()) >= vocab_size:
             raise DataError(f"token id {int(corpus.tokens.max())} does not fit "
                             f"model.vocab_size = {vocab_size}")

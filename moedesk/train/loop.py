@@ -178,7 +178,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                  "optimizer": optimizer.state_dict(), "data": data.state_dict(),
                  "rng": rng_states(device), "telemetry": telemetry.state_dict(),
                  "best": best.state_dict() if best is not None else None}
-        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep, best=best)
+        info = save_checkpoint(state, run_dir, at_step, best=best)
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
                      sha256=info.sha256, **(best_fields(best, at_step) if best else {}))
 

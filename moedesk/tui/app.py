@@ -190,6 +190,9 @@ class MoedeskApp(App):
 
     def on_store_problem(self, message: StoreProblem) -> None:
         self.notify(message.text, title="store", severity="error", timeout=8)
+        screen = self._data_screen()  # the runs list says why it is empty (poller.problem)
+        if screen is not None and hasattr(screen, "runs_refreshed"):
+            screen.runs_refreshed(self.runs)
 
     def on_action_failed(self, message: ActionFailed) -> None:
         self.notify("\n".join(message.lines), title=message.title, severity="error", timeout=10)

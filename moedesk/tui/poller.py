@@ -21,7 +21,7 @@ from pathlib import Path
 from moedesk.paths import db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
 from moedesk.stats import names
-from moedesk.store import Reader, StoreError
+from moedesk.store import Reader, StoreError, StoreMissing
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
 
 LOG_CHUNK = 256 * 1024  # the first read of a long log starts this far from its end
@@ -51,6 +51,7 @@ class Poller:
         self._last_error: str | None = None
         self._data_version: int | None = None
         self._quiet_ticks = 0
+        self.problem: str | None = None  # why the store cannot be read (shown, not "no runs")
 
     # watching: called from the UI thread
 
@@ -85,8 +86,13 @@ class Poller:
         if self.reader is None:
             try:
                 self.reader = Reader(self.db_file)
-            except StoreError:
+            except StoreMissing:
+                self.problem = None
                 return None  # no database yet: the first launch creates it
+            except StoreError as exc:  # damaged, unreadable: say so, retry next tick
+                self.problem = str(exc)
+                return None
+            self.problem = None
         return self.reader
 
     def close(self) -> None:
@@ -98,8 +104,13 @@ class Poller:
         result = PollResult()
         reader = self._open()
         if reader is None:
+            if self.problem and self.problem != self._last_error:
+                self._last_error = result.error = self.problem
             return result
         try:
+            # write down dead supervisors first (a short write, only when there is one), so
+            # the data_version below already includes it
+            reader.record_gone()
             if self._unchanged(reader):
                 return result
             runs = self._poll_runs(reader)
@@ -117,6 +128,8 @@ class Poller:
                                     f"({type(exc).__name__}: {exc})")
         except Exception as exc:  # a locked or replaced file: report, reopen next tick
             message = f"cannot read {self.db_file}: {exc}"
+            if isinstance(exc, StoreError):
+                self.problem = message = str(exc)
             self.close()
             if message != self._last_error:
                 self._last_error = result.error = message

@@ -8,8 +8,12 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from moedesk.store import Reader
 from tests.conftest import moedesk, wait_for
+
+pytestmark = pytest.mark.slow  # every test here starts real processes
 
 TINY = "profiles/tiny_dense.toml"
 ONE_THREAD = ["--set", "train.threads=1"]

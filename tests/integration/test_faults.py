@@ -127,6 +127,7 @@ def test_random_sigkills_leave_a_consistent_store_and_an_exact_resume(home):
     assert integrity_ok(home)
 
 
+@pytest.mark.slow
 def test_supervisor_killed_shows_crashed_to_readers(home):
     moedesk("run", TINY, *LONG, "--detach", home=home, check=True)
     wait_for(lambda: reader(home).run(1).last_step >= 3, timeout=120, what="steps")
@@ -137,6 +138,9 @@ def test_supervisor_killed_shows_crashed_to_readers(home):
     raw = reader(home).query("SELECT status FROM runs WHERE id = 1")[1][0][0]
     assert raw == "running" and reader(home).run(1).status == "crashed"
     assert "crashed" in moedesk("runs", home=home, check=True).stdout
+    # ...and the command wrote it down for SQL users, with the reason
+    status, error = reader(home).query("SELECT status, error FROM runs WHERE id = 1")[1][0]
+    assert status == "crashed" and "supervisor" in error
     assert "crashed" in moedesk("show", "1", home=home, check=True).stdout
     # without its supervisor the trainer cannot report: it dies at its next event
     wait_for(lambda: gone(row["trainer_pid"]), timeout=30, what="orphaned trainer to exit")
@@ -152,6 +156,7 @@ def started(home: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_killing_the_launching_cli_does_not_stop_the_run(home):
     cli = subprocess.Popen([sys.executable, "-m", "moedesk", "run", TINY, "--set",
                             "train.steps=40", "--set", "train.threads=1", "--home", str(home)],
@@ -169,6 +174,7 @@ def test_killing_the_launching_cli_does_not_stop_the_run(home):
     assert info.status == "completed" and info.last_step == 40
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_not_loaded(home):
     moedesk("run", TINY, "--set", "train.steps=20", "--set", "checkpoint.every=10", "--set",
             "checkpoint.keep=0", "--set", "train.threads=1", home=home, check=True)
@@ -196,8 +202,10 @@ def test_damaged_checkpoints_are_named_not_loaded(home):
     result = moedesk("resume", "1", "--at", "10", "--steps", "14", home=home)
     assert result.returncode == 4, result.stdout + result.stderr
     assert reader(home).run(1).last_step == 14
+    assert not list(folder.glob("*.tmp"))  # the supervisor's start removed the leftover
 
 
+@pytest.mark.slow
 def test_full_disk_while_checkpointing_fails_clearly_and_keeps_the_previous_one(home):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")

@@ -13,6 +13,8 @@ import pytest
 from moedesk.store import Reader
 from tests.conftest import PROFILES, moedesk, wait_for
 
+pytestmark = pytest.mark.slow  # every test here starts real processes
+
 KIND_PROFILES = [p for p in ("tiny_dense", "tiny_topk", "tiny_ternary")
                  if (PROFILES / f"{p}.toml").exists()]
 COMMON = ["--set", "train.steps=40", "--set", "train.threads=1", "--set", "checkpoint.keep=0"]

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from moedesk.cli import app
 from moedesk.profiles import load_profile, parse_overrides, profile_to_dict
+from moedesk.runner.commit import Committer
 from moedesk.runner.ingest import Ingestor
 from moedesk.runner.supervise import make_engine
 from moedesk.store import connect_writer
@@ -26,11 +27,11 @@ def make_alerts(home) -> None:
         config = profile_to_dict(load_profile(PROFILES / f"{name}.toml"))
         assert config["kind"] == kind
         run_id, _ = store_runs.create_run(db.conn, config=config, profile_path=name, home=home)
-        ingestor = Ingestor(db.conn, run_id, make_engine(config))
+        ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0), make_engine(config))
         for step, values in enumerate(stream, start=1):
             ingestor.feed({"type": "metrics", "step": step, "wall": float(step),
                            "values": values})
-        ingestor.flush()
+        ingestor.commit()
     db.close()
 
 

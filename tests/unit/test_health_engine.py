@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from moedesk.health.engine import RULE_METRICS, stops_at
 from moedesk.health.rules import RANK
 from moedesk.profiles import profile_to_dict, validate_data
+from moedesk.runner.commit import Committer
 from moedesk.runner.ingest import Ingestor
 from moedesk.runner.supervise import make_engine
 from moedesk.store import Reader, connect_writer
@@ -110,14 +111,14 @@ def make_run(home, kind="ternary"):
 def test_ingested_alerts_open_and_clear_in_the_store_even_within_one_batch(home):
     db, run_id = make_run(home)
     engine = make_engine(config("ternary"))
-    ingestor = Ingestor(db.conn, run_id, engine, flush_interval=3600)
+    ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0), engine)
     # uniform -> healthy band -> uniform again, all inside one batch: two alerts, the
     # first cleared, the second still open
     stream = [0.3] * 50 + [0.05] * 5 + [0.3] * 5 + [0.05] * 5
     for step, value in enumerate(stream, start=1):
         ingestor.feed({"type": "metrics", "step": step, "wall": float(step),
                        "values": {"moe/imbalance": value}})
-    ingestor.flush()
+    ingestor.commit()
     alerts = Reader(home / "moedesk.db").alerts(run_id)
     assert [(a["step"], a["cleared_step"]) for a in alerts] == [(55, 60), (65, None)]
     assert alerts[0]["rule"] == "load_balance" and alerts[0]["action"]
@@ -126,13 +127,14 @@ def test_ingested_alerts_open_and_clear_in_the_store_even_within_one_batch(home)
 
 def test_health_history_reads_back_what_a_replay_needs(home):
     db, run_id = make_run(home, "dense")
-    ingestor = Ingestor(db.conn, run_id, make_engine(config("dense")))
+    ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0),
+                        make_engine(config("dense")))
     for step in range(1, 4):
         ingestor.feed({"type": "metrics", "step": step, "wall": 10.0 + step,
                        "values": {"train/loss": math.nan if step == 3 else 2.0,
                                   "train/lr": 0.1, "moe/L0/imbalance": 0.2}})
     ingestor.feed({"type": "metrics", "step": 3, "wall": 13.5, "values": {"val/loss": 2.5}})
-    ingestor.flush()
+    ingestor.commit()
     history, open_rules = store_runs.health_history(db.conn, run_id, RULE_METRICS)
     assert [s for s, _, _ in history] == [1, 2, 3]
     assert set(history[0][1]) == {"train/loss", "moe/L0/imbalance"}  # train/lr is not read

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from moedesk.profiles import load_profile, profile_to_dict
+from moedesk.runner.commit import Committer
 from moedesk.runner.ingest import Ingestor
 from moedesk.stats.routing import explained_share, mutual_information, specialization
 from moedesk.store import Reader, connect_writer
@@ -133,13 +134,13 @@ def test_analysis_events_are_stored_read_back_and_truncated_on_resume(home):
     db = connect_writer(home / "moedesk.db")
     config = profile_to_dict(profile("tiny_topk.toml"))
     run_id, _ = store_runs.create_run(db.conn, config=config, profile_path="p", home=home)
-    ingestor = Ingestor(db.conn, run_id)
+    ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0))
     payload = {"layer": 1, "histogram": [1, 2], "top_k": 1}
     for step in (3, 6):
         line = json.dumps({"type": "analysis", "step": step, "wall": 1.0,
                            "name": "routing/L1", "payload": {**payload, "step_seen": step}})
         ingestor.feed_line(line)
-    ingestor.flush()
+    ingestor.commit()
     reader = Reader(home / "moedesk.db")
     assert reader.analysis_names(run_id) == ["routing/L1"]
     assert reader.analysis_steps(run_id, "routing/L1") == [3, 6]

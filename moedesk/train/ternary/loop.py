@@ -194,7 +194,7 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
                  "epochs_without_better": epochs_without_better,
                  "best": best.state_dict() if best is not None else None,
                  "last_window": last_window}
-        info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep, best=best)
+        info = save_checkpoint(state, run_dir, at_step, best=best)
         extra = {} if best is None else {"best_step": best.step, "metric": best.metric,
                                          "score": best.score_at(at_step)}
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,

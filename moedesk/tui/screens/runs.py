@@ -81,7 +81,8 @@ class RunsScreen(DataScreen):
         if table.filter_text:
             parts.append(f"filter: {table.filter_text!r} ({table.row_count} shown)")
         if not runs:
-            parts = [f"no runs yet in {self.app.home}: press n to start one from a profile"]
+            parts = [getattr(self.app.poller, "problem", None)
+                     or f"no runs yet in {self.app.home}: press n to start one from a profile"]
         self.query_one("#runs-status", Static).update(Text("  ·  ".join(parts)))
 
     # keys
