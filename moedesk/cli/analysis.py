@@ -14,11 +14,20 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from moedesk.cli.app import HomeOpt, JsonOpt, RunArg, app, console, fail, home_of, print_json
+from moedesk.cli.app import (
+    HomeOpt,
+    JsonOpt,
+    RunArg,
+    app,
+    console,
+    fail,
+    home_of,
+    print_json,
+    styled,
+)
 from moedesk.compare.routing import class_expert_shares, specialization
 from moedesk.store import StoreError, open_reader
 from moedesk.store.analysis import ROUTING_PREFIX
@@ -118,7 +127,7 @@ def analysis(
         info = reader.run(ref)
         found = reader.latest_routing(info.id, step)
     except StoreError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if layer is not None:
         found = {k: v for k, v in found.items() if k == layer}
     if not found:
@@ -140,9 +149,8 @@ def analysis(
         return
     for layer_idx, (at, payload) in sorted(found.items()):
         spec = specialization(payload)
-        console.print(f"[bold]run {info.id} ({info.name}) block {layer_idx}, step {at}[/]: "
-                      f"{payload['tokens']:,} validation tokens x top-{payload['top_k']}",
-                      highlight=False)
+        console.print(styled((f"run {info.id} ({info.name}) block {layer_idx}, step {at}", "bold"),
+                             f": {payload['tokens']:,} validation tokens x top-{payload['top_k']}"))
         if kind in (None, "histogram"):
             console.print(histogram_table(payload))
         for name in ("by-class", "by-frequency"):
@@ -150,4 +158,4 @@ def analysis(
                 console.print(matrix_table(payload, name))
         console.print(f"routing explained by token class U = {spec['class']['u']:.3f}, by token "
                       f"frequency U = {spec['frequency']['u']:.3f} (0 = not at all, 1 = fully); "
-                      f"pattern: {spec['pattern']}", highlight=False)
+                      f"pattern: {spec['pattern']}")

@@ -18,6 +18,7 @@ import psutil
 from moedesk.paths import db_path
 from moedesk.store.analysis import ROUTING_PREFIX
 from moedesk.store.db import StoreError, connect_reader
+from moedesk.store.query import run_guarded
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -176,21 +177,10 @@ class Reader:
 
     def query(self, sql: str, params: tuple = (), limit: int = 1000
               ) -> tuple[list[str], list[tuple], bool]:
-        """Run a read-only statement: (columns, rows, truncated). Writes raise StoreError."""
-        try:
-            cur = self.conn.execute(sql, params)
-        except sqlite3.OperationalError as exc:
-            text = str(exc)
-            if "readonly" in text or "query_only" in text or "read-only" in text:
-                raise StoreError("moedesk query is read-only: write statements (INSERT, UPDATE,"
-                                 " DELETE, CREATE, DROP, ...) are refused") from None
-            raise StoreError(f"SQL error: {text}") from None
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQL error: {exc}") from None
-        columns = [d[0] for d in cur.description or []]
-        rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
-        truncated = len(rows) > limit
-        return columns, rows[:limit], truncated
+        """Run one read-only statement: (columns, rows, truncated). Anything but a read
+        raises StoreError with the reason (`store/query.py` guards the statement)."""
+        result = run_guarded(self.conn, sql, params, limit)
+        return result.columns, result.rows, result.truncated
 
     # the analysis table (store/analysis.py)
 
