@@ -13,6 +13,8 @@ from moedesk.cli.app import app, home_of
 # imports is the order of `moedesk --help`, so the sorter leaves them alone
 # isort: off
 from moedesk.cli import runs  # noqa: F401
+from moedesk.cli import logs  # noqa: F401
+from moedesk.cli import housekeeping  # noqa: F401
 from moedesk.cli import alerts  # noqa: F401
 from moedesk.cli import query  # noqa: F401
 from moedesk.cli import profiles  # noqa: F401

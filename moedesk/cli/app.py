@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -101,9 +102,19 @@ def when(stamp: float | None) -> str:
     """A Unix time as local 'YYYY-MM-DD HH:MM:SS' (the store keeps Unix seconds)."""
     if stamp is None:
         return "-"
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def duration(seconds: float | None) -> str:
+    """A duration as 45s, 12m05s, 3h07m (the ETA and wall-time format)."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def age(seconds: float | None) -> str:

@@ -51,3 +51,33 @@ def m002_analysis(db: Database) -> None:
     db["analysis"].create({"run_id": int, "step": int, "name": str, "payload": str,
                            "wall": float}, not_null={"run_id", "step", "name", "payload"})
     db.execute("CREATE INDEX analysis_run_name_step ON analysis(run_id, name, step)")
+
+
+@migrations()
+def m003_housekeeping(db: Database) -> None:
+    """Run housekeeping (moedesk rm, prune, tag, note, rename; store/housekeeping.py):
+    a note per run, tags, tombstones of removed runs (their ids are never reused), and
+    unique run names (existing duplicates and numeric names become NAME-ID first)."""
+    db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+    db["run_tags"].create({"run_id": int, "tag": str, "created_at": float},
+                          pk=("run_id", "tag"), not_null={"run_id", "tag"},
+                          foreign_keys=[("run_id", "runs", "id")])
+    db.execute("CREATE INDEX run_tags_tag ON run_tags(tag, run_id)")
+    db["removed_runs"].create({"id": int, "name": str, "kind": str, "status": str,
+                               "created_at": float, "removed_at": float}, pk="id")
+    # the rule of store/names.py, frozen here as of this migration: a later duplicate or
+    # a purely numeric name becomes NAME-ID (then NAME-ID-2, ... should that be taken)
+    taken: set[str] = set()
+    rows = db.execute("SELECT id, name FROM runs ORDER BY id").fetchall()
+    every = {name for _, name in rows}
+    for run_id, name in rows:
+        if name in taken or name.isdigit():
+            new, n = f"{name}-{run_id}", 1
+            while new in taken or new in every:
+                n += 1
+                new = f"{name}-{run_id}-{n}"
+            db.execute("UPDATE runs SET name = ? WHERE id = ?", (new, run_id))
+            every.add(new)
+            name = new
+        taken.add(name)
+    db.execute("CREATE UNIQUE INDEX runs_name ON runs(name)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Reader:
     def __init__(self, db_file: Path):
         self.db_file = Path(db_file)
         self.conn = connect_reader(self.db_file)
+        self._tables: dict[str, bool] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -97,8 +99,55 @@ class Reader:
             row = self.conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id DESC",
                                     (ref,)).fetchone()
         if row is None:
+            gone = self.removed(int(ref)) if ref.isdigit() else None
+            if gone is not None:
+                raise StoreError(f"run {gone['id']} ({gone['name']}) was removed on "
+                                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(gone['removed_at']))}"
+                                 " (moedesk rm); its rows and files are gone")
             raise StoreError(f"no run {ref!r} in {self.db_file} (see `moedesk runs`)")
         return self._info(row)
+
+    def latest_run(self) -> RunInfo:
+        """The newest run (highest id); StoreError when there is none."""
+        row = self.conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise StoreError(f"no runs yet in {self.db_file}: try "
+                             "`moedesk run profiles/quickstart.toml`")
+        return self._info(row)
+
+    # housekeeping (store/housekeeping.py writes these; a store from before migration
+    # m003_housekeeping has no such tables: no tags, nothing removed)
+
+    def _has(self, table: str) -> bool:
+        if table not in self._tables:
+            self._tables[table] = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (table,)).fetchone() is not None
+        return self._tables[table]
+
+    def tags(self, run_id: int | None = None) -> dict[int, list[str]]:
+        """{run_id: sorted tags} of every run (or of one)."""
+        if not self._has("run_tags"):
+            return {}
+        sql, args = "SELECT run_id, tag FROM run_tags", ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", (run_id,)
+        out: dict[int, list[str]] = {}
+        for rid, tag in self.conn.execute(sql + " ORDER BY run_id, tag", args):
+            out.setdefault(rid, []).append(tag)
+        return out
+
+    def removed(self, run_id: int) -> dict | None:
+        """The tombstone of a removed run (id, name, kind, status, created_at, removed_at)."""
+        if not self._has("removed_runs"):
+            return None
+        row = self.conn.execute("SELECT * FROM removed_runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def removed_ids(self) -> set[int]:
+        if not self._has("removed_runs"):
+            return set()
+        return {r[0] for r in self.conn.execute("SELECT id FROM removed_runs")}
 
     def metrics_since(self, run_id: int, after_rowid: int = 0,
                       names: list[str] | None = None) -> tuple[list[tuple], int]:
