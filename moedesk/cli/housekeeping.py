@@ -27,11 +27,16 @@ def size_text(n: int) -> str:
     return f"{n} B"
 
 
+def can_ask() -> bool:
+    """Whether there is a person at a terminal to answer a question."""
+    return sys.stdin.isatty()
+
+
 def _confirm(runs: list[RunInfo], yes: bool) -> bool:
     """Ask before removing, unless --yes; without a terminal to ask on, refuse."""
     if yes:
         return True
-    if not sys.stdin.isatty():
+    if not can_ask():
         fail(f"not removing {plural(len(runs), 'run')} without asking: pass --yes "
              "(no terminal to ask on)")
     return typer.confirm(f"remove {plural(len(runs), 'run')} and all their data?", default=False)
