@@ -24,6 +24,7 @@ from moedesk.cli.app import (
     console,
     fail,
     home_of,
+    plural,
     print_json,
     styled,
 )
@@ -79,7 +80,7 @@ def compare(
         console.print(styled(("note:", "dim"), f" {note}"))
     n_runs = 2 * len(plan.seeds)
     console.print(f"comparing {plan.baseline.name} ({plan.baseline.kind}) with "
-                  f"{plan.variant.name} ({plan.variant.kind}): {len(plan.seeds)} seeds, "
+                  f"{plan.variant.name} ({plan.variant.kind}): {plural(len(plan.seeds), 'seed')}, "
                   f"{plan.steps} steps, {plan.jobs} run(s) at a time x {plan.threads} "
                   f"thread(s); data in {home}")
     try:

@@ -81,3 +81,11 @@ def m003_housekeeping(db: Database) -> None:
             name = new
         taken.add(name)
     db.execute("CREATE UNIQUE INDEX runs_name ON runs(name)")
+
+
+@migrations()
+def m004_metrics_by_name(db: Database) -> None:
+    """Queries by metric name across runs (`WHERE name = 'val/loss'`) read an index that
+    starts with the name instead of scanning every row (bench/store_scale.py,
+    docs/benchmarks.md). Per-run reads keep `metrics_run_name_step`."""
+    db.execute("CREATE INDEX IF NOT EXISTS metrics_name_run_step ON metrics(name, run_id, step)")
