@@ -47,14 +47,21 @@ def list_profiles(
     if not rows:
         console.print(f"no profiles in {folder}")
         return
-    # the file is what a user types next: it never gets cut, the name column gives way first
+    # the file is what a user types next: it is never cut. Files of a folder with a long
+    # path are listed by name under the folder, so the table fits 80 columns.
+    where = shown_path(folder)
+    by_name = len(where) > 24
+    if by_name:
+        console.print(f"profiles in {where}/", soft_wrap=True)
     table = Table("file", "name", "kind", "steps", "valid", box=None, header_style="bold")
-    table.columns[0].no_wrap = True
-    table.columns[0].min_width = max(len(shown_path(r["file"])) for r in rows)
+    for column in table.columns:
+        column.no_wrap = True
+    table.columns[1].overflow = "ellipsis"
     for r in rows:
         valid = styled("yes") if r["valid"] else styled(
             ("no", "red"), f" ({plural(len(r['problems']), 'problem')})")
-        table.add_row(shown_path(r["file"]), r["name"], r["kind"], str(r["steps"] or "-"), valid)
+        file = Path(r["file"]).name if by_name else shown_path(r["file"])
+        table.add_row(file, r["name"], r["kind"], str(r["steps"] or "-"), valid)
     console.print(table)
     if any(not r["valid"] for r in rows):
         console.print("see the problems with `moedesk profiles validate FILE`", style="dim")

@@ -1,0 +1,90 @@
+"""What the CLI prints: profiles show is real TOML, 80-column tables, help text, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+
+import pytest
+from typer.testing import CliRunner
+
+from moedesk.cli import app
+from moedesk.profiles import load_profile, profile_to_dict
+from tests.conftest import PROFILES
+from tests.unit.test_housekeeping import make_run
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("path", sorted(PROFILES.glob("*.toml")), ids=lambda p: p.stem)
+def test_profiles_show_prints_toml_that_reads_back_as_the_same_profile(path, tmp_path):
+    result = runner.invoke(app, ["profiles", "show", str(path)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    data = tomllib.loads(text)  # real TOML: section headers, true/false, quoted strings
+    profile = load_profile(path)
+    assert "[train]" in text and "[health]" in text and "True" not in text
+    pasted = tmp_path / "pasted.toml"
+    pasted.write_text(text)
+    again = load_profile(pasted)
+    want, got = profile_to_dict(profile), profile_to_dict(again)
+    want.pop("path"), got.pop("path")
+    assert got == want
+    if profile.kind == "ternary":
+        assert "\n[model]" not in text and "lr = 0.0003  # not used by ternary runs" in text
+        assert "ternary runs do not read [model], [moe] (left out)" in text
+    else:
+        assert "not used by" not in text and "\n[ternary]" not in text
+        assert f"{data['kind']} runs do not read" in text
+
+
+def test_profiles_show_keeps_health_rule_tables_and_overrides():
+    result = runner.invoke(app, ["profiles", "show", str(PROFILES / "tiny_topk.toml"), "--set",
+                                 "health.routing_collapse.after_step=7", "--set", "name=[/]"])
+    data = tomllib.loads(result.output)
+    assert data["health"]["routing_collapse"] == {"after_step": 7}
+    assert data["name"] == "[/]" and 'name = "[/]"' in result.output
+
+
+def test_profiles_list_fits_80_columns_and_counts_problems(tmp_path):
+    folder = tmp_path / "a" / "long" / "folder" / "of" / "profiles"
+    folder.mkdir(parents=True)
+    (folder / "bad.toml").write_text('name = "x"\nkind = "topk"\n[model\n')
+    (folder / "two.toml").write_text('name = "x"\nkind = "nope"\nseed = "s"\n')
+    (folder / "tiny_topk.toml").write_text((PROFILES / "tiny_topk.toml").read_text())
+    result = runner.invoke(app, ["profiles", "list", "--folder", str(folder)], terminal_width=80)
+    lines = result.output.splitlines()
+    assert lines[0] == f"profiles in {folder}/"  # the folder once, whole
+    assert all(len(line) <= 80 for line in lines[1:]), result.output
+    assert any(ln.split()[:1] == ["bad.toml"] and "no (1 problem)" in ln for ln in lines)
+    assert any(ln.split()[:1] == ["two.toml"] and "no (2 problems)" in ln for ln in lines)
+    assert any(ln.split()[:4] == ["tiny_topk.toml", "tiny-topk", "topk", "120"] for ln in lines)
+
+
+def test_help_shows_no_type_on_flags():
+    for command in (["run"], ["resume"], ["rm"], ["prune"], ["query"], ["logs"]):
+        result = runner.invoke(app, [*command, "--help"], terminal_width=100)
+        assert result.exit_code == 0
+        assert "<bool>" not in result.output, result.output
+    shown = runner.invoke(app, ["run", "--help"], terminal_width=100).output
+    assert "--detach" in shown and "KEY=VALUE" in shown and "--home" in shown and "DIR" in shown
+
+
+def _checkpoint(run_dir, step: int) -> None:
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = b"x" * (100 + step)
+    (folder / f"step_{step:08d}.pt").write_bytes(data)
+    (folder / f"step_{step:08d}.json").write_text(json.dumps(
+        {"step": step, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+
+
+def test_resume_at_a_missing_step_lists_the_steps_that_exist(home):
+    run_id = make_run(home, status="stopped")
+    for step in (20, 40):
+        _checkpoint(home / str(run_id), step)
+    result = runner.invoke(app, ["resume", str(run_id), "--at", "30", "--home", str(home)])
+    assert result.exit_code == 2
+    assert "no complete checkpoint at step 30" in result.output
+    assert "checkpoints exist at steps 20, 40" in result.output.replace("\n", " ")
