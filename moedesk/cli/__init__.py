@@ -26,7 +26,8 @@ from moedesk.cli import analysis  # noqa: F401
 
 @app.callback()
 def _root(ctx: typer.Context,
-          home: str = typer.Option(None, "--home", help="Data home for the TUI.")) -> None:
+          home: str = typer.Option(None, "--home", metavar="DIR",
+                                   help="Data home for the TUI.")) -> None:
     """Open the TUI when no command is given."""
     if ctx.invoked_subcommand is None:
         from moedesk.tui.app import run_app

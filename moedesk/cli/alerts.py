@@ -22,7 +22,7 @@ def _plain(value):
 
 @app.command()
 def alerts(
-    ref: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id or name (default: every run).",
+    ref: Annotated[str | None, typer.Argument(metavar="RUN", help="Run id or name (default: every run).",
                                               show_default=False)] = None,
     open_only: Annotated[bool, typer.Option("--open", help="Only alerts still open.")] = False,
     as_json: JsonOpt = False,

@@ -166,7 +166,7 @@ def _show_lines(info, data: dict, tags: list[str], finals: dict) -> None:
 
 @app.command()
 def show(ref: Annotated[str | None, typer.Argument(
-            metavar="[RUN]", help="Run id or name (default: the newest run).",
+            metavar="RUN", help="Run id or name (default: the newest run).",
             show_default=False)] = None,
          as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     """Everything about one run: status, note, tags, times, latest metrics, checkpoints, alerts."""

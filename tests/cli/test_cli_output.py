@@ -88,3 +88,25 @@ def test_resume_at_a_missing_step_lists_the_steps_that_exist(home):
     assert result.exit_code == 2
     assert "no complete checkpoint at step 30" in result.output
     assert "checkpoints exist at steps 20, 40" in result.output.replace("\n", " ")
+
+
+def test_no_cli_string_carries_rich_markup():
+    """Data must never be parsed as markup: the consoles have it off, and no CLI string
+    relies on it (it would print literally). Help text (Typer's own rendering) is exempt."""
+    import ast
+    import importlib
+    import re
+
+    cli_app = importlib.import_module("moedesk.cli.app")  # the package attribute is the Typer app
+
+    assert cli_app.console._markup is False and cli_app.err_console._markup is False
+    tag = re.compile(r"\[/\]|\[/?(bold|red|green|yellow|dim|cyan|italic)\b")
+    root = PROFILES.parent / "moedesk" / "cli"
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        helps = {id(kw.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 for kw in node.keywords if kw.arg == "help"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and id(node) not in helps:
+                assert not tag.search(node.value), f"{path.name}:{node.lineno}: {node.value!r}"
