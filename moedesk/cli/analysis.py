@@ -20,7 +20,7 @@ from rich.text import Text
 from moedesk.cli.app import (
     HomeOpt,
     JsonOpt,
-    RunArg,
+    LatestRunArg,
     app,
     console,
     fail,
@@ -107,7 +107,7 @@ def matrix_table(payload: dict, kind: str) -> Table:
 
 @app.command()
 def analysis(
-    ref: RunArg,
+    ref: LatestRunArg = None,
     kind: Annotated[str | None, typer.Option(
         "--kind", help="histogram, by-class or by-frequency (default: all).")] = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print long-format CSV.")] = False,
@@ -124,7 +124,7 @@ def analysis(
         fail("choose one of --csv and --json")
     try:
         reader = open_reader(home_of(home))
-        info = reader.run(ref)
+        info = reader.run(ref) if ref is not None else reader.latest_run()
         found = reader.latest_routing(info.id, step)
     except StoreError as exc:
         fail(str(exc))

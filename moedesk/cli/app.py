@@ -62,6 +62,8 @@ HomeOpt = Annotated[Path | None, typer.Option(
                    "(default ./runs, or $MOEDESK_HOME).", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run id or name.", show_default=False)]
+LatestRunArg = Annotated[str | None, typer.Argument(
+    metavar="RUN", help="Run id or name (default: the newest run).", show_default=False)]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CRASHED, EXIT_STOPPED = 0, 1, 2, 3, 4
 EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "crashed": EXIT_CRASHED,

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from moedesk.cli.app import EXIT_FOR_STATUS, EXIT_OK, HomeOpt, RunArg, app, err_console, fail, home_of
+from moedesk.cli.app import EXIT_FOR_STATUS, EXIT_OK, HomeOpt, LatestRunArg, app, err_console, fail, home_of
 from moedesk.paths import supervisor_log, train_log
 from moedesk.store import StoreError, open_reader
 from moedesk.store.runs import ACTIVE
@@ -43,7 +43,7 @@ def _write(text: str) -> None:
 
 @app.command()
 def logs(
-    ref: RunArg,
+    ref: LatestRunArg = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until "
                                                                "the run ends.")] = False,
     lines: Annotated[int | None, typer.Option("--lines", "-n", metavar="N", min=0,
@@ -56,7 +56,7 @@ def logs(
     """A run's train log: the trainer's step and evaluation lines and the supervisor's notes."""
     try:
         reader = open_reader(home_of(home))
-        info = reader.run(ref)
+        info = reader.run(ref) if ref is not None else reader.latest_run()
     except StoreError as exc:
         fail(str(exc))
     path = (supervisor_log if supervisor else train_log)(info.row["run_dir"])

@@ -12,6 +12,7 @@ from moedesk.cli.app import (
     EXIT_FOR_STATUS,
     HomeOpt,
     JsonOpt,
+    LatestRunArg,
     RunArg,
     age,
     app,
@@ -165,10 +166,7 @@ def _show_lines(info, data: dict, tags: list[str], finals: dict) -> None:
 
 
 @app.command()
-def show(ref: Annotated[str | None, typer.Argument(
-            metavar="RUN", help="Run id or name (default: the newest run).",
-            show_default=False)] = None,
-         as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+def show(ref: LatestRunArg = None, as_json: JsonOpt = False, home: HomeOpt = None) -> None:
     """Everything about one run: status, note, tags, times, latest metrics, checkpoints, alerts."""
     reader = _reader(home_of(home))
     try:
