@@ -7,15 +7,17 @@ prints, interleaved over `--reps` repetitions (medians):
 1. rendering one run's 40,000 rows as moedesk query prints them: the old Rich `Table`
    (what `moedesk query` used before), the plain table (`cli/grid.py`, now), and CSV;
    plus the real CLI end to end (`moedesk query --limit 40000`, table and `--csv`);
-2. queries by metric name across runs, each with the index the planner had before
-   (`metrics_run_name_step` only: a full scan) and with each candidate index, forced with
-   `INDEXED BY` so that one database holds every variant: (name, run_id, step), the same
-   covering `value`, and (name, step); with the size and build time of each index;
-3. the cost of the chosen index on ingest: supervisor-style batches (20 metrics x 10
-   steps) written alternately into two fresh stores, with and without it.
+2. queries by metric name across runs: the plan before (no planner statistics: a full
+   scan), with migration m004's statistics (a skip-scan of the existing (run_id, name,
+   step) index), and with each candidate name-first index forced with `INDEXED BY`:
+   (name, run_id, step), the same covering `value`, (name, step); statistics are toggled
+   by rewriting `sqlite_stat1`, so one database holds every variant; with the size and
+   build time of each index;
+3. what a name-first index costs ingest: supervisor-style batches (20 metrics x 10 steps)
+   written alternately into two fresh stores, with and without it (wall and CPU).
 
     .venv/bin/python bench/store_scale.py [--home DIR] [--runs 200] [--steps 2000]
-        [--metrics 20] [--reps 5] [--keep]
+        [--metrics 20] [--reps 3] [--keep]
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ from moedesk.profiles import profile_to_dict, validate_data  # noqa: E402
 from moedesk.store import connect_reader, connect_writer  # noqa: E402
 from moedesk.store import runs as store_runs  # noqa: E402
 from moedesk.store.ingest import Batch, write_batch  # noqa: E402
+from moedesk.store.migrations import METRICS_SHAPE  # noqa: E402
 from moedesk.store.query import run_guarded  # noqa: E402
 
-NEW_INDEX = "metrics_name_run_step"  # migration m004_metrics_by_name
+STAT_INDEX = "metrics_run_name_step"
 CANDIDATES = {
     "(name, run_id, step)": "CREATE INDEX bench_nrs ON metrics(name, run_id, step)",
     "(name, run_id, step, value)": "CREATE INDEX bench_nrsv ON metrics(name, run_id, step, value)",
@@ -82,7 +85,6 @@ def build(home: Path, runs: int, steps: int, metrics: int) -> None:
     names = [n if i < len(METRIC_NAMES) else f"{n}#{i}" for i, n in enumerate(names)]
     db = connect_writer(db_path(home))
     conn = db.conn
-    conn.execute(f"DROP INDEX IF EXISTS {NEW_INDEX}")  # bulk load first, index after (below)
     conn.execute("PRAGMA synchronous = OFF")
     config = profile_to_dict(validate_data({"name": "scale", "kind": "topk", "seed": 0,
                                             "train": {"steps": steps}}))
@@ -171,83 +173,90 @@ def plan(conn, sql: str) -> str:
     return " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
 
 
+def set_stats(conn, stat: str | None) -> None:
+    """Planner statistics for the (run_id, name, step) index: m004's row, or none."""
+    conn.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'metrics'")
+    if stat is not None:
+        conn.execute("INSERT INTO sqlite_stat1 VALUES ('metrics', ?, ?)", (STAT_INDEX, stat))
+    conn.execute("ANALYZE sqlite_schema")
+
+
 def index_bench(home: Path, reps: int) -> None:
     path = db_path(home)
     db = connect_writer(path)
     conn = db.conn
-    conn.execute(f"DROP INDEX IF EXISTS {NEW_INDEX}")
-    before_plans = {q: plan(conn, sql.format(hint="")) for q, sql in QUERIES.items()}
-    print("\n2. queries by metric name; the planner's plan with the old index only:")
-    for q, p in before_plans.items():
-        print(f"   {q}: {p}")
-    sizes, builds = {}, {}
-    for label, ddl in CANDIDATES.items():
-        size0 = mb(path)
-        builds[label] = _timed(lambda ddl=ddl: conn.execute(ddl))
-        sizes[label] = mb(path) - size0
-        print(f"   index {label}: built in {builds[label]:.1f} s, {sizes[label]:.0f} MB", flush=True)
-    # "before" = the plan the planner chose without a name-first index, forced by hint
-    old = {q: ("NOT INDEXED" if "USING" not in before_plans[q] else
-               "INDEXED BY metrics_run_name_step") for q in QUERIES}
-    variants = {"before": old, **{label: CANDIDATE_NAMES[label] for label in CANDIDATES}}
-    times: dict[tuple[str, str], list[float]] = {}
-    for _ in range(reps):
-        for q, sql in QUERIES.items():
-            for v, hint in variants.items():
-                h = hint[q] if isinstance(hint, dict) else f"INDEXED BY {hint}"
-                try:
-                    t = _timed(lambda s=sql.format(hint=h): conn.execute(s).fetchall())
-                except sqlite3.OperationalError:  # the index cannot serve this query
-                    t = math.nan
-                times.setdefault((q, v), []).append(t)
-    print(f"\n   median seconds of {reps}, interleaved (before = the old plan):")
-    header = "   " + "query".ljust(44) + "".join(v.rjust(30) for v in variants)
-    print(header)
+    for name in CANDIDATE_NAMES.values():
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    set_stats(conn, None)
+    before = {q: plan(conn, sql.format(hint="")) for q, sql in QUERIES.items()}
+    set_stats(conn, METRICS_SHAPE)
+    after = {q: plan(conn, sql.format(hint="")) for q, sql in QUERIES.items()}
+    print("\n2. queries by metric name; the planner's plans without / with m004's statistics:")
     for q in QUERIES:
-        cells = []
-        for v in variants:
+        print(f"   {q}:\n     before: {before[q]}\n     m004:   {after[q]}")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    for label, ddl in CANDIDATES.items():
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        built = _timed(lambda ddl=ddl: conn.execute(ddl))
+        size = (conn.execute("PRAGMA page_count").fetchone()[0] - pages) * page / 1e6
+        print(f"   index {label}: built in {built:.1f} s, {size:.0f} MB", flush=True)
+    variants = ["before", "m004 statistics", *CANDIDATES]
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(reps):  # interleaved: every variant of every query in each round
+        for q, sql in QUERIES.items():
+            for v in variants:
+                set_stats(conn, None if v == "before" else METRICS_SHAPE)
+                hint = "NOT INDEXED" if v == "before" and "USING" not in before[q] else \
+                    f"INDEXED BY {STAT_INDEX}" if v in ("before", "m004 statistics") else \
+                    f"INDEXED BY {CANDIDATE_NAMES[v]}"
+                t = _timed(lambda s=sql.format(hint=hint): conn.execute(s).fetchall())
+                times.setdefault((q, v), []).append(t)
+    print(f"\n   median seconds of {reps}, interleaved (x = speed-up over before):")
+    print("   " + "query".ljust(44) + "".join(v.rjust(29) for v in variants))
+    for q in QUERIES:
+        base = statistics.median(times[(q, "before")])
+        cells = [f"{base:.4f} s".rjust(29)]
+        for v in variants[1:]:
             t = statistics.median(times[(q, v)])
-            base = statistics.median(times[(q, "before")])
-            cells.append(("-" if math.isnan(t) else f"{t:.4f} s ({base / t:.0f}x)"
-                          if v != "before" else f"{t:.4f} s").rjust(30))
+            cells.append(f"{t:.4f} s ({base / t:.0f}x)".rjust(29))
         print("   " + q.ljust(44) + "".join(cells))
     for name in CANDIDATE_NAMES.values():
         conn.execute(f"DROP INDEX {name}")
-    started = time.perf_counter()
-    conn.execute(f"CREATE INDEX {NEW_INDEX} ON metrics(name, run_id, step)")
-    print(f"\n   kept {NEW_INDEX} (name, run_id, step), as migration m004_metrics_by_name "
-          f"builds it: {time.perf_counter() - started:.1f} s on this store")
-    for q, sql in QUERIES.items():
-        print(f"   planner now, {q}: {plan(conn, sql.format(hint=''))}")
+    set_stats(conn, METRICS_SHAPE)  # the store as migrated
     db.close()
 
 
 def ingest_bench(reps: int) -> None:
-    """Supervisor-style batches into two fresh stores, alternately: with / without."""
+    """Supervisor-style batches into two fresh stores, alternately: with / without a
+    (name, run_id, step) index (what m004 would have cost had it been an index)."""
     with tempfile.TemporaryDirectory() as tmp:
         dbs = {}
-        for label in ("with the index", "without"):
-            home = Path(tmp) / label.replace(" ", "_")
+        for label in ("(name, run_id, step)", "without (now)"):
+            home = Path(tmp) / str(len(dbs))
             db = connect_writer(db_path(home))
-            if label == "without":
-                db.conn.execute(f"DROP INDEX IF EXISTS {NEW_INDEX}")
+            if label != "without (now)":
+                db.conn.execute(CANDIDATES[label])
             config = profile_to_dict(validate_data({"name": "i", "kind": "topk", "seed": 0}))
             run_id = store_runs.create_run(db.conn, config=config, profile_path="b",
                                            home=home).run_id
             dbs[label] = (db, run_id)
-        rates: dict[str, list[float]] = {k: [] for k in dbs}
+        wall: dict[str, list[float]] = {k: [] for k in dbs}
+        cpu: dict[str, list[float]] = {k: [] for k in dbs}
         step = 0
-        for _ in range(reps * 40):
+        for i in range(reps * 100):
             batch = Batch()
             for _ in range(10):
                 step += 1
                 batch.add_metrics(step, {n: 0.5 for n in METRIC_NAMES}, 1.0)
-            for label, (db, run_id) in dbs.items():
-                rates[label].append(len(batch.metrics) / _timed(
-                    lambda db=db, run_id=run_id, batch=batch: write_batch(db.conn, run_id, batch)))
-        print("\n3. ingest, 200-row batches written alternately (median rows/s):")
-        for label, r in rates.items():
-            print(f"   {label:16s} {statistics.median(r):12,.0f} rows/s")
+            for label, (db, run_id) in (list(dbs.items())[::1 if i % 2 else -1]):
+                c0, t0 = time.process_time(), time.perf_counter()
+                write_batch(db.conn, run_id, batch)
+                wall[label].append(len(batch.metrics) / (time.perf_counter() - t0))
+                cpu[label].append(len(batch.metrics) / max(1e-9, time.process_time() - c0))
+        print("\n3. ingest, 200-row batches written alternately, median rows/s (wall, CPU):")
+        for label in dbs:
+            print(f"   {label:22s} {statistics.median(wall[label]):10,.0f} rows/s wall  "
+                  f"{statistics.median(cpu[label]):10,.0f} rows per CPU-second")
         for db, _ in dbs.values():
             db.close()
 
@@ -258,7 +267,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--metrics", type=int, default=20)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the built home")
     args = parser.parse_args()
     print(f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}, sqlite {sqlite3.sqlite_version}")

@@ -83,9 +83,21 @@ def m003_housekeeping(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX runs_name ON runs(name)")
 
 
+# the sqlite_stat1 row of m004: rows, rows per run, rows per (run, metric), per (run, metric, step)
+METRICS_SHAPE = "1000000 20000 1000 1"
+
+
 @migrations()
-def m004_metrics_by_name(db: Database) -> None:
-    """Queries by metric name across runs (`WHERE name = 'val/loss'`) read an index that
-    starts with the name instead of scanning every row (bench/store_scale.py,
-    docs/benchmarks.md). Per-run reads keep `metrics_run_name_step`."""
-    db.execute("CREATE INDEX IF NOT EXISTS metrics_name_run_step ON metrics(name, run_id, step)")
+def m004_metrics_planner_stats(db: Database) -> None:
+    """Queries by metric name across runs (`WHERE name = 'val/loss'`) skip-scan the
+    `(run_id, name, step)` index instead of reading every row: SQLite does that only when
+    its statistics say each run_id has many rows. One `sqlite_stat1` row states the shape
+    of every moedesk store (many rows per run, hundreds to thousands per run and metric);
+    a name-first index would do the same at a heavy cost to ingest (docs/benchmarks.md,
+    bench/store_scale.py). A later `ANALYZE` replaces it with measured figures."""
+    db.execute("PRAGMA analysis_limit = 100")  # ANALYZE creates sqlite_stat1; keep it cheap
+    db.execute("ANALYZE")
+    db.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'metrics'")
+    db.execute("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES"
+               " ('metrics', 'metrics_run_name_step', ?)", (METRICS_SHAPE,))
+    db.execute("ANALYZE sqlite_schema")  # load it now, on this connection
