@@ -13,6 +13,8 @@ from moedesk.cli.app import app, home_of, root_home
 # imports is the order of `moedesk --help`, so the sorter leaves them alone
 # isort: off
 from moedesk.cli import runs  # noqa: F401
+from moedesk.cli import logs  # noqa: F401
+from moedesk.cli import housekeeping  # noqa: F401
 from moedesk.cli import alerts  # noqa: F401
 from moedesk.cli import query  # noqa: F401
 from moedesk.cli import profiles  # noqa: F401
@@ -25,9 +27,9 @@ from moedesk.cli import sample  # noqa: F401
 
 @app.callback()
 def _root(ctx: typer.Context,
-          home: str = typer.Option(None, "--home", help="Data home for the TUI and every"
-                                                        " command (default ./runs, or"
-                                                        " $MOEDESK_HOME).")) -> None:
+          home: str = typer.Option(None, "--home", metavar="DIR",
+                                   help="Data home for the TUI and every command (default"
+                                        " ./runs, or $MOEDESK_HOME).")) -> None:
     """Open the TUI when no command is given."""
     root_home[0] = home
     if ctx.invoked_subcommand is None:

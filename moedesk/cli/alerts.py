@@ -6,9 +6,8 @@ import math
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from moedesk.cli.app import HomeOpt, JsonOpt, app, console, fail, home_of, print_json
+from moedesk.cli.app import HomeOpt, JsonOpt, app, console, fail, home_of, print_json, styled
 from moedesk.store import StoreError, open_reader
 
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "critical": "bold red"}
@@ -23,7 +22,7 @@ def _plain(value):
 
 @app.command()
 def alerts(
-    ref: Annotated[str | None, typer.Argument(metavar="[RUN]", help="Run id or name (default: every run).",
+    ref: Annotated[str | None, typer.Argument(metavar="RUN", help="Run id or name (default: every run).",
                                               show_default=False)] = None,
     open_only: Annotated[bool, typer.Option("--open", help="Only alerts still open.")] = False,
     as_json: JsonOpt = False,
@@ -40,15 +39,15 @@ def alerts(
         print_json([{k: _plain(v) for k, v in a.items()} for a in found])
         return
     if not found:
-        console.print("no alerts" + (" open" if open_only else ""), highlight=False)
+        console.print("no alerts" + (" open" if open_only else ""))
         return
     for a in found:
         state = "open" if a["cleared_step"] is None else f"cleared at step {a['cleared_step']}"
         style = SEVERITY_STYLE.get(a["severity"], "")
-        console.print(f"run {a['run_id']} step {a['step']} [{style}]{a['severity']}[/] "
-                      f"[bold]{a['rule']}[/] ({state}): {escape(a['message'] or '')}",
-                      highlight=False, soft_wrap=True)
-    console.print("\nsuggested actions:", style="bold", highlight=False)
+        console.print(styled(f"run {a['run_id']} step {a['step']} ", (a["severity"], style), " ",
+                             (a["rule"], "bold"), f" ({state}): {a['message'] or ''}"),
+                      soft_wrap=True)
+    console.print("\nsuggested actions:", style="bold")
     actions = {a["rule"]: a["action"] for a in found if a["action"]}
     for rule, action in actions.items():
-        console.print(f"  {rule}: {escape(action)}", highlight=False, soft_wrap=True)
+        console.print(f"  {rule}: {action}", soft_wrap=True)

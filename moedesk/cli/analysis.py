@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from moedesk.cli.app import HomeOpt, JsonOpt, RunArg, app, console, fail, home_of, print_json
+from moedesk.cli.app import (
+    HomeOpt,
+    JsonOpt,
+    LatestRunArg,
+    app,
+    console,
+    fail,
+    home_of,
+    print_json,
+    styled,
+)
 from moedesk.stats.routing import class_expert_shares, specialization
 from moedesk.store import StoreError, open_reader
 from moedesk.store.analysis import ROUTING_PREFIX
@@ -100,7 +109,7 @@ def matrix_table(payload: dict, kind: str) -> Table:
 
 @app.command()
 def analysis(
-    ref: RunArg,
+    ref: LatestRunArg = None,
     kind: Annotated[str | None, typer.Option(
         "--kind", help="histogram, by-class or by-frequency (default: all).")] = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print long-format CSV.")] = False,
@@ -120,10 +129,10 @@ def analysis(
         fail("choose one of --csv and --json")
     try:
         reader = open_reader(home_of(home))
-        info = reader.run(ref)
+        info = reader.run(ref) if ref is not None else reader.latest_run()
         found = reader.latest_routing(info.id, step)
     except StoreError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if layer is not None:
         found = {k: v for k, v in found.items() if k == layer}
     if not found:
@@ -141,8 +150,8 @@ def analysis(
             paths = routing_pngs({k: p for k, (_, p) in found.items()}, png,
                                  f"run {info.id} ({info.name}), step {', '.join(map(str, steps))}")
         except OSError as exc:
-            fail(f"--png: cannot write into {escape(str(png))}: {exc.strerror or exc}")
-        console.print(f"wrote {' and '.join(escape(str(p)) for p in paths)}", highlight=False,
+            fail(f"--png: cannot write into {str(png)}: {exc.strerror or exc}")
+        console.print(f"wrote {' and '.join(str(p) for p in paths)}", highlight=False,
                       soft_wrap=True)
         return
     if as_csv:
@@ -157,9 +166,8 @@ def analysis(
         return
     for layer_idx, (at, payload) in sorted(found.items()):
         spec = specialization(payload)
-        console.print(f"[bold]run {info.id} ({info.name}) block {layer_idx}, step {at}[/]: "
-                      f"{payload['tokens']:,} validation tokens x top-{payload['top_k']}",
-                      highlight=False)
+        console.print(styled((f"run {info.id} ({info.name}) block {layer_idx}, step {at}", "bold"),
+                             f": {payload['tokens']:,} validation tokens x top-{payload['top_k']}"))
         if kind in (None, "histogram"):
             console.print(histogram_table(payload))
         for name in ("by-class", "by-frequency"):
@@ -167,4 +175,4 @@ def analysis(
                 console.print(matrix_table(payload, name))
         console.print(f"routing explained by token class U = {spec['class']['u']:.3f}, by token "
                       f"frequency U = {spec['frequency']['u']:.3f} (0 = not at all, 1 = fully); "
-                      f"pattern: {spec['pattern']}", highlight=False)
+                      f"pattern: {spec['pattern']}")

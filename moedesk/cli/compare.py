@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -26,7 +25,9 @@ from moedesk.cli.app import (
     console,
     fail,
     home_of,
+    plural,
     print_json,
+    styled,
 )
 from moedesk.compare import (
     CompareError,
@@ -76,32 +77,31 @@ def compare(
     try:
         plan = make_plan(profile_a, profile_b, seeds=seeds, steps=steps, jobs=jobs)
     except CompareError as exc:
-        fail([escape(line) for line in str(exc).splitlines()])
+        fail(str(exc).splitlines())
     for note in plan.notes:
-        console.print(f"[dim]note:[/] {note}", highlight=False)
+        console.print(styled(("note:", "dim"), f" {note}"))
     n_runs = 2 * len(plan.seeds)
     console.print(f"comparing {plan.baseline.name} ({plan.baseline.kind}) with "
-                  f"{plan.variant.name} ({plan.variant.kind}): {len(plan.seeds)} seeds, "
+                  f"{plan.variant.name} ({plan.variant.kind}): {plural(len(plan.seeds), 'seed')}, "
                   f"{plan.steps} steps, {plan.jobs} run(s) at a time x {plan.threads} "
-                  f"thread(s); data in {home}", highlight=False)
+                  f"thread(s); data in {home}")
     try:
         slots = _run(plan, home, n_runs)
     except KeyboardInterrupt:
         fail("interrupted: the runs still training were asked to stop", code=EXIT_STOPPED)
     except (CompareError, RunError, StoreError) as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     baseline_ids, variant_ids = run_ids(slots)
     try:
         manifest = compare_runs(home, baseline_ids, variant_ids, extra=plan.describe())
     except (CompareError, StoreError) as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     out_dir = out or default_out(home, profile_a, profile_b)
     try:
         plots = write_plots(home, manifest, out_dir)
     except (OSError, StoreError) as exc:
         plots = []
-        console.print(f"[yellow]note:[/] the plots were not drawn: {escape(str(exc))}",
-                      highlight=False)
+        console.print(styled(("note:", "yellow"), f" the plots were not drawn: {exc}"))
     manifest_path, findings_path = write_outputs(manifest, out_dir)
     if as_json:
         print_json(manifest)
@@ -112,9 +112,9 @@ def compare(
             table.add_row(*row)
         console.print(table)
         style = VERDICT_STYLE.get(manifest["verdict"], "bold")
-        console.print(f"verdict: [{style}]{verdict_line(manifest)}[/]", highlight=False)
-        console.print(f"wrote {manifest_path}, {findings_path}"
-                      + "".join(f", {p.name}" for p in plots), highlight=False)
+        console.print(styled("verdict: ", (verdict_line(manifest), style)))
+        console.print(styled(f"wrote {manifest_path}, {findings_path}"
+                             + "".join(f", {p.name}" for p in plots)))
     failed = [s for s in slots if s.status != "completed"]
     if failed:
         fail([f"run {s.run_id} ({s.name}, {s.role} seed {s.seed}) ended {s.status}; see "
@@ -133,8 +133,9 @@ def write_plots(home: Path, manifest: dict, out_dir: Path) -> list[Path]:
 
 
 def _run(plan, home: Path, n_runs: int):
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.fields[done]}/{task.fields[runs]} runs"), TimeElapsedColumn()]
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+               TextColumn("{task.fields[done]}/{task.fields[runs]} runs", markup=False),
+               TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("compare", total=n_runs * plan.steps, done=0, runs=n_runs)
         slots: dict[int, object] = {}
@@ -143,10 +144,10 @@ def _run(plan, home: Path, n_runs: int):
             slots[slot.run_id] = slot
             if slot.status == "queued":
                 progress.console.print(f"started run {slot.run_id} ({slot.name}): {slot.role} "
-                                       f"seed {slot.seed}", highlight=False)
+                                       f"seed {slot.seed}")
             elif slot.status not in ("running",):
                 progress.console.print(f"run {slot.run_id} ({slot.name}) {slot.status} at step "
-                                       f"{slot.step}", highlight=False)
+                                       f"{slot.step}")
             done = sum(1 for s in slots.values() if s.status not in ("queued", "running"))
             progress.update(task, completed=sum(s.step for s in slots.values()), done=done)
 

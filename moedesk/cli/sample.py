@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.text import Text
 
 from moedesk.cli.app import HomeOpt, JsonOpt, app, console, err_console, fail, home_of, print_json
@@ -55,11 +54,11 @@ def _load(home: Path | None, ref: str, routing: bool, device: str, threads: int)
     try:
         info, ckpt = checkpoint_of(home_of(home), ref, kinds, purpose)
     except (RunError, StoreError) as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     try:
         tokenizer_for(info.config)
     except SampleError as exc:
-        fail(f"run {info.id}: {escape(str(exc))}")
+        fail(f"run {info.id}: {str(exc)}")
     import torch
 
     from moedesk.train.generate import load_sampler
@@ -70,7 +69,7 @@ def _load(home: Path | None, ref: str, routing: bool, device: str, threads: int)
     try:
         return info, ckpt, load_sampler(ckpt.path, device)
     except SampleError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
 
 
 def _read_text(text: str | None, file: Path | None, what: str) -> bytes | None:
@@ -81,7 +80,7 @@ def _read_text(text: str | None, file: Path | None, what: str) -> bytes | None:
     try:
         return file.read_bytes()
     except OSError as exc:
-        fail(f"--{what}-file: cannot read {escape(str(file))}: {exc.strerror or exc}")
+        fail(f"--{what}-file: cannot read {str(file)}: {exc.strerror or exc}")
 
 
 def _layers(sampler, layer: int | None) -> list[int]:
@@ -207,7 +206,7 @@ def sample(
         ids = sampler.tokenizer.encode(data)
         sampler.check_prompt(ids)
     except SampleError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     colour = _use_colour()
     # a terminal gets no raw control characters (a model may write an escape sequence)
     shown = terminal_safe if console.is_terminal else str
@@ -237,7 +236,7 @@ def sample(
     out.flush()
     if routing:
         _print_routing(tokens, layers, sampler, colour)
-    err_console.print(f"run {info.id} ({escape(info.name)}) step {ckpt.step} · {len(generated)} "
+    err_console.print(f"run {info.id} ({info.name}) step {ckpt.step} · {len(generated)} "
                       f"tokens in {seconds:.2f} s ({len(generated) / max(seconds, 1e-9):.0f}/s) "
                       f"on {sampler.device} · seed {settings.seed} · temperature "
                       f"{settings.temperature:g}", style="dim", highlight=False)
@@ -274,12 +273,12 @@ def route(
         ids = sampler.tokenizer.encode(data, "the text")
         tokens = list(sampler.stream(ids, DEFAULTS, routing=True, generate=False))
     except SampleError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if as_json:
         print_json(_report(info, ckpt, sampler, tokens, layers,
                            {"text": data.decode("utf-8", "replace")}))
         return
-    console.print(f"run {info.id} ({escape(info.name)}) step {ckpt.step}: {len(tokens)} tokens",
+    console.print(f"run {info.id} ({info.name}) step {ckpt.step}: {len(tokens)} tokens",
                   style="dim", highlight=False)
     colour = _use_colour()
     for line in routing_lines(tokens, layers, colour):

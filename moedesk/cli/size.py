@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from moedesk.cli.app import JsonOpt, app, console, fail, print_json
+from moedesk.cli.app import JsonOpt, app, console, fail, print_json, styled
 from moedesk.profiles import ProfileError, load_profile, parse_overrides
 from moedesk.profiles.sizing import model_size
 
@@ -26,6 +26,6 @@ def size(
     if as_json:
         print_json(report.to_dict())
         return
-    console.print(f"[bold]{loaded.name}[/] ({loaded.kind}, {profile})", highlight=False)
+    console.print(styled((loaded.name, "bold"), f" ({loaded.kind}, {profile})"))
     for line in report.lines():
-        console.print(line, highlight=False)
+        console.print(line)

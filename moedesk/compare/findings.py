@@ -54,7 +54,8 @@ def setup(m: dict) -> list[str]:
     lines = [f"# {base['name']} vs {var['name']}: does the variant help beyond noise?", "",
              f"Baseline: {_who(base)}, `{base['profile']}`. Variant: {_who(var)}, "
              f"`{var['profile']}`.",
-             f"Protocol: {len(m['seeds'])} seeds ({', '.join(map(str, m['seeds']))}); for each "
+             f"Protocol: {len(m['seeds'])} seed{'' if len(m['seeds']) == 1 else 's'} "
+             f"({', '.join(map(str, m['seeds']))}); for each "
              f"seed both models trained {m['steps']} steps on the same {m['data_source']} data "
              f"in the same order (batch {m['batch_size']} x {m['seq_len']} tokens, lr "
              f"{m['lr']:g}, {m['warmup_steps']} warmup steps, cosine decay) and were evaluated "
@@ -88,7 +89,8 @@ def q1_perplexity(m: dict) -> list[str]:
     lines.append(f"Final validation perplexity: baseline {_ms(base['final_val_ppl'])}, variant "
                  f"{_ms(var['final_val_ppl'])} (mean ± sample std over {v['n_pairs']} "
                  f"seed(s)). The variant is lower in {v['variant_wins']} of {v['n_pairs']} "
-                 f"seeds; the mean paired difference (baseline - variant) is {v['gain']:+.4g} "
+                 f"seed{'' if v['n_pairs'] == 1 else 's'}; the mean paired difference "
+                 f"(baseline - variant) is {v['gain']:+.4g} "
                  f"({v['relative_gain']:+.2%} of the baseline's perplexity).")
     if v["noise"] is None:
         lines.append("With one seed the seed-to-seed noise is unknown, so this difference "

@@ -7,12 +7,11 @@ alone, so any runs already in the store can be compared after the fact. `load` a
 `find_manifests` read manifests back. The views of a manifest (findings.md, the table,
 the verdict line, writing both files) are `findings.py`'s.
 
-Definitions (docs/compare.md): "final" training loss = the mean of `train/loss` over the
-last TAIL_FRACTION of logged steps (one batch is too noisy); final validation perplexity
-= `val/ppl` at the last evaluation; wall time = the run's end minus its trainer's start;
-training time = the sum of `sys/step_s` over the steps (evaluations and checkpoints
-excluded); load-balance std = the mean of `moe/usage_std` (std of the per-expert token
-shares) over the tail; dead experts = the last `moe/dead_experts`.
+Definitions (docs/compare.md): the "final" numbers (train loss, validation loss and
+perplexity, load-balance std, imbalance, aux loss, dead experts) are `finals.py`'s, the
+one definition every compare view uses; wall time = the run's end minus its trainer's
+start; training time = the sum of `sys/step_s` over the steps (evaluations and
+checkpoints excluded).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moedesk.compare.finals import FINALS, final_value, finite_values, tail_count
 from moedesk.compare.verdict import Cost, bottom_line, decide, mean, sample_std
 from moedesk.profiles import profile_from_dict
 from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden, moe_layer_indices
@@ -33,28 +33,11 @@ from moedesk.stats.routing import specialization
 from moedesk.store import Reader, open_reader
 
 MANIFEST_FORMAT = "moedesk-compare-1"
-TAIL_FRACTION = 0.1
 ROLES = ("baseline", "variant")
 
 
 class CompareError(Exception):
     """A comparison that cannot be made; the message says why and what to do."""
-
-
-def tail_count(n_logged: int) -> int:
-    """How many of the last logged steps the "final" values average over."""
-    return max(1, math.ceil(n_logged * TAIL_FRACTION))
-
-
-def _values(series: list[tuple[int, float | None]]) -> list[tuple[int, float]]:
-    return [(s, v) for s, v in series if v is not None and math.isfinite(v)]
-
-
-def _tail_mean(series: list[tuple[int, float | None]]) -> float | None:
-    values = _values(series)
-    if not values:
-        return None
-    return mean([v for _, v in values[-tail_count(len(values)):]])
 
 
 @dataclass
@@ -92,15 +75,18 @@ def run_result(reader: Reader, run_id: int) -> RunResult:
     info = reader.run(run_id)
     config = info.config
     train_time = None
-    step_s = sorted(_values(reader.series(info.id, names.SYS_STEP_S)))
+    step_s = sorted(finite_values(reader.series(info.id, names.SYS_STEP_S)))
     if step_s:
         # sys/step_s is the mean over the steps since the previous logged step
         train_time, previous = 0.0, 0
         for step, value in step_s:
             train_time += value * (step - previous)
             previous = step
-    val = _values(reader.series(info.id, names.VAL_LOSS))
-    ppl = _values(reader.series(info.id, names.VAL_PPL))
+
+    def final(label: str) -> float | None:
+        metric, how = FINALS[label]
+        return final_value(reader.series(info.id, metric), how)
+
     wall = None
     if info.started_at is not None and info.ended_at is not None:
         wall = info.ended_at - info.started_at
@@ -112,23 +98,22 @@ def run_result(reader: Reader, run_id: int) -> RunResult:
         run_id=info.id, name=info.name, kind=info.kind, seed=int(info.row["seed"]),
         status=info.status, steps=info.last_step, params_total=info.row["params_total"],
         params_active=info.row["params_active"],
-        final_train_loss=_tail_mean(reader.series(info.id, names.TRAIN_LOSS)),
-        final_val_loss=val[-1][1] if val else None, final_val_ppl=ppl[-1][1] if ppl else None,
+        final_train_loss=final("final train loss"), final_val_loss=final("final val loss"),
+        final_val_ppl=final("final val ppl"),
         wall_time_s=wall, train_time_s=train_time,
         step_time_s=train_time / step_s[-1][0] if step_s and step_s[-1][0] else None,
         alerts=alerts)
     if info.kind == "topk":
-        _add_moe(reader, info.id, config, result)
+        _add_moe(reader, info.id, config, result, final)
     return result
 
 
-def _add_moe(reader: Reader, run_id: int, config: dict, result: RunResult) -> None:
-    result.load_balance_std = _tail_mean(reader.series(run_id, names.MOE_USAGE_STD))
-    result.imbalance = _tail_mean(reader.series(run_id, names.MOE_IMBALANCE))
-    result.aux_loss = _tail_mean(reader.series(run_id, names.MOE_AUX_LOSS))
-    dead = _values(reader.series(run_id, names.MOE_DEAD_EXPERTS))
-    result.dead_experts = dead[-1][1] if dead else None
-    latency = _values(reader.series(run_id, names.ROUTE_LATENCY_US))
+def _add_moe(reader: Reader, run_id: int, config: dict, result: RunResult, final) -> None:
+    result.load_balance_std = final("usage std")
+    result.imbalance = final("imbalance")
+    result.aux_loss = final("aux loss")
+    result.dead_experts = final("dead experts")
+    latency = finite_values(reader.series(run_id, names.ROUTE_LATENCY_US))
     result.route_latency_us = mean([v for _, v in latency]) if latency else None
     rows, _ = reader.expert_load_since(run_id, 0)
     steps = sorted({step for step, _, _ in rows})

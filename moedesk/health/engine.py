@@ -167,7 +167,8 @@ class HealthEngine:
         return {"step": step, "rule": rule.name, "severity": severity, "metric": reading.metric,
                 "value": reading.value,
                 "threshold": None if threshold is None or math.isnan(threshold) else threshold,
-                "message": rule.message(reading, severity, threshold), "action": spec.action,
+                "message": rule.message(reading, severity, threshold),
+                "action": spec.action(rule.ctx.kind, rule.ctx.settings, reading.condition),
                 "wall": wall, "stops": stops_at(severity, self.stop_on)}
 
     def observe(self, step: int, values: dict[str, float], wall: float) -> Result:

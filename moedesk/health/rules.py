@@ -51,6 +51,9 @@ class RunContext:
     top_k: int  # topk: moe.top_k; ternary: ternary.active_experts
     warmup_steps: int = 0  # the LR warmup (dense, topk): routers settle during it
     balanced: bool = True  # topk: bias balancing or an aux loss can undo an early collapse
+    # the resolved profile as dotted keys ("moe.top_k" -> 2): what suggested actions are
+    # fitted to (thresholds.RuleSpec.action); empty = general advice
+    settings: dict = field(default_factory=dict)
 
 
 def above(value: float, levels: list[Level], active: str | None,
@@ -285,7 +288,7 @@ class RouterZLoss(Rule):
         limit = float(self.params["max"])
         open_ = self.active_in(active, "unstable")
         hits = above(value, [Level("warning", limit, limit * (1 - HYSTERESIS))], open_)
-        note = "seed 001: should remain < 0.01"
+        note = f"healthy < {limit:g}"
         # a rise among values far below the limit (a router still near uniform) is no alarm
         floor = float(self.params["rise_floor"])
         if not hits and value > floor and len(self.window) >= max(2, self.window.maxlen // 2):
@@ -311,7 +314,7 @@ class GoodnessDelta(Rule):
                   Level("warning", concerning, healthy)]
         return Reading(names.FF_GOODNESS_DELTA, value, "low",
                        below(value, levels, self.active_in(active, "low")),
-                       f"seed 000: healthy > {healthy:g}, concerning < {concerning:g}")
+                       f"healthy > {healthy:g}, concerning < {concerning:g}")
 
 
 class LoadBalance(Rule):

@@ -20,7 +20,7 @@ from moedesk.profiles.schema import SECTIONS, Profile
 from moedesk.profiles.validate import build_profile
 
 __all__ = ["Profile", "ProfileError", "load_profile", "parse_overrides", "apply_overrides",
-           "profile_to_dict", "profile_from_dict", "read_toml", "validate_data"]
+           "profile_to_dict", "profile_from_dict", "flat_settings", "read_toml", "validate_data"]
 
 
 # a profile is a few KB; anything far larger is not one (and /dev/zero never ends)
@@ -115,6 +115,18 @@ def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> P
 def profile_to_dict(profile: Profile) -> dict:
     """The resolved config as plain JSON-able data (stored in runs.config_json)."""
     return asdict(profile)
+
+
+def flat_settings(profile: Profile) -> dict[str, Any]:
+    """The resolved profile as dotted keys: {"name": ..., "moe.top_k": 2, "train.lr": ...}
+    (`[health.RULE]` tables are left out)."""
+    out: dict[str, Any] = {}
+    for key, value in profile_to_dict(profile).items():
+        if isinstance(value, dict):
+            out.update((f"{key}.{k}", v) for k, v in value.items() if not isinstance(v, dict))
+        elif key != "path":
+            out[key] = value
+    return out
 
 
 def profile_from_dict(data: dict) -> Profile:

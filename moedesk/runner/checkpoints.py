@@ -92,7 +92,11 @@ def find_checkpoint(run_dir: Path, step: int | None = None,
                                   f"{recorded} recorded{hint}")
     if not found:
         which = f"at step {step}" if step is not None else "at all"
-        raise CheckpointError(f"no complete checkpoint {which} in {checkpoint_dir(run_dir)}")
+        have = [c.step for c in list_checkpoints(run_dir)]
+        listed = f"; checkpoints exist at steps {', '.join(map(str, have))}" \
+            if step is not None and have else ""
+        raise CheckpointError(f"no complete checkpoint {which} in {checkpoint_dir(run_dir)}"
+                              f"{listed}")
     return found[-1]
 
 

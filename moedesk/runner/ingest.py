@@ -84,9 +84,6 @@ class Ingestor:
                                            event.get("score")))
             if event.get("best_step") is not None:
                 self.batch.best_step = int(event["best_step"])
-            # commit at once: a resume starts from a checkpoint the stored rows reach, so
-            # the store should never lag far behind the checkpoints on disk
-            self.flush()
         elif kind == "analysis":
             self.batch.analysis.append((step, str(event.get("name") or "analysis"),
                                         json.dumps(event.get("payload")), wall))

@@ -26,7 +26,7 @@ import psutil
 
 from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
 from moedesk.paths import config_file, db_path, train_log
-from moedesk.profiles import Profile, profile_from_dict
+from moedesk.profiles import Profile, flat_settings, profile_from_dict
 from moedesk.runner.checkpoints import remove_partial_files
 from moedesk.runner.commit import Committer
 from moedesk.runner.control import read_stop_request, signal_trainer
@@ -55,10 +55,11 @@ def run_context(profile: Profile) -> RunContext:
     if profile.kind == "ternary":
         # no learning-rate schedule: the balance rules keep their own after_step
         return RunContext(profile.kind, profile.ternary.num_experts,
-                          profile.ternary.active_experts)
+                          profile.ternary.active_experts, settings=flat_settings(profile))
     moe = profile.moe
     return RunContext(profile.kind, moe.num_experts, moe.top_k, profile.train.warmup_steps,
-                      balanced=moe.bias_balancing or moe.aux_loss_weight > 0)
+                      balanced=moe.bias_balancing or moe.aux_loss_weight > 0,
+                      settings=flat_settings(profile))
 
 
 def make_engine(config: dict, stop_on: str | None = None, conn=None,

@@ -68,6 +68,8 @@ def m004_checkpoint_best(db: Database) -> None:
     db["checkpoints"].add_column("best", int, not_null_default=0)
     db["checkpoints"].add_column("metric", str)
     db["checkpoints"].add_column("score", float)
+
+
 # one row per key: a second writer (a double resume before the one-writer claim) left
 # every (run, step, name) twice; keep the first copy, then make a duplicate impossible
 UNIQUE_KEYS = (("metrics", "metrics_run_name_step", ("run_id", "name", "step")),
@@ -97,3 +99,53 @@ def m006_run_liveness(db: Database) -> None:
     db["runs"].add_column("queued_at", float)
     db["resumes"].add_column("gap_from", int)
     db["resumes"].add_column("gap_to", int)
+
+
+@migrations()
+def m007_housekeeping(db: Database) -> None:
+    """Run housekeeping (moedesk rm, prune, tag, note, rename; store/housekeeping.py):
+    a note per run, tags, tombstones of removed runs (their ids are never reused), and
+    unique run names (existing duplicates and numeric names become NAME-ID first)."""
+    db.execute("ALTER TABLE runs ADD COLUMN note TEXT")
+    db["run_tags"].create({"run_id": int, "tag": str, "created_at": float},
+                          pk=("run_id", "tag"), not_null={"run_id", "tag"},
+                          foreign_keys=[("run_id", "runs", "id")])
+    db.execute("CREATE INDEX run_tags_tag ON run_tags(tag, run_id)")
+    db["removed_runs"].create({"id": int, "name": str, "kind": str, "status": str,
+                               "created_at": float, "removed_at": float}, pk="id")
+    # the rule of store/names.py, frozen here as of this migration: a later duplicate or
+    # a purely numeric name becomes NAME-ID (then NAME-ID-2, ... should that be taken)
+    taken: set[str] = set()
+    rows = db.execute("SELECT id, name FROM runs ORDER BY id").fetchall()
+    every = {name for _, name in rows}
+    for run_id, name in rows:
+        if name in taken or name.isdigit():
+            new, n = f"{name}-{run_id}", 1
+            while new in taken or new in every:
+                n += 1
+                new = f"{name}-{run_id}-{n}"
+            db.execute("UPDATE runs SET name = ? WHERE id = ?", (new, run_id))
+            every.add(new)
+            name = new
+        taken.add(name)
+    db.execute("CREATE UNIQUE INDEX runs_name ON runs(name)")
+
+
+# the sqlite_stat1 row of m008: rows, rows per run, rows per (run, metric), per (run, metric, step)
+METRICS_SHAPE = "1000000 20000 1000 1"
+
+
+@migrations()
+def m008_metrics_planner_stats(db: Database) -> None:
+    """Queries by metric name across runs (`WHERE name = 'val/loss'`) skip-scan the
+    `(run_id, name, step)` index instead of reading every row: SQLite does that only when
+    its statistics say each run_id has many rows. One `sqlite_stat1` row states the shape
+    of every moedesk store (many rows per run, hundreds to thousands per run and metric);
+    a name-first index would do the same at a heavy cost to ingest (docs/benchmarks.md,
+    bench/store_scale.py). A later `ANALYZE` replaces it with measured figures."""
+    db.execute("PRAGMA analysis_limit = 100")  # ANALYZE creates sqlite_stat1; keep it cheap
+    db.execute("ANALYZE")
+    db.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'metrics'")
+    db.execute("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES"
+               " ('metrics', 'metrics_run_name_step', ?)", (METRICS_SHAPE,))
+    db.execute("ANALYZE sqlite_schema")  # load it now, on this connection

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sqlite3
-import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,10 @@ from moedesk.paths import db_path
 from moedesk.store.analysis import ROUTING_PREFIX
 from moedesk.store.db import StoreError, connect_reader, damaged, is_damage
 from moedesk.store.liveness import liveness, record_gone
+from moedesk.store.query import MAX_LIMIT, run_guarded
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER
-MAX_QUERY_LIMIT = 10_000_000
 # the progress handler runs every this many SQLite VM steps (a few ms of work)
 INTERRUPT_CHECK_STEPS = 100_000
 
@@ -85,6 +84,7 @@ class Reader:
     def __init__(self, db_file: Path):
         self.db_file = Path(db_file)
         self.conn = connect_reader(self.db_file)
+        self._tables: dict[str, bool] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -126,8 +126,55 @@ class Reader:
             row = self.conn.execute("SELECT * FROM runs WHERE name = ? ORDER BY id DESC",
                                     (ref,)).fetchone()
         if row is None:
+            gone = self.removed(run_id) if run_id is not None else None
+            if gone is not None:
+                raise StoreError(f"run {gone['id']} ({gone['name']}) was removed on "
+                                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(gone['removed_at']))}"
+                                 " (moedesk rm); its rows and files are gone")
             raise StoreError(f"no run {ref!r} in {self.db_file} (see `moedesk runs`)")
         return self._info(row)
+
+    def latest_run(self) -> RunInfo:
+        """The newest run (highest id); StoreError when there is none."""
+        row = self.conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise StoreError(f"no runs yet in {self.db_file}: try "
+                             "`moedesk run profiles/quickstart.toml`")
+        return self._info(row)
+
+    # housekeeping (store/housekeeping.py writes these; a store from before migration
+    # m007_housekeeping has no such tables: no tags, nothing removed)
+
+    def _has(self, table: str) -> bool:
+        if table not in self._tables:
+            self._tables[table] = self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (table,)).fetchone() is not None
+        return self._tables[table]
+
+    def tags(self, run_id: int | None = None) -> dict[int, list[str]]:
+        """{run_id: sorted tags} of every run (or of one)."""
+        if not self._has("run_tags"):
+            return {}
+        sql, args = "SELECT run_id, tag FROM run_tags", ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", (run_id,)
+        out: dict[int, list[str]] = {}
+        for rid, tag in self.conn.execute(sql + " ORDER BY run_id, tag", args):
+            out.setdefault(rid, []).append(tag)
+        return out
+
+    def removed(self, run_id: int) -> dict | None:
+        """The tombstone of a removed run (id, name, kind, status, created_at, removed_at)."""
+        if not self._has("removed_runs"):
+            return None
+        row = self.conn.execute("SELECT * FROM removed_runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else dict(row)
+
+    def removed_ids(self) -> set[int]:
+        if not self._has("removed_runs"):
+            return set()
+        return {r[0] for r in self.conn.execute("SELECT id FROM removed_runs")}
 
     def metrics_since(self, run_id: int, after_rowid: int = 0,
                       names: list[str] | None = None) -> tuple[list[tuple], int]:
@@ -219,34 +266,11 @@ class Reader:
 
     def query(self, sql: str, params: tuple = (), limit: int = 1000
               ) -> tuple[list[str], list[tuple], bool]:
-        """Run a read-only statement: (columns, rows, truncated). Writes raise StoreError.
-
-        Ctrl-C (SIGINT, in the main thread) interrupts a long statement through the
-        connection's progress handler: SQLite itself never looks at signals."""
-        limit = max(0, min(int(limit), MAX_QUERY_LIMIT))
-        with _interruptible(self.conn) as interrupted:
-            try:
-                cur = self.conn.execute(sql, params)
-                columns = [d[0] for d in cur.description or []]
-                rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
-            except sqlite3.OperationalError as exc:
-                text = str(exc)
-                if interrupted.is_set():
-                    raise StoreError("query interrupted (Ctrl-C)") from None
-                if "readonly" in text or "query_only" in text or "read-only" in text:
-                    raise StoreError("moedesk query is read-only: write statements (INSERT,"
-                                     " UPDATE, DELETE, CREATE, DROP, ...) are refused") from None
-                if is_damage(exc):
-                    raise
-                raise StoreError(f"SQL error: {text}") from None
-            except sqlite3.DatabaseError as exc:
-                if is_damage(exc):
-                    raise
-                raise StoreError(f"SQL error: {exc}") from None
-            except (sqlite3.Error, OverflowError, ValueError) as exc:
-                raise StoreError(f"SQL error: {exc}") from None
-        truncated = len(rows) > limit
-        return columns, rows[:limit], truncated
+        """Run one read-only statement: (columns, rows, truncated). Anything but a read
+        raises StoreError with the reason (`store/query.py` guards the statement)."""
+        # an API caller's limit is clamped (the CLI's --limit is refused out of range)
+        result = run_guarded(self.conn, sql, params, max(1, min(int(limit), MAX_LIMIT)))
+        return result.columns, result.rows, result.truncated
 
     # the analysis table (store/analysis.py)
 
@@ -284,27 +308,6 @@ class Reader:
         return {int(payload["layer"]): (at, payload) for _, (at, payload) in found.items()}
 
 
-
-class _interruptible:
-    """While a statement runs, SIGINT sets a flag the progress handler returns, which
-    makes SQLite abort it (`interrupted`); the previous handler comes back after."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-        self.flag = threading.Event()
-        self.previous = None
-
-    def __enter__(self) -> threading.Event:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, lambda *_: self.flag.set())
-        self.conn.set_progress_handler(lambda: 1 if self.flag.is_set() else 0,
-                                       INTERRUPT_CHECK_STEPS)
-        return self.flag
-
-    def __exit__(self, *exc) -> None:
-        self.conn.set_progress_handler(None, 0)
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
 
 
 def open_reader(home: str | Path, record: bool = True) -> Reader:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from moedesk.paths import run_dir
+from moedesk.store import names
 from moedesk.store.db import transaction
 from moedesk.store.ingest import Batch, write_batch
 
@@ -46,19 +47,21 @@ class LaunchRow(NamedTuple):
 def create_run(conn: sqlite3.Connection, *, config: dict, profile_path: str, home: Path,
                name: str | None = None, parent_id: int | None = None,
                parent_step: int | None = None, stop_on: str | None = None) -> CreatedRun:
-    """Insert a queued run row; returns its id and final name (default PROFILE-ID)."""
+    """Insert a queued run row; returns its id and final name (default PROFILE-ID).
+
+    A `name` that is taken or numeric is refused (`names.NameRefused`); ids are never
+    reused (store/names.py)."""
     with transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO runs (name, kind, profile_path, config_json, status, seed, total_steps,"
-            " last_step, created_at, queued_at, parent_id, parent_step, stop_on)"
-            " VALUES (?, ?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?)",
-            (name or config["name"], config["kind"], profile_path, json.dumps(config),
+        run_id = names.next_run_id(conn)
+        final_name = names.check_name(conn, name) if name is not None else \
+            names.default_name(conn, config["name"], run_id)
+        conn.execute(
+            "INSERT INTO runs (id, name, kind, profile_path, config_json, status, seed,"
+            " total_steps, last_step, created_at, queued_at, parent_id, parent_step, stop_on,"
+            " run_dir) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            (run_id, final_name, config["kind"], profile_path, json.dumps(config),
              config["seed"], config["train"]["steps"], now := time.time(), now, parent_id,
-             parent_step, stop_on or config["health"]["stop_on"]))
-        run_id = int(cur.lastrowid)
-        final_name = name or f"{config['name']}-{run_id}"
-        conn.execute("UPDATE runs SET name = ?, run_dir = ? WHERE id = ?",
-                     (final_name, str(run_dir(home, run_id)), run_id))
+             parent_step, stop_on or config["health"]["stop_on"], str(run_dir(home, run_id))))
     return CreatedRun(run_id, final_name)
 
 

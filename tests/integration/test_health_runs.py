@@ -58,7 +58,10 @@ def test_collapsing_router_fires_routing_collapse_and_is_stopped(runs):
     assert len(collapse) == 1, alerts_of(home, info.id)  # fired once, no storm
     (alert,) = collapse
     assert alert["severity"] == "critical" and alert["value"] > 0.8
-    assert alert["cleared_step"] is None and "seed 002" in alert["action"]
+    assert alert["cleared_step"] is None
+    # the action fits topk_collapse.toml (no balancing, aux 0, top-1) and cites no seed
+    assert "or raise moe.aux_loss_weight from 0 to 0.05" in alert["action"]
+    assert "set moe.top_k from 1 to 2" in alert["action"] and "seed 0" not in alert["action"]
     # critical meets the default stop_on: the supervisor stopped it with a checkpoint
     assert info.status == "stopped", info.row["error"]
     assert info.row["error"].startswith("stopped by health rule routing_collapse")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from moedesk.compare import compare_runs, decide, find_manifests, load, table_rows, write_outputs
-from moedesk.compare.results import CompareError, tail_count
+from moedesk.compare.finals import tail_count
+from moedesk.compare.results import CompareError
 from moedesk.compare.verdict import Cost
 from moedesk.profiles import load_profile, profile_to_dict
 from moedesk.store import connect_writer, open_reader

@@ -9,7 +9,7 @@ import pytest
 from moedesk.health.engine import HealthEngine, RunContext
 from moedesk.health.rules import worst_of
 from moedesk.health.thresholds import RULES
-from moedesk.profiles import profile_from_dict
+from moedesk.profiles import flat_settings, profile_from_dict
 from moedesk.profiles.schema import TernarySection, TrainSection
 from moedesk.runner.supervise import make_engine, run_context
 from moedesk.stats import names
@@ -275,10 +275,13 @@ def test_the_engine_is_built_from_a_typed_context_without_a_profile():
 def test_run_context_reads_the_profile_not_restated_defaults():
     ternary = profile_from_dict({"name": "t", "kind": "ternary", "seed": 0})
     assert run_context(ternary) == RunContext("ternary", TernarySection().num_experts,
-                                              TernarySection().active_experts)
+                                              TernarySection().active_experts,
+                                              settings=flat_settings(ternary))
     topk = profile_from_dict({"name": "t", "kind": "topk", "seed": 0,
                               "moe": {"num_experts": 16, "top_k": 4}})
-    assert run_context(topk) == RunContext("topk", 16, 4, TrainSection().warmup_steps, True)
+    assert run_context(topk) == RunContext("topk", 16, 4, TrainSection().warmup_steps, True,
+                                           settings=flat_settings(topk))
+    assert run_context(topk).settings["moe.top_k"] == 4  # what the actions are fitted to
     unbalanced = profile_from_dict({"name": "t", "kind": "topk", "seed": 0, "moe": {
         "bias_balancing": False, "aux_loss_weight": 0.0}})
     assert run_context(unbalanced).balanced is False

@@ -15,8 +15,11 @@ from moedesk.profiles import ProfileError, load_profile
 from moedesk.runner.checkpoints import (
     BEST,
     CheckpointError,
+    checkpoint_path,
+    delete_checkpoint,
     list_checkpoints,
     parse_at,
+    prune_plan,
     resolve_checkpoint,
     split_ref,
 )
@@ -51,7 +54,13 @@ def test_pruning_never_removes_the_best_and_best_json_marks_it(tmp_path):
     best = BestTracker("val/loss")
     for step, loss in [(10, 3.0), (20, 1.0), (30, 2.0), (40, 2.5), (50, 2.7)]:
         best.offer(step, loss)
-        save_checkpoint({"step": step}, tmp_path, step, keep=2, best=best)
+        save_checkpoint({"step": step}, tmp_path, step, best=best)
+    # the supervisor prunes (keep = 2) once the rows are committed: never the marked best
+    listed = [(c.step, str(c.path)) for c in list_checkpoints(tmp_path)]
+    drop = prune_plan(tmp_path, listed, keep=2)
+    assert drop == [10, 30]
+    for step in drop:
+        delete_checkpoint(checkpoint_path(tmp_path, step))
     assert [c.step for c in list_checkpoints(tmp_path)] == [20, 40, 50]
     mark = json.loads(best_checkpoint_file(tmp_path).read_text())
     assert mark == {"step": 20, "keep_best": "val/loss", "metric": "val/loss", "value": 1.0}
@@ -91,6 +100,13 @@ def test_keep_best_must_fit_the_kind():
         load_profile(REPO / "profiles" / "tiny_dense.toml", {"checkpoint.keep_best": "loss"})
 
 
+def prune_as_the_supervisor_does(run_dir: Path, keep: int) -> None:
+    """The trainer never prunes: the supervisor applies `prune_plan` after each commit."""
+    listed = [(c.step, str(c.path)) for c in list_checkpoints(run_dir)]
+    for step in prune_plan(run_dir, listed, keep):
+        delete_checkpoint(checkpoint_path(run_dir, step))
+
+
 def overfitting_profile(tmp_path: Path, **overrides):
     """Training text cycles a->b->c, the held-out tail c->b->a: validation loss falls while
     the model learns which bytes occur, then rises as it learns the training order."""
@@ -115,6 +131,7 @@ def test_the_best_checkpoint_survives_when_validation_loss_rises(tmp_path):
     best_step, best_loss = min(val, key=lambda sv: sv[1])
     assert 5 < best_step < 60 and val[-1][1] > best_loss + 0.5  # it really rose
     # keep = 1 keeps the newest; the best is kept besides it
+    prune_as_the_supervisor_does(run_dir, profile.checkpoint.keep)
     assert [c.step for c in list_checkpoints(run_dir)] == [best_step, 60]
     found = resolve_checkpoint(run_dir, BEST)
     assert found.step == best_step
@@ -154,6 +171,7 @@ def test_ternary_keeps_its_best_evaluation(tmp_path, keep_best, metric):
     assert (mark["step"], mark["metric"]) == (best_step, metric)
     assert mark["value"] == pytest.approx(best_value)
     assert resolve_checkpoint(tmp_path, BEST).step == best_step
+    prune_as_the_supervisor_does(tmp_path, profile.checkpoint.keep)
     assert {c.step for c in list_checkpoints(tmp_path)} == {best_step, 40}
     if metric == "ff/seed000_score":
         window = next(e["values"] for e in emitter.events if e["type"] == "metrics"

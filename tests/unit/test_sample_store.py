@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from moedesk.profiles import profile_to_dict, validate_data
+from moedesk.runner.commit import Committer
 from moedesk.runner.ingest import Ingestor
 from moedesk.runner.protocol import decode, encode
 from moedesk.store import Reader, connect_writer
@@ -17,7 +18,7 @@ def test_samples_and_the_best_mark_are_stored_and_truncated_on_resume(home):
     config = profile_to_dict(validate_data({"name": "t", "kind": "dense", "seed": 1}))
     run_id = store_runs.create_run(db.conn, config=config, profile_path="p.toml",
                                    home=home).run_id
-    ingestor = Ingestor(db.conn, run_id)
+    ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0))
     lines = [
         {"type": "checkpoint", "step": 10, "path": "a.pt", "size": 1, "sha256": "x",
          "best_step": 10, "metric": "val/loss", "score": 2.0},
@@ -34,7 +35,7 @@ def test_samples_and_the_best_mark_are_stored_and_truncated_on_resume(home):
         decoded = decode(encode(event))
         assert decoded.event is not None and decoded.event["type"] == event["type"]
         ingestor.feed_line(encode(event))
-    ingestor.flush()
+    ingestor.commit()
     with Reader(home / "moedesk.db") as reader:
         best = reader.best_checkpoint(run_id)
         assert (best["step"], best["metric"], best["score"]) == (20, "val/loss", 1.5)

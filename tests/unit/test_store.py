@@ -174,3 +174,18 @@ def test_half_created_database_reads_as_absent(tmp_path):
     sqlite3.connect(tmp_path / "moedesk.db").close()  # the file exists, the schema not yet
     with pytest.raises(StoreError, match="being created"):
         Reader(tmp_path / "moedesk.db")
+
+
+def test_queries_by_metric_name_skip_scan_instead_of_reading_every_row(db, home):
+    # m004's statistics: the planner seeks each run's part of (run_id, name, step)
+    reader = Reader(home / "moedesk.db")
+
+    def plan(sql):
+        return " ".join(r[3] for r in reader.conn.execute("EXPLAIN QUERY PLAN " + sql))
+
+    assert "ANY(run_id) AND name=? AND step=?" in plan(
+        "SELECT run_id, value FROM metrics WHERE name = 'train/loss' AND step = 100")
+    assert "ANY(run_id) AND name=?" in plan(
+        "SELECT run_id, MIN(value) FROM metrics WHERE name = 'val/loss' GROUP BY run_id")
+    assert "(run_id=? AND name=?)" in plan(
+        "SELECT step, value FROM metrics WHERE run_id = 3 AND name = 'train/loss'")
