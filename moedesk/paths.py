@@ -7,6 +7,8 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `train.log`: the trainer's stderr and the supervisor's notes, tailed by the TUI;
 - `supervisor.log`: the detached supervisor's own output (launch.py);
 - `stop_request.json`: a requested stop, written before any signal (runner/control.py);
+- `events.jsonl`: an external run's protocol events, appended by the training process
+  (moedesk/track/) and tailed by its supervisor (runner/external.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar (runner/checkpoints.py).
 """
 
@@ -20,6 +22,7 @@ CONFIG_FILE = "config.json"
 TRAIN_LOG = "train.log"
 SUPERVISOR_LOG = "supervisor.log"
 STOP_REQUEST_FILE = "stop_request.json"
+EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 
 
@@ -54,6 +57,10 @@ def supervisor_log(run_dir: str | Path) -> Path:
 
 def stop_request_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / STOP_REQUEST_FILE
+
+
+def events_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / EVENTS_FILE
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -7,6 +7,10 @@ Event types (every event has "type"; "step" where it applies):
   checkpoint   {step, wall, path, size, sha256}
   analysis     {step, wall, name, payload}                 e.g. routing histograms
   finished     {step, wall, status, reason}                status: completed | stopped | failed
+  alert        {step, wall, title, text, level}            a user's alert (moedesk.track)
+External runs (docs/tracking.md) write the same events to RUN_DIR/events.jsonl; their
+`started` adds {config, name, tags, stop_on, health, moe, graceful_stop, program} and
+their `expert_load` may carry `top_k`; `finished` may carry `exit_code`.
 Anything on stdout that is not a JSON object is kept as a log line, never an error.
 Pure stdlib: both sides (train, runner) import it.
 """
@@ -18,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "finished")
+EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "finished", "alert")
 FINISH_STATUSES = ("completed", "stopped", "failed")
 
 

@@ -51,3 +51,12 @@ def m002_analysis(db: Database) -> None:
     db["analysis"].create({"run_id": int, "step": int, "name": str, "payload": str,
                            "wall": float}, not_null={"run_id", "step", "name", "payload"})
     db.execute("CREATE INDEX analysis_run_name_step ON analysis(run_id, name, step)")
+
+
+@migrations()
+def m003_external(db: Database) -> None:
+    """Tags of runs (`moedesk watch --tag`, `moedesk.init(tags=...)`); external runs
+    themselves need no new column: kind `external`, their settings in `config_json`."""
+    db.execute("CREATE TABLE IF NOT EXISTS tags (run_id INTEGER NOT NULL, tag TEXT NOT NULL,"
+               " wall REAL)")
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS tags_run_tag ON tags(run_id, tag)")
