@@ -204,13 +204,36 @@ class Run:
         self._top_k = self._top_k or counter.top_k
         return counter
 
-    def log_router_load(self, step: int | None = None) -> None:
-        """Send what the watched routers counted since the last time (nothing if none)."""
+    def log_router_load(self, step: int | None = None) -> dict[int, list[int]]:
+        """Send what the watched routers counted since the last time (nothing if they saw
+        no training forward); returns it, {layer: counts}."""
         if self._routers is None:
-            return
+            return {}
         loads = self._routers.take()
         if loads:
             self.log_expert_load(loads, step=step, top_k=self._routers.top_k())
+        return loads
+
+    def unwatch_routers(self) -> None:
+        """Remove every router hook of `watch_router`."""
+        if self._routers is not None:
+            self._routers.remove()
+            self._routers = None
+
+    def log_checkpoint(self, path: str | Path, step: int | None = None) -> None:
+        """Record a checkpoint you saved (a file or a folder) in the run's checkpoints
+        table, with its size; moedesk does not read it."""
+        self._check_open()
+        target = Path(path).resolve()
+        if target.is_dir():
+            size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+        elif target.is_file():
+            size = target.stat().st_size
+        else:
+            raise FileNotFoundError(f"log_checkpoint: no file or folder at {target}")
+        step = self.step if step is None else self._valid_step(step, "log_checkpoint")
+        self._writer.write({"type": "checkpoint", "step": step, "wall": time.time(),
+                            "path": str(target), "size": size, "sha256": None})
 
     # ---- stopping and finishing -----------------------------------------------------------
 
@@ -235,8 +258,7 @@ class Run:
         codes failed. Waits (at most `wait` s) until the supervisor has stored it all."""
         if self.finished or os.getpid() != self._pid:
             return
-        if self._routers is not None:
-            self._routers.remove()
+        self.unwatch_routers()
         if status is None:
             if exit_code not in (None, 0):
                 status, reason = "failed", reason or f"finished with exit code {exit_code}"
