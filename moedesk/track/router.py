@@ -65,12 +65,15 @@ def _tensors(output):
 def chosen_experts(output, top_k: int, num_experts: int | None) -> tuple[Tensor | None, int | None]:
     """(expert ids [..., top_k], num_experts) from a router's output, or (None, None)."""
     tensors = list(_tensors(output))
+    floats = [t for t in tensors if t.is_floating_point() and t.dim() >= 1]
     for t in tensors:
         if not t.is_floating_point() and t.dtype != torch.bool and t.dim() >= 1 \
                 and t.shape[-1] == top_k:
+            if num_experts is None and floats:  # the widest float output: the logits
+                num_experts = max(int(f.shape[-1]) for f in floats)
             return t, num_experts
-    for t in tensors:
-        if t.is_floating_point() and t.dim() >= 1 and t.shape[-1] >= top_k \
+    for t in floats:
+        if t.shape[-1] >= top_k \
                 and (num_experts is None or t.shape[-1] == num_experts):
             return t.detach().topk(top_k, dim=-1).indices, int(t.shape[-1])
     return None, None
@@ -102,8 +105,9 @@ class RouterCounter:
             self.unreadable += 1
             if self.unreadable == 1:
                 warnings.warn(f"moedesk: cannot read the top-{self.top_k} choice of {self.label} "
-                              f"(layer {self.layer}) from its output; see the watch_router "
-                              "contract in docs/tracking.md", stacklevel=2)
+                              f"(layer {self.layer}) from its output (pass num_experts= when it "
+                              "returns ids only); see the watch_router contract in "
+                              "docs/tracking.md", stacklevel=2)
             return
         self.num_experts = experts
         flat = ids.detach().reshape(-1).long()
