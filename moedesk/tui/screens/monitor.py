@@ -190,7 +190,7 @@ class MonitorScreen(Screen):
         experts = Text(no_wrap=True, overflow="ellipsis")
         if row.error and row.status in ("failed", "crashed"):
             experts.append(row.error.splitlines()[0], style="#ff5f5f")
-        elif row.kind in ("topk", "ternary"):
+        elif row.kind in ("topk", "ternary", "external"):
             dead = data.value("moe/dead_experts")
             if dead is not None:
                 experts.append(f"dead experts {dead:.0f}", style="bold #ff5f5f" if dead else "")
