@@ -110,6 +110,10 @@ def resume_run(home: Path, ref: str | int, step: int | None = None,
     info = get_run(home, ref)
     if info.status in store_runs.ACTIVE:
         raise RunError(f"run {info.id} ({info.name}) is still {info.status}; stop it first")
+    if info.kind == store_external.EXTERNAL_KIND:  # issue 13 hook
+        raise RunError(f"run {info.id} ({info.name}) is an external run: moedesk did not start "
+                       "its training and cannot resume it; start your script again from one of "
+                       f"its checkpoints (moedesk show {info.id})")
     # a supervisor killed mid-batch can leave a checkpoint newer than the last stored row;
     # resuming from it would leave a gap in the curves, so take the newest one at or before
     ckpt = checkpoint_for(info, step, at_most=info.last_step)

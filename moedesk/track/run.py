@@ -24,10 +24,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from moedesk.paths import stop_request_file
-from moedesk.track.channel import EventWriter
+from moedesk.track.channel import EventWriter, metric_prefixes
 
 LEVELS = ("info", "warning", "critical")
 FINISH_WAIT_S = 60.0  # how long finish waits for the supervisor to store everything
+PREFIX_CACHE = 64  # sets of metric names whose encoded prefixes a run keeps
 
 _uncaught: list[BaseException] = []
 
@@ -82,6 +83,7 @@ class Run:
         self.id, self.name, self.run_dir = run_id, name, Path(run_dir)
         self.step = 0
         self._writer = EventWriter(events)
+        self._prefixes: dict[tuple, tuple[str, ...]] = {}
         self._supervisor = supervisor
         self._top_k = top_k
         self._routers = None  # track.router.RouterSet, made by the first watch_router
@@ -109,21 +111,27 @@ class Run:
         numbers or 0-d tensors (a tensor costs a device sync); NaN and inf are kept."""
         self._check_open()
         try:
-            clean = {k: float(v) for k, v in values.items()}
+            names = tuple(values)
+            numbers = list(map(float, values.values()))
         except AttributeError:
             raise TypeError(f"log: values must be a dict of name -> number, got "
                             f"{type(values).__name__}") from None
         except (TypeError, ValueError):
             raise TypeError(self._bad_value(values)) from None
-        if not all(type(k) is str and k for k in clean):
-            bad = next(k for k in clean if type(k) is not str or not k)
-            raise TypeError(f"log: metric names must be non-empty strings, got {bad!r}")
+        prefixes = self._prefixes.get(names)
+        if prefixes is None:  # a new set of names: check them once
+            bad = next((k for k in names if type(k) is not str or not k), None)
+            if bad is not None or not names:
+                raise TypeError(f"log: metric names must be non-empty strings, got {bad!r}"
+                                if names else "log: no values given")
+            if len(self._prefixes) >= PREFIX_CACHE:
+                self._prefixes.clear()
+            prefixes = self._prefixes[names] = metric_prefixes(names)
         step = self.step + 1 if step is None else self._valid_step(step, "log")
         self.step = step
         if self._routers is not None:
             self.log_router_load(step)
-        self._writer.write({"type": "metrics", "step": step, "wall": time.time(),
-                            "values": clean})
+        self._writer.write_metrics(step, time.time(), prefixes, numbers)
 
     @staticmethod
     def _bad_value(values: Mapping) -> str:

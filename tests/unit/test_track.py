@@ -44,6 +44,21 @@ def test_writer_lines_are_protocol_events_and_nonfinite_survives(tmp_path):
     assert math.isnan(second["a"]) and second["b"] == math.inf
 
 
+def test_fast_metrics_lines_are_byte_for_byte_what_encode_makes(tmp_path):
+    from moedesk.runner.protocol import encode
+    from moedesk.track.channel import metric_prefixes
+
+    writer = EventWriter(tmp_path / "e.jsonl")
+    cases = [{"train/loss": 2.0000000000000004, 'we"ird\\name': -1e-300, "ünï": 3.0},
+             {"a": math.nan, "b": 1.0}, {"big": 1e308, "bigger": 1e308}]
+    for values in cases:
+        writer.write_metrics(5, 1.25, metric_prefixes(tuple(values)), list(values.values()))
+    writer.close()
+    lines = (tmp_path / "e.jsonl").read_text().splitlines()
+    for line, values in zip(lines, cases, strict=True):
+        assert line == encode({"type": "metrics", "step": 5, "wall": 1.25, "values": values})
+
+
 def test_tail_returns_complete_lines_and_the_unterminated_one_only_at_the_end(tmp_path):
     path = tmp_path / "e.jsonl"
     tail = EventTail(path)
