@@ -17,6 +17,8 @@ from transformers import (  # noqa: E402
     MixtralForCausalLM,
     OlmoeConfig,
     OlmoeForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
     Trainer,
@@ -38,8 +40,11 @@ MODELS = {
     "qwen3_moe": lambda: Qwen3MoeForCausalLM(Qwen3MoeConfig(**COMMON, num_experts=8,
                                                             moe_intermediate_size=32, head_dim=8)),
     "olmoe": lambda: OlmoeForCausalLM(OlmoeConfig(**COMMON, num_experts=8)),
+    # a shared expert beside the routed ones: only the routed ones have a router
+    "qwen2_moe": lambda: Qwen2MoeForCausalLM(Qwen2MoeConfig(
+        **COMMON, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32)),
 }
-EXPERTS = {"mixtral": 4, "qwen3_moe": 8, "olmoe": 8}
+EXPERTS = {"mixtral": 4, "qwen3_moe": 8, "olmoe": 8, "qwen2_moe": 4}
 
 
 class Tokens(torch.utils.data.Dataset):
