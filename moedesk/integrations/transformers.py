@@ -75,7 +75,8 @@ def _router_classes(model) -> tuple[set[type], set[str]]:
 
 def find_routers(model) -> list[tuple[str, object, int]]:
     """(qualified name, module, layer index) of each router module, in model order; the
-    layer is the first number in the module's name (`model.layers.3.mlp.gate` -> 3)."""
+    layer is the first number in the module's name (`model.layers.3.mlp.gate` -> 3), or
+    the router's position when that number does not tell routers apart."""
     classes, suffixes = _router_classes(model)
     found = []
     for name, module in model.named_modules():
@@ -83,6 +84,8 @@ def find_routers(model) -> list[tuple[str, object, int]]:
         if cls in classes or any(cls.__name__.endswith(s) for s in suffixes):
             match = _LAYER.search("." + name)
             found.append((name, module, int(match.group(1)) if match else len(found)))
+    if len({layer for _, _, layer in found}) < len(found):  # two routers in one block
+        found = [(name, module, i) for i, (name, module, _) in enumerate(found)]
     return found
 
 

@@ -121,9 +121,8 @@ class Run:
         prefixes = self._prefixes.get(names)
         if prefixes is None:  # a new set of names: check them once
             bad = next((k for k in names if type(k) is not str or not k), None)
-            if bad is not None or not names:
-                raise TypeError(f"log: metric names must be non-empty strings, got {bad!r}"
-                                if names else "log: no values given")
+            if bad is not None:
+                raise TypeError(f"log: metric names must be non-empty strings, got {bad!r}")
             if len(self._prefixes) >= PREFIX_CACHE:
                 self._prefixes.clear()
             prefixes = self._prefixes[names] = metric_prefixes(names)

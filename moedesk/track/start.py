@@ -29,6 +29,9 @@ from moedesk.track.channel import EventWriter
 from moedesk.track.run import Run, TrackError
 
 MOE_KEYS = {"num_experts": 1, "top_k": 1, "warmup_steps": 0}  # key -> smallest value
+# where a config says its MoE shape (moedesk's own names, then transformers' names)
+CONFIG_SHAPE = {"num_experts": ("num_experts", "num_local_experts", "n_routed_experts"),
+                "top_k": ("top_k", "num_experts_per_tok", "moe_top_k")}
 
 
 def _plain_config(config) -> dict:
@@ -71,6 +74,21 @@ def _moe_hints(moe) -> dict:
     return out
 
 
+def _shape_from_config(config: dict) -> dict:
+    """num_experts and top_k when the config states them (top level or under "moe")."""
+    out = {}
+    for section in (config, config.get("moe") if isinstance(config.get("moe"), dict) else {}):
+        for key, names in CONFIG_SHAPE.items():
+            for name in names:
+                value = section.get(name)
+                if key not in out and isinstance(value, int) and not isinstance(value, bool) \
+                        and value >= 1:
+                    out[key] = value
+    if out.get("top_k", 0) > out.get("num_experts", 1 << 30):
+        return {}
+    return out
+
+
 def _check_health(health) -> dict:
     if health is None:
         return {}
@@ -106,7 +124,8 @@ def init(name: str | None = None, config=None, *, home: str | Path | None = None
     total_steps: for progress and ETA; stop_on: the alert severity that stops the run
     (warning, critical, never; default critical); health: rule overrides as in a profile's
     [health.RULE] tables; moe: {num_experts, top_k, balanced, warmup_steps} when known up
-    front (else learned from the first expert load); graceful_stop: your loop checks
+    front (else the config's num_experts/top_k, num_local_experts/num_experts_per_tok, at
+    its top or under "moe"; else learned from the first expert load); graceful_stop: your loop checks
     `run.should_stop` (SIGTERM then only sets it) instead of being sent SIGTERM;
     attach=False: a run of its own even under `moedesk watch`.
     """
@@ -119,9 +138,10 @@ def init(name: str | None = None, config=None, *, home: str | Path | None = None
         raise ValueError(f"init: total_steps must be an integer >= 1, got {total_steps!r}")
     if stop_on is not None and stop_on not in STOP_ON:
         raise ValueError(f"init: stop_on got {stop_on!r}; allowed values: {', '.join(STOP_ON)}")
-    moe_hints = _moe_hints(moe)
+    plain = _plain_config(config)
+    moe_hints = {**_shape_from_config(plain), **_moe_hints(moe)}
     started = {"type": "started", "step": 0, "wall": time.time(), "pid": os.getpid(),
-               "name": name, "config": _plain_config(config), "tags": list(tags),
+               "name": name, "config": plain, "tags": list(tags),
                "total_steps": total_steps, "stop_on": stop_on, "health": _check_health(health),
                "moe": moe_hints, "graceful_stop": bool(graceful_stop), "program": program_name()}
     top_k = moe_hints.get("top_k")

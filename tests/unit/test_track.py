@@ -102,6 +102,7 @@ def test_log_steps_count_up_and_values_become_floats(run):
     ({"a": "x"}, "'a' = 'x' is not a number"),
     ({"a": [1, 2]}, "'a' = \\[1, 2\\] is not a number"),
     ({3: 1.0}, "metric names must be non-empty strings, got 3"),
+    ({"ok": 1.0, None: 2.0}, "metric names must be non-empty strings, got None"),
     ({"": 1.0}, "metric names must be non-empty strings"),
     ([1, 2], "values must be a dict"),
 ])
@@ -180,6 +181,17 @@ def test_init_rejects_bad_arguments_before_creating_anything(tmp_path, kwargs, m
     with pytest.raises((ValueError, TypeError), match=message):
         init(home=tmp_path, **kwargs)
     assert not (tmp_path / "moedesk.db").exists()
+
+
+def test_the_moe_shape_can_come_from_the_config():
+    from moedesk.track.start import _shape_from_config
+
+    assert _shape_from_config({"num_local_experts": 8, "num_experts_per_tok": 2}) == \
+        {"num_experts": 8, "top_k": 2}
+    assert _shape_from_config({"moe": {"num_experts": 16, "top_k": 4}, "lr": 1}) == \
+        {"num_experts": 16, "top_k": 4}
+    assert _shape_from_config({"top_k": 9, "num_experts": 4}) == {}  # not a shape
+    assert _shape_from_config({"top_k": True}) == {}
 
 
 def test_program_name():
@@ -364,10 +376,13 @@ def test_watch_needs_top_k_and_distinct_layers():
         watch(routers, "router", top_k=2)
 
 
-def test_import_moedesk_and_track_stay_light():
-    code = ("import sys, moedesk; moedesk.init; import moedesk.track.run, moedesk.track.start\n"
-            "bad = [m for m in ('torch', 'sqlite3', 'sqlite_utils', 'moedesk.store', 'textual',"
-            " 'numpy') if m in sys.modules]\nprint(','.join(bad))")
+@pytest.mark.parametrize("module, forbidden", [
+    ("moedesk.track", ("torch", "sqlite3", "sqlite_utils", "moedesk.store", "textual", "numpy")),
+    ("moedesk.runner.external", ("torch", "textual")),
+])
+def test_import_boundaries_of_the_tracking_parts(module, forbidden):
+    code = (f"import sys, moedesk, importlib; moedesk.init; importlib.import_module({module!r})\n"
+            f"print(','.join(m for m in {forbidden!r} if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=REPO)
     assert result.returncode == 0, result.stderr
