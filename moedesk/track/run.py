@@ -120,9 +120,9 @@ class Run:
             raise TypeError(self._bad_value(values)) from None
         prefixes = self._prefixes.get(names)
         if prefixes is None:  # a new set of names: check them once
-            bad = next((k for k in names if type(k) is not str or not k), None)
-            if bad is not None:
-                raise TypeError(f"log: metric names must be non-empty strings, got {bad!r}")
+            bad = [k for k in names if type(k) is not str or not k]
+            if bad:
+                raise TypeError(f"log: metric names must be non-empty strings, got {bad[0]!r}")
             if len(self._prefixes) >= PREFIX_CACHE:
                 self._prefixes.clear()
             prefixes = self._prefixes[names] = metric_prefixes(names)
