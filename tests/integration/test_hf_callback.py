@@ -4,6 +4,7 @@ downloads), trained by `transformers.Trainer` on generated tokens."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,52 @@ def test_metric_names():
                                      "train_runtime", "train_loss", "grad_norm")] == \
         ["train/loss", "train/lr", "val/loss", "val/accuracy", "train/runtime",
          "train/mean_loss", "train/grad_norm"]
+
+
+WATCHED_TRAINER = """
+import torch
+from transformers import MixtralConfig, MixtralForCausalLM, Trainer, TrainingArguments
+from moedesk.integrations.transformers import MoedeskCallback
+
+torch.set_num_threads(1)
+torch.manual_seed(0)
+x = torch.randint(0, 64, (4000, 16), generator=torch.Generator().manual_seed(0))
+data = [{"input_ids": row, "labels": row} for row in x]
+model = MixtralForCausalLM(MixtralConfig(
+    vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    num_local_experts=4, num_experts_per_tok=2, bos_token_id=None, eos_token_id=None,
+    pad_token_id=None))
+args = TrainingArguments(output_dir="out", max_steps=1000, per_device_train_batch_size=4,
+                         logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                         disable_tqdm=True)
+Trainer(model=model, args=args, train_dataset=data, callbacks=[MoedeskCallback()]).train()
+print("train returned", flush=True)
+"""
+
+
+def test_moedesk_stop_ends_a_watched_trainer_with_a_checkpoint(home, tmp_path):
+    """The three-line way: the callback in the script, `moedesk watch`, then `moedesk stop`:
+    SIGTERM to the group is caught, the Trainer saves and returns, the run is stopped."""
+    from tests.conftest import moedesk, wait_for
+
+    (tmp_path / "train.py").write_text(WATCHED_TRAINER)
+    started = moedesk("watch", "--home", str(home), "--cwd", str(tmp_path), "--detach",
+                      "--name", "ft", "--", sys.executable, "train.py", check=True)
+    run_id = int(started.stdout.split("watching run ")[1].split()[0])
+
+    def info():
+        with Reader(home / "moedesk.db") as reader:
+            return reader.run(run_id)
+
+    wait_for(lambda: info().last_step >= 3, timeout=300, what="a few Trainer steps")
+    moedesk("stop", str(run_id), home=home, check=True)
+    done = wait_for(lambda: (i := info()).status not in ("queued", "running") and i.row["ended_at"]
+                    and i, timeout=300, what="the run to end")
+    assert done.status == "stopped" and done.row["exit_code"] == 0, done.row["error"]
+    with Reader(home / "moedesk.db") as reader:
+        (checkpoint,) = reader.checkpoints(run_id)
+    assert Path(checkpoint["path"]) == (tmp_path / "out" / f"checkpoint-{checkpoint['step']}")
+    assert (Path(checkpoint["path"]) / "model.safetensors").exists()
+    assert done.config["moe"] == {"num_experts": 4, "top_k": 2}
+    assert "train returned" in (Path(done.row["run_dir"]) / "train.log").read_text()

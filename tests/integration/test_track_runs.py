@@ -137,7 +137,7 @@ LOOP = """
 run = moedesk.init(name="looper", home={home!r}, graceful_stop={graceful})
 print(run.id, flush=True)
 step = 0
-while not ({graceful} and run.should_stop):  # a loop that never looks: SIGTERM ends it
+while not ({honours} and run.should_stop):  # honours=False: a loop that never looks
     step += 1
     run.log({{"train/loss": 1.0}}, step=step)
     time.sleep(0.02)
@@ -146,13 +146,15 @@ run.finish()
 """
 
 
-@pytest.mark.parametrize("graceful, args, exit_code, error", [
-    (False, (), -signal.SIGTERM, "stopped by request"),
-    (True, (), 0, "stopped by request"),
-    (True, ("--kill",), -signal.SIGKILL, "killed by request"),
+@pytest.mark.parametrize("graceful, honours, args, exit_code, error", [
+    (False, False, (), -signal.SIGTERM, "stopped by request"),  # SIGTERM ends it
+    (True, True, (), 0, "stopped by request"),  # it sees should_stop and ends itself
+    (True, False, ("--kill",), -signal.SIGKILL, "killed by request"),  # hung: only --kill
 ])
-def test_moedesk_stop_on_an_attached_run(home, tmp_path, graceful, args, exit_code, error):
-    proc = run_script(tmp_path, LOOP.format(home=str(home), graceful=graceful), wait=False)
+def test_moedesk_stop_on_an_attached_run(home, tmp_path, graceful, honours, args, exit_code,
+                                         error):
+    proc = run_script(tmp_path, LOOP.format(home=str(home), graceful=graceful, honours=honours),
+                      wait=False)
     run_id = int(proc.stdout.readline())
     wait_for(lambda: info_of(home, run_id).last_step >= 5, what="a few steps")
     moedesk_cli("stop", str(run_id), *args, home=home, check=True)
