@@ -10,6 +10,8 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `stop_ack.json`: the supervisor's acknowledgement of that request (runner/control.py);
 - `heartbeat`: touched by the live supervisor every few seconds (store/liveness.py);
 - `spool.jsonl`: batches the supervisor could not commit, replayed later (store/spool.py);
+- `events.jsonl`: an external run's protocol events, appended by the training process
+  (moedesk/track/) and tailed by its supervisor (runner/external.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar, and `best.json`, the
   `[checkpoint] keep_best` mark (runner/checkpoints.py).
 """
@@ -27,6 +29,7 @@ STOP_REQUEST_FILE = "stop_request.json"
 STOP_ACK_FILE = "stop_ack.json"
 HEARTBEAT_FILE = "heartbeat"
 SPOOL_FILE = "spool.jsonl"
+EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT_FILE = "best.json"
 
@@ -74,6 +77,10 @@ def heartbeat_file(run_dir: str | Path) -> Path:
 
 def spool_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / SPOOL_FILE
+
+
+def events_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / EVENTS_FILE
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

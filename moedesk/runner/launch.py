@@ -11,6 +11,7 @@ write into a damaged store. `stopping.py` waits for a stop to take effect. No to
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import NamedTuple
 
 import psutil
 
+from moedesk.health.thresholds import STOP_ON
 from moedesk.paths import db_path, run_dir, supervisor_log
 from moedesk.profiles import Profile, profile_to_dict
 from moedesk.runner.checkpoints import (
@@ -35,6 +37,7 @@ from moedesk.runner.control import (
     write_stop_request,
 )
 from moedesk.store import StoreError, connect_writer, open_reader
+from moedesk.store import external as store_external
 from moedesk.store import runs as store_runs
 from moedesk.store.db import check_writable
 from moedesk.store.reads import RunInfo
@@ -213,6 +216,10 @@ def resume(home: Path, ref: str | int, step: int | str | None = None,
     info = get_run(home, ref)
     if info.status in store_runs.ACTIVE:
         raise RunError(f"run {info.id} ({info.name}) is still {info.status}; stop it first")
+    if info.kind == store_external.EXTERNAL_KIND:
+        raise RunError(f"run {info.id} ({info.name}) is an external run: moedesk did not start "
+                       "its training and cannot resume it; start your script again from one of "
+                       f"its checkpoints (moedesk show {info.id})")
     ckpt, gap = plan_resume(info, step, stop_at)
     db = _writer(home)
     try:
@@ -279,7 +286,43 @@ def request_stop(info: RunInfo, kill: bool) -> dict:
     return request
 
 
+
+# ---- watched commands (issue 13): a hook kept apart for the merge with the runner work ----
+
+def start_watch(home: Path, argv: list[str], cwd: str | Path | None = None, *,
+                name: str | None = None, tags: list[str] | tuple = (),
+                stop_on: str | None = None) -> Launched:
+    """`moedesk watch -- CMD ARGS...` (and the TUI's dialog): run any command as a detached,
+    supervised external run (runner/external.py `watch`); RunError on a bad command."""
+    from moedesk.runner import external
+
+    argv = [str(a) for a in argv or []]
+    if not argv:
+        raise RunError("watch: give the command after --, e.g. moedesk watch -- python train.py")
+    folder = Path(cwd or os.getcwd()).expanduser().resolve()
+    if not folder.is_dir():
+        raise RunError(f"watch: the working directory {folder} does not exist")
+    program = argv[0]
+    found = (folder / program) if os.sep in program else shutil.which(program)
+    if not found or not os.access(found, os.X_OK) or Path(found).is_dir():
+        raise RunError(f"watch: {program!r} is not an executable command"
+                       + ("" if os.sep in program else " on PATH"))
+    if stop_on is not None and stop_on not in STOP_ON:
+        raise RunError(f"watch: stop_on got {stop_on!r}; allowed values: {', '.join(STOP_ON)}")
+    config = external.settings(name=name, stop_on=stop_on or "critical", command=argv,
+                               cwd=str(folder), program=external.command_stem(argv))
+    db = connect_writer(db_path(home))
+    try:
+        run_id, final_name = store_external.create_external_run(
+            db.conn, home=home, config=config, default_stem=config["external"]["program"],
+            stop_on=config["health"]["stop_on"], tags=list(tags))
+    finally:
+        db.close()
+    return Launched(run_id, final_name, external.spawn(home, run_id))
+
+
+
 __all__ = ["RunError", "Launched", "Resumed", "start_run", "stop_run", "request_stop",
            "resume", "resume_run", "plan_resume", "fork_run", "get_run", "checkpoint_for",
-           "checkpoint_of", "spawn_supervisor",
+           "checkpoint_of", "spawn_supervisor", "start_watch",
            "reconcile", "StoreError"]

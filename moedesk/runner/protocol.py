@@ -11,6 +11,10 @@ Event types (every event has "type"; "step" where it applies):
   sample       {step, wall, prompt, text, temperature, seed, max_new_tokens, seconds}
                a continuation of a [train] sample_prompts prompt (text = the new part)
   finished     {step, wall, status, reason}                status: completed | stopped | failed
+  alert        {step, wall, title, text, level}            a user's alert (moedesk.track)
+External runs (docs/tracking.md) write the same events to RUN_DIR/events.jsonl; their
+`started` adds {config, name, tags, stop_on, health, moe, graceful_stop, program} and
+their `expert_load` may carry `top_k`; `finished` may carry `exit_code`.
 Anything on stdout that is not a JSON object is kept as a log line, never an error.
 Pure stdlib: both sides (train, runner) import it.
 """
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "sample",
-               "finished")
+               "finished", "alert")
 FINISH_STATUSES = ("completed", "stopped", "failed")
 
 

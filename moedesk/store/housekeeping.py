@@ -36,9 +36,6 @@ TRASH = ".trash"
 FINISHED = ("completed", "failed", "stopped", "crashed")
 CHILD_TABLES = ("metrics", "expert_load", "alerts", "checkpoints", "resumes", "analysis",
                 "run_tags")
-TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/+]{0,63}")
-TAG_RULE = ("a tag is 1-64 letters, digits or _ . - / +, starting with a letter or digit "
-            "(no spaces, no ':')")
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -205,9 +202,9 @@ def prune(home: Path, **criteria) -> list[Removed]:
 
 
 def check_tags(tags: list[str]) -> list[str]:
-    bad = [t for t in tags if not TAG_RE.fullmatch(t)]
+    bad = [t for t in tags if not names.TAG_RE.fullmatch(t)]
     if bad:
-        raise HousekeepingError(f"tag {bad[0]!r}: {TAG_RULE}")
+        raise HousekeepingError(f"tag {bad[0]!r}: {names.TAG_RULE}")
     return list(dict.fromkeys(tags))
 
 
@@ -275,4 +272,4 @@ def rename(home: Path, ref: str | int, new_name: str) -> tuple[RunInfo, str]:
 
 __all__ = ["HousekeepingError", "Removed", "remove_runs", "sweep", "plan_prune", "prune",
            "parse_duration", "active", "tag", "untag", "set_note", "rename", "check_tags", "resolve",
-           "TAG_RULE", "FINISHED"]
+           "FINISHED"]

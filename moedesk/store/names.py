@@ -13,16 +13,21 @@ so a name must be unique and must not read as an id. Rules (docs/schema.md):
 
 Callers hold the writer's transaction (`create_run`, `rename`), so the check and the
 write are one step; the unique index `runs_name` (migration m007_housekeeping, which
-renamed older duplicates and numeric names to NAME-ID) backs it up.
+renamed older duplicates and numeric names to NAME-ID) backs it up. Tags follow
+`TAG_RULE` (the housekeeping commands, `moedesk watch --tag`, `moedesk.init(tags=)`).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from moedesk.store.db import StoreError
 
 MAX_NAME = 100
+TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/+]{0,63}")
+TAG_RULE = ("a tag is 1-64 letters, digits or _ . - / +, starting with a letter or digit "
+            "(no spaces, no ':')")
 
 
 class NameRefused(StoreError):
@@ -86,5 +91,17 @@ def default_name(conn: sqlite3.Connection, prefix: str, run_id: int) -> str:
     return name
 
 
-__all__ = ["NameRefused", "MAX_NAME", "next_run_id", "holder", "name_problem", "check_name",
-           "default_name"]
+def free_name(conn: sqlite3.Connection, wanted: str, run_id: int, fallback: str) -> str:
+    """A name run `run_id` may take without refusing anyone: `wanted` when it is valid
+    and free (or already its own), else `WANTED-ID` (`FALLBACK-ID` for an invalid one).
+    For runs moedesk did not start (`moedesk.init`, `watch`), where a refusal would stop a
+    training script over a label."""
+    if name_problem(wanted) is None:
+        if holder(conn, wanted) in (None, run_id):
+            return wanted
+        return default_name(conn, wanted, run_id)
+    return default_name(conn, fallback, run_id)
+
+
+__all__ = ["NameRefused", "MAX_NAME", "TAG_RE", "TAG_RULE", "free_name", "next_run_id",
+           "holder", "name_problem", "check_name", "default_name"]

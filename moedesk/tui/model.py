@@ -72,7 +72,7 @@ class RunRow:
 def routing_shape(profile: Profile) -> tuple[int, int, int]:
     """(experts chosen per token or sample, experts, experts per heatmap row group) of a
     run: a hierarchical ternary router's clusters, a flat one's rows of FLAT_ROW."""
-    if profile.kind == "topk":
+    if profile.kind in ("topk", "external"):  # external: the shape its supervisor learned
         return profile.moe.top_k, profile.moe.num_experts, 0
     if profile.kind == "ternary":
         t = profile.ternary

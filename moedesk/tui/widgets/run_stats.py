@@ -60,7 +60,7 @@ def stats_text(data: RunData, row: RunRow) -> Text:
         experts.append(f"Δg {fmt.number(delta, 3)} ")
         experts.append(label, style=colour)
         experts.append("  ")
-    if row.kind in ("topk", "ternary"):
+    if row.kind in ("topk", "ternary", "external"):
         dead = data.value(names.MOE_DEAD_EXPERTS)
         if dead is not None:
             experts.append(f"dead experts {dead:.0f}", style="bold #ff5f5f" if dead else "")
