@@ -8,6 +8,10 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `supervisor.log`: the detached supervisor's own output (launch.py);
 - `stop_request.json`: a requested stop, written before any signal (runner/control.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar (runner/checkpoints.py).
+
+A node other than node 0 of a multi-node run keeps no run folder and no database rows:
+`HOME/nodes/NAME-nodeR-STAMP/` holds its `config.json`, `train.log`, `supervisor.log`
+and `exit.json` (its ranks' exit, runner/node.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ TRAIN_LOG = "train.log"
 SUPERVISOR_LOG = "supervisor.log"
 STOP_REQUEST_FILE = "stop_request.json"
 CHECKPOINTS_DIR = "checkpoints"
+NODES_DIR = "nodes"
+NODE_EXIT_FILE = "exit.json"
 
 
 def data_home(home: str | Path | None = None) -> Path:
@@ -58,6 +64,14 @@ def stop_request_file(run_dir: str | Path) -> Path:
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def nodes_dir(home: Path) -> Path:
+    return home / NODES_DIR
+
+
+def node_exit_file(node_dir: str | Path) -> Path:
+    return Path(node_dir) / NODE_EXIT_FILE
 
 
 def profiles_dir() -> Path:

@@ -24,6 +24,7 @@ import psutil
 from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
 from moedesk.paths import config_file, db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
+from moedesk.runner import torchrun
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
 from moedesk.store import connect_writer
@@ -90,7 +91,9 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
         store_runs.finish_run(conn, run_id, "stopped", None, "stopped before the trainer started")
         return 0
 
-    cmd = trainer_cmd or [sys.executable, "-m", "moedesk.train", str(run_dir)]
+    profile = profile_from_dict(config)
+    # one process, or torchrun's agent over nproc_per_node x nnodes ranks (runner/torchrun.py)
+    cmd = trainer_cmd or torchrun.trainer_command(profile, run_dir)
     if resume:
         cmd += ["--resume", resume]
     if stop_at is not None:
@@ -100,7 +103,8 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
         log.flush()
         trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                    text=True, bufsize=1, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                        **torchrun.launch_env(profile)})
     store_runs.mark_running(conn, run_id, trainer.pid)
 
     health_stop: list[dict] = []
@@ -135,8 +139,10 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
         with open(log_path, "a", encoding="utf-8") as log:
             log.write("\n".join(ingestor.log_lines) + "\n")
 
-    status, error = _outcome(ingestor.finished, exit_code, read_stop_request(run_dir), health_stop,
-                             log_path)
+    # several ranks: torchrun's exit after a forwarded stop is clean, a lost rank is named
+    exit_code, failure = torchrun.launch_outcome(profile, ingestor.finished, exit_code, log_path)
+    status, error = failure or _outcome(ingestor.finished, exit_code, read_stop_request(run_dir),
+                                        health_stop, log_path)
     store_runs.finish_run(conn, run_id, status, exit_code, error)
     return 0
 

@@ -6,7 +6,7 @@ is `python -m moedesk.train RUN_DIR`; more than one (`train.nproc_per_node` x
 `train.nnodes` > 1) is the same module under PyTorch's own launcher,
 `python -m torch.distributed.run ... -m moedesk.train RUN_DIR`, with no restarts (a
 failed rank fails the run), a standalone rendezvous on one node and a c10d rendezvous at
-`train.rdzv_endpoint` across nodes. torchrun's agent is the process the supervisor
+`train.rdzv_endpoint` across nodes (hosted by node 0). torchrun's agent is the process the supervisor
 starts and signals: a SIGTERM to it reaches every local rank (its shutdown forwards the
 signal and waits `train.dist_timeout` seconds before SIGKILL), and the ranks agree on
 the step to stop at. A SIGKILL to it takes the ranks with it (each rank asks the kernel
@@ -66,9 +66,12 @@ def trainer_command(profile: Profile, run_dir: Path, node_rank: int = 0,
     if tc.nnodes == 1:
         cmd.append("--standalone")  # a free local port, nothing to configure
     else:
+        # node 0 hosts the rendezvous store (a port in use fails at once, never joins
+        # whatever listens there); the others wait up to the timeout for it to come up
+        host = "true" if node_rank == 0 else "false"
         cmd += [f"--node-rank={node_rank}", "--rdzv-backend=c10d",
                 f"--rdzv-endpoint={tc.rdzv_endpoint}", f"--rdzv-id={RDZV_ID}",
-                f"--rdzv-conf=join_timeout={timeout}"]
+                f"--rdzv-conf=join_timeout={timeout},read_timeout={timeout},is_host={host}"]
     return cmd + trainer
 
 
@@ -142,20 +145,63 @@ def rank_lines(log_text: str, rank: int, lines: int) -> str:
     return "\n".join(mine[-lines:])
 
 
-def last_error_line(log_text: str) -> str:
-    """The last exception line of a log ("SomeError: message"), "" when there is none."""
-    for line in reversed(log_text.splitlines()):
-        if re.match(r"^[\w.]+(Error|Exception|Timeout)\w*: ", line.strip()):
-            return line.strip()
-    return ""
+_EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception|Timeout)\w*: ")
+
+
+def last_errors(log_text: str, lines: int = 80) -> str:
+    """The exception lines of the log's last traceback chain ("Cause: ...; Error: ..."),
+    short names, "" when there are none."""
+    found: list[str] = []
+    for line in log_text.splitlines()[-lines:]:
+        line = line.strip()
+        if _EXCEPTION_LINE.match(line):
+            name, _, message = line.partition(": ")
+            short = f"{name.rsplit('.', 1)[-1]}: {message}"
+            if short not in found:
+                found.append(short)
+    return "; ".join(found)
+
+
+def agent_got_signal(log_text: str) -> bool:
+    """torchrun's agent was signalled (it forwards the signal to the ranks, waits for them,
+    then re-raises it and exits 1)."""
+    return "SignalException" in log_text[-8000:]
 
 
 def forwarded_stop(exit_code: int, finished: dict | None, log_text: str) -> bool:
-    """torchrun re-raises the SIGTERM it forwarded to the ranks and exits 1 after they
-    finished: that is a clean stop, not a failure."""
+    """The agent's exit 1 after a stop it forwarded, the ranks having finished: a clean
+    stop, not a failure."""
     return (exit_code != 0 and finished is not None
-            and finished.get("status") in ("stopped", "completed")
-            and "SignalException" in log_text[-8000:])
+            and finished.get("status") in ("stopped", "completed") and agent_got_signal(log_text))
+
+
+def launch_outcome(profile: Profile, finished: dict | None, exit_code: int, log_path: Path
+                   ) -> tuple[int, tuple[str, str] | None]:
+    """(exit code, (status, error) or None) of a trainer launch, as the supervisor records
+    it: torchrun's own exit after a stop it forwarded counts as 0, and a launch that lost
+    a rank is described by the rank that failed (None: the usual outcome applies)."""
+    if world_size(profile) == 1 or exit_code == 0:
+        return exit_code, None
+    text = read_log_end(log_path)
+    if forwarded_stop(exit_code, finished, text):
+        return 0, None
+    failure = describe_failure(text)
+    if failure is None:
+        return exit_code, None
+    # rank 0 said why it failed: that stands, unless another rank was killed under it
+    if finished is not None and finished.get("status") == "failed" and failure[0] != "crashed":
+        return exit_code, None
+    return exit_code, failure
+
+
+def read_log_end(path: Path, size: int = 65536) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def describe_failure(log_text: str, lines: int = 20) -> tuple[str, str] | None:
@@ -164,9 +210,9 @@ def describe_failure(log_text: str, lines: int = 20) -> tuple[str, str] | None:
     failures = read_failures(log_text)
     culprit = failing_rank(failures)
     if culprit is None:
-        error = last_error_line(log_text)
-        if "rendezvous" in log_text.lower() or "EADDRINUSE" in log_text or "DistNetwork" in error:
-            return "failed", (f"the ranks could not meet (rendezvous): {error or 'see train.log'}"
+        errors = last_errors(log_text)
+        if "Rendezvous" in errors or "DistNetworkError" in errors or "DistStoreError" in errors:
+            return "failed", (f"the ranks could not meet at the rendezvous: {errors}"
                               f"\n{_tail(log_text, lines)}").strip()
         return None
     status = "crashed" if culprit.signal_name or culprit.exitcode == LOST_PEERS_EXIT else "failed"

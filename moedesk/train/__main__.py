@@ -124,11 +124,19 @@ def _run(profile, args, emitter: _StepTrackingEmitter, stop: StopFlag, dist) -> 
     return 1 if status == "failed" else 0
 
 
+# what gloo's and NCCL's errors say when the other side of a collective is gone or stuck
+# (gloo raises plain RuntimeErrors)
+_LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
+                      "Broken pipe", "remote worker", "communicator was aborted", "Watchdog")
+
+
 def _lost_peers(exc: BaseException) -> bool:
     """A collective failed because another rank is gone or too slow (not this rank's bug)."""
     import torch.distributed
 
-    return isinstance(exc, torch.distributed.DistError)
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _LOST_PEER_MARKERS)
 
 
 if __name__ == "__main__":
