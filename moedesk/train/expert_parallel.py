@@ -156,6 +156,11 @@ class ExpertDispatcher:
         regroup_R = regroup_index(recv_E.view(P, E_l))
         group_counts = [sum(recv[s * E_l + e] for s in range(P)) for e in range(E_l)]
         y_RD = ffn.experts.forward_grouped(x_RD.index_select(0, regroup_R), group_counts)
+        if x_RD.shape[0] == 0 and x_RD.requires_grad and not y_RD.requires_grad:
+            # no rows for my experts: keep the (empty) result on the graph, or this rank
+            # would skip the return trip's all-to-all in the backward and the ranks'
+            # collectives would go out of step
+            y_RD = y_RD + x_RD
         y_RD = y_RD.index_select(0, torch.argsort(regroup_R))
         # 5. back to the tokens' ranks; fp32 gates promote the product to fp32
         y_SD = _AllToAll.apply(y_RD, send_splits, recv_splits, self.group)
