@@ -5,12 +5,13 @@ distributed training (docs/distributed.md). No torch import.
 is `python -m moedesk.train RUN_DIR`; more than one (`train.nproc_per_node` x
 `train.nnodes` > 1) is the same module under PyTorch's own launcher,
 `python -m torch.distributed.run ... -m moedesk.train RUN_DIR`, with no restarts (a
-failed rank fails the run), a standalone rendezvous on one node and a c10d rendezvous at
-`train.rdzv_endpoint` across nodes (hosted by node 0). torchrun's agent is the process the supervisor
-starts and signals: a SIGTERM to it reaches every local rank (its shutdown forwards the
-signal and waits `train.dist_timeout` seconds before SIGKILL), and the ranks agree on
-the step to stop at. A SIGKILL to it takes the ranks with it (each rank asks the kernel
-for SIGKILL when its parent dies, `train/distributed.py`).
+failed rank fails the run), a standalone rendezvous on one node and a static one at
+`train.rdzv_endpoint` across nodes (hosted by node 0, which holds ranks 0..nproc-1).
+torchrun's agent is the process the supervisor starts and signals: a SIGTERM to it
+reaches every local rank (its shutdown forwards the signal and waits
+`train.dist_timeout` seconds before SIGKILL), and the ranks agree on the step to stop
+at. A SIGKILL to it takes the ranks with it (each rank asks the kernel for SIGKILL when
+its parent dies, `train/distributed.py`).
 
 `read_failures` / `describe_failure` read torchrun's end-of-run report from the log
 ("Root Cause (first observed failure)" and the other failures) so a run that lost a
@@ -34,7 +35,7 @@ from moedesk.profiles.schema import Profile
 LOST_PEERS_EXIT = 75
 # every rank's log line starts with this when the run has more than one rank
 RANK_PREFIX = "[rank {}] "
-RDZV_ID = "moedesk"
+RDZV_ID = "moedesk"  # the static rendezvous's store prefix
 
 
 def available_cpus() -> int:
@@ -66,12 +67,13 @@ def trainer_command(profile: Profile, run_dir: Path, node_rank: int = 0,
     if tc.nnodes == 1:
         cmd.append("--standalone")  # a free local port, nothing to configure
     else:
-        # node 0 hosts the rendezvous store (a port in use fails at once, never joins
-        # whatever listens there); the others wait up to the timeout for it to come up
-        host = "true" if node_rank == 0 else "false"
-        cmd += [f"--node-rank={node_rank}", "--rdzv-backend=c10d",
+        # the static rendezvous keeps --node-rank (c10d would number the nodes in the
+        # order they arrive, and node 0 must hold rank 0, the one that reports): node 0
+        # hosts its store, so a port in use fails at once; the others wait up to the
+        # timeout for node 0 to come up
+        cmd += [f"--node-rank={node_rank}", "--rdzv-backend=static",
                 f"--rdzv-endpoint={tc.rdzv_endpoint}", f"--rdzv-id={RDZV_ID}",
-                f"--rdzv-conf=join_timeout={timeout},read_timeout={timeout},is_host={host}"]
+                f"--rdzv-conf=timeout={timeout}"]
     return cmd + trainer
 
 
@@ -212,8 +214,7 @@ def describe_failure(log_text: str, lines: int = 20) -> tuple[str, str] | None:
     if culprit is None:
         errors = last_errors(log_text)
         if "Rendezvous" in errors or "DistNetworkError" in errors or "DistStoreError" in errors:
-            return "failed", (f"the ranks could not meet at the rendezvous: {errors}"
-                              f"\n{_tail(log_text, lines)}").strip()
+            return "failed", f"the ranks could not meet at the rendezvous: {errors}{_hint(errors)}"
         return None
     status = "crashed" if culprit.signal_name or culprit.exitcode == LOST_PEERS_EXIT else "failed"
     others = [f.describe() for f in failures if f is not culprit]
@@ -227,5 +228,14 @@ def describe_failure(log_text: str, lines: int = 20) -> tuple[str, str] | None:
     return status, f"{text}\nlast log lines of rank {culprit.rank}:\n{own_lines}"
 
 
-def _tail(text: str, lines: int) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+def _hint(errors: str) -> str:
+    if "EADDRINUSE" in errors or "address already in use" in errors:
+        return ("\nthe rendezvous port is in use on node 0: pick a free one with "
+                "--rdzv-endpoint HOST:PORT (the same on every node)")
+    if "imed out" in errors or "Timeout" in errors:
+        return ("\nnot every node joined within train.dist_timeout: start `moedesk run "
+                "PROFILE --nnodes N --node-rank R --rdzv-endpoint HOST:PORT` on each node, "
+                "with the same endpoint")
+    if "refused" in errors or "resolve" in errors or "Name or service" in errors:
+        return "\nnode 0 cannot be reached at --rdzv-endpoint: check its address and port"
+    return ""
