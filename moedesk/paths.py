@@ -14,6 +14,10 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
   (moedesk/track/) and tailed by its supervisor (runner/external.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar, and `best.json`, the
   `[checkpoint] keep_best` mark (runner/checkpoints.py).
+
+A node other than node 0 of a multi-node run keeps no run folder and no database rows:
+`HOME/nodes/NAME-nodeR-STAMP/` holds its `config.json`, `train.log`, `supervisor.log`
+and `exit.json` (its ranks' exit, runner/node.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ SPOOL_FILE = "spool.jsonl"
 EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT_FILE = "best.json"
+NODES_DIR = "nodes"
+NODE_EXIT_FILE = "exit.json"
 
 
 def data_home(home: str | Path | None = None) -> Path:
@@ -89,6 +95,14 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def best_checkpoint_file(run_dir: str | Path) -> Path:
     return checkpoint_dir(run_dir) / BEST_CHECKPOINT_FILE
+
+
+def nodes_dir(home: Path) -> Path:
+    return home / NODES_DIR
+
+
+def node_exit_file(node_dir: str | Path) -> Path:
+    return Path(node_dir) / NODE_EXIT_FILE
 
 
 def profiles_dir() -> Path:

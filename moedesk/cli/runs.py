@@ -71,6 +71,18 @@ def run(
         help="Fork from another run's checkpoint: RUN, RUN@STEP or RUN@best.")] = None,
     stop_at: Annotated[int | None, typer.Option("--stop-at", hidden=True, min=1)] = None,
     every: EveryOpt = None,
+    nproc_per_node: Annotated[int | None, typer.Option(
+        "--nproc-per-node", help="Training processes on this node (sets "
+                                 "train.nproc_per_node).", show_default=False)] = None,
+    nnodes: Annotated[int | None, typer.Option(
+        "--nnodes", help="Nodes the run spans (sets train.nnodes); run this command once "
+                         "per node.", show_default=False)] = None,
+    node_rank: Annotated[int, typer.Option(
+        "--node-rank", min=0, help="This node's rank, 0..nnodes-1; node 0 owns the run and "
+                                   "its store, the others only run their ranks.")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(
+        "--rdzv-endpoint", help="HOST:PORT the nodes meet at: node 0's address and a free "
+                                "port (sets train.rdzv_endpoint).", show_default=False)] = None,
     home: HomeOpt = None,
 ) -> None:
     """Train a profile in a detached subprocess and follow it with a progress bar.
@@ -80,11 +92,23 @@ def run(
     """
     if stop_on is not None and stop_on not in ("warning", "critical", "never"):
         fail(f"--stop-on: got {stop_on!r}; allowed values: 'warning', 'critical', 'never'")
+    overrides = parse_overrides(set_ or [])
+    for key, value in (("train.nproc_per_node", nproc_per_node), ("train.nnodes", nnodes),
+                       ("train.rdzv_endpoint", rdzv_endpoint)):
+        if value is not None:
+            overrides[key] = value
     try:
-        loaded = load_profile(profile, parse_overrides(set_ or []))
+        loaded = load_profile(profile, overrides)
     except ProfileError as exc:
         fail(exc.lines)
     home = home_of(home)
+    if node_rank >= loaded.train.nnodes:
+        fail(f"--node-rank: got {node_rank}; must be < train.nnodes ({loaded.train.nnodes})")
+    if node_rank > 0:
+        if from_ or name or stop_on or stop_at:
+            fail("--from, --name, --stop-on and --stop-at belong to node 0, which owns the run; "
+                 "node " + str(node_rank) + " only runs its ranks")
+        raise typer.Exit(_run_node(loaded, home, node_rank, detach))
     try:
         if from_:
             started = launch.fork_run(loaded, home, from_, name=name, stop_on=stop_on,
@@ -99,6 +123,30 @@ def run(
     from moedesk.cli.follow import follow
 
     raise typer.Exit(follow(home, started.run_id, every))
+
+
+def _run_node(profile, home, node_rank: int, detach: bool) -> int:
+    """A node other than 0: start its ranks, wait for them, exit with their status."""
+    from moedesk.runner.node import read_exit, start_node
+
+    started = start_node(profile, home, node_rank)
+    console.print(f"node {node_rank} of {profile.train.nnodes}: {profile.train.nproc_per_node} "
+                  f"rank(s) joining {profile.train.rdzv_endpoint}; log in "
+                  f"{started.folder / 'train.log'}", highlight=False)
+    if detach:
+        return 0
+    try:
+        started.process.wait()
+    except KeyboardInterrupt:  # stop this node's ranks: every rank stops at the same step
+        started.process.terminate()
+        started.process.wait()
+    outcome = read_exit(started.folder) or {"status": "crashed", "exit_code": None,
+                                            "error": "the node supervisor died"}
+    if outcome["status"] == "ok":
+        console.print(f"node {node_rank}: ranks finished (exit code 0)", highlight=False)
+        return EXIT_FOR_STATUS["completed"]
+    console.print(f"node {node_rank}: {outcome['status']}: {outcome['error']}", highlight=False)
+    return EXIT_FOR_STATUS.get(outcome["status"], EXIT_FOR_STATUS["failed"])
 
 
 @app.command("runs")

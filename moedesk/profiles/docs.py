@@ -38,6 +38,10 @@ This file is generated from `moedesk/profiles/schema.py`
   are taken from the profile's folder); `trits` only for ternary, `tokens` not for ternary
 - ternary: see `docs/ternary.md` (243 experts need hierarchical selection, clusters must
   be able to hold the active experts, ...)
+- several processes (`docs/distributed.md`): `train.nproc_per_node x train.nnodes` ranks;
+  the ternary kind trains in one process; `train.nnodes > 1` needs
+  `train.rdzv_endpoint` = HOST:PORT; `moe.expert_parallel > 1` only for topk, dividing
+  `moe.num_experts` and the world size, with `moe.dispatch = 'sorted'`
 """
 
 

@@ -84,6 +84,11 @@ class MoESection:
                          choices=("sorted", "eager"))
     dead_window: int = knob(20, "Logged steps an expert must get zero tokens to count as dead.",
                             min=1, max=100000)
+    expert_parallel: int = knob(1, "Ranks each MoE layer's experts are sharded over (expert "
+                                   "parallelism, tokens travel by all-to-all); must divide "
+                                   "num_experts and the world size (train.nproc_per_node x "
+                                   "train.nnodes); 1 = every rank holds every expert.",
+                                min=1, max=1024)
 
 
 @dataclass
@@ -220,6 +225,20 @@ class TrainSection:
                               kinds=LM_KINDS)
     sample_temperature: float = knob(0.8, "Temperature of those samples; 0 = greedy.", min=0.0,
                                      max=100.0, kinds=LM_KINDS)
+    nproc_per_node: int = knob(1, "Training processes (ranks) on each node; > 1 runs under "
+                                  "torchrun (torch.distributed.run), data parallel. batch_size "
+                                  "is per rank: the global batch is nproc_per_node x nnodes x "
+                                  "batch_size x grad_accum.", min=1, max=1024)
+    nnodes: int = knob(1, "Nodes (machines) the run spans; > 1 needs train.rdzv_endpoint and one "
+                          "`moedesk run --node-rank R` per node (docs/distributed.md).",
+                       min=1, max=4096)
+    rdzv_endpoint: str = knob("", "HOST:PORT every node meets at when nnodes > 1 (node 0's "
+                                  "address and a free port); `moedesk run --rdzv-endpoint` "
+                                  "sets it. Unused on one node.")
+    dist_timeout: float = knob(120.0, "Seconds a collective or the rendezvous waits for the "
+                                      "other ranks before the run fails (so a dead node cannot "
+                                      "hang the rest), and the grace a stop gives the ranks to "
+                                      "finish their step and checkpoint.", min=5.0, max=86400.0)
 
 
 @dataclass

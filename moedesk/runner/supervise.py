@@ -27,6 +27,7 @@ import psutil
 from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
 from moedesk.paths import config_file, db_path, train_log
 from moedesk.profiles import Profile, flat_settings, profile_from_dict
+from moedesk.runner import torchrun
 from moedesk.runner.checkpoints import remove_partial_files
 from moedesk.runner.commit import Committer
 from moedesk.runner.control import read_stop_request, signal_trainer
@@ -139,7 +140,9 @@ def _start(conn, run_id: int, resume: str | None, stop_at: int | None,
         store_runs.finish_run(conn, run_id, "stopped", None, "stopped before the trainer started",
                               owner=owner)
         return None
-    cmd = trainer_cmd or [sys.executable, "-m", "moedesk.train", str(run_dir)]
+    profile = profile_from_dict(config)
+    # one process, or torchrun's agent over nproc_per_node x nnodes ranks (runner/torchrun.py)
+    cmd = trainer_cmd or torchrun.trainer_command(profile, run_dir)
     if resume:
         cmd += ["--resume", resume]
     if stop_at is not None:
@@ -150,17 +153,19 @@ def _start(conn, run_id: int, resume: str | None, stop_at: int | None,
         trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                    stdin=subprocess.DEVNULL, text=True, bufsize=1,
                                    start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                        **torchrun.launch_env(profile)})
     if not store_runs.mark_running(conn, run_id, trainer.pid, owner=owner):
         signal_trainer(trainer.pid, signal.SIGKILL)  # the run was taken from us meanwhile
         trainer.wait()
         return None
     engine = make_engine(config, stop_on, *((conn, run_id) if resume else ()))
-    return trainer, committer, engine, watch, log_path
+    return trainer, committer, engine, watch, log_path, profile
 
 
 def _follow(conn, run_id: int, trainer: subprocess.Popen, committer: Committer, engine,
-            watch: Watch, log_path: Path, resume: str | None, owner: int) -> int:
+            watch: Watch, log_path: Path, profile: Profile, resume: str | None,
+            owner: int) -> int:
     """Read the trainer until it exits; commit, watch, and record the outcome."""
     stops: list[dict] = []  # why moedesk itself stopped the trainer (health, the store)
 
@@ -204,8 +209,10 @@ def _follow(conn, run_id: int, trainer: subprocess.Popen, committer: Committer, 
     if ingestor.log_lines:
         with open(log_path, "a", encoding="utf-8") as log:
             log.write("\n".join(ingestor.log_lines) + "\n")
-    status, error = outcome(ingestor.finished, exit_code, read_stop_request(watch.run_dir),
-                            stops, log_path)
+    # several ranks: torchrun's exit after a forwarded stop is clean, a lost rank is named
+    exit_code, failure = torchrun.launch_outcome(profile, ingestor.finished, exit_code, log_path)
+    status, error = failure or outcome(ingestor.finished, exit_code,
+                                       read_stop_request(watch.run_dir), stops, log_path)
     committer.finish(status, exit_code, error)
     watch.close()
     return 0

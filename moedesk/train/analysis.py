@@ -42,14 +42,17 @@ HASH_MIX = 1_000_003
 FREQUENCY_BUCKETS = ("q1_most_frequent", "q2", "q3", "q4_least_frequent")
 
 
-def batch_fingerprint(tokens: Tensor, previous: Tensor | None = None) -> Tensor:
+def batch_fingerprint(tokens: Tensor, previous: Tensor | None = None, offset: int = 0) -> Tensor:
     """A position-sensitive checksum of `tokens`, chained onto `previous` (int64 scalar).
 
     Stays on the tokens' device (no host sync); equal fingerprints mean equal batches
-    with overwhelming probability, and any reordering changes it.
+    with overwhelming probability, and any reordering changes it. `offset` is where the
+    tokens start in a larger batch: the checksum is linear, so the sum of the ranks'
+    checksums of their slices (mod HASH_MODULUS) is the checksum of the whole batch.
     """
     flat = tokens.reshape(-1).long()
-    positions = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.long)
+    positions = torch.arange(offset + 1, offset + flat.numel() + 1, device=flat.device,
+                             dtype=torch.long)
     weights = (positions * 40_503 + 12_345) % HASH_MODULUS
     digest = (((flat + 1) * weights) % HASH_MODULUS).sum() % HASH_MODULUS
     if previous is None:

@@ -8,6 +8,13 @@ Training windows are drawn with a `torch.Generator` seeded from the profile seed
 state is part of every checkpoint, so a resumed run sees the same batches. Validation
 windows are evenly spaced over the validation stream: no randomness, identical for every
 run over the same data, whatever its seed.
+
+With several ranks (`rank`, `world`) every rank draws the same start offsets for the whole
+global micro-batch (`world * batch_size` windows, the draw one process with that batch
+size makes) and keeps its own slice of them: the shards are deterministic, disjoint per
+draw, and their union is the one-process batch. The generator state is the same on every
+rank, so a checkpoint's data state serves any world size. Validation windows and their
+batches span the global micro-batch too (every rank evaluates them all).
 """
 
 from __future__ import annotations
@@ -93,8 +100,10 @@ class LMData:
     """Train/val token streams with seeded training windows and fixed validation windows."""
 
     def __init__(self, cfg: DataSection, seed: int, batch_size: int, vocab_size: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", rank: int = 0, world: int = 1):
         corpus = load_corpus(cfg)
+        self.rank, self.world = rank, world
+        self.global_batch = batch_size * world
         self.label_names = corpus.label_names
         self.seq_len, self.batch_size, self.device = cfg.seq_len, batch_size, torch.device(device)
         if len(corpus.tokens) and int(corpus.tokens.min()) < 0:
@@ -120,9 +129,18 @@ class LMData:
 
     # ---- windows -----------------------------------------------------------------------
     def sample_starts(self) -> Tensor:
-        """Start offsets of the next training batch (advances the generator)."""
+        """Start offsets of this rank's part of the next training batch (advances the
+        generator by one global batch)."""
         n_starts = len(self.splits["train"]) - self.seq_len
-        return torch.randint(n_starts, (self.batch_size,), generator=self.generator)
+        starts = torch.randint(n_starts, (self.global_batch,), generator=self.generator)
+        if self.world == 1:
+            return starts
+        return starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    @property
+    def position_offset(self) -> int:
+        """Where this rank's micro-batch starts in the flattened global micro-batch."""
+        return self.rank * self.batch_size * self.seq_len
 
     def windows(self, split: str, starts: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs and next-token targets [B, seq_len] for windows at `starts`, on device."""
@@ -143,8 +161,8 @@ class LMData:
         return torch.linspace(0, last, n_windows, dtype=torch.float64).round().long()
 
     def val_batches(self, n_batches: int) -> list[tuple[Tensor, Tensor]]:
-        starts = self.val_starts(n_batches * self.batch_size)
-        return [self.windows("val", chunk) for chunk in starts.split(self.batch_size)]
+        starts = self.val_starts(n_batches * self.global_batch)
+        return [self.windows("val", chunk) for chunk in starts.split(self.global_batch)]
 
     # ---- resume ------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -16,6 +16,15 @@ keep_best` (a `BestTracker` offered each validation loss; a new best is checkpoi
 once and never pruned) and `[train] sample_every` (a `TrainingSampler` continues the
 sample prompts and emits them as `sample` events; its own generator, so the training
 RNG and batches are untouched, and its time is kept out of `sys/step_s`).
+
+Several ranks (torchrun): `dist` (`DistContext`, distributed.py) is the one seam. It
+shards the experts and wraps the model in DDP (`net` runs the training forwards, `model`
+is the module itself), and every cross-rank step is one of its calls: gradient sync on
+the last micro-batch, expert gradients and counts, the global gradient norm, the stop
+flag agreed each step, one all-reduce of the logged step's host vector, rank 0's resume
+state for all, and the checkpoint's parts gathered to rank 0, which alone writes it.
+Only rank 0's emitter sends events; every rank evaluates the same windows. Samples during
+training run in one process only (with several ranks they are off).
 """
 
 from __future__ import annotations
@@ -30,14 +39,15 @@ import torch
 from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
 from moedesk.stats import names
-from moedesk.train.analysis import RoutingAnalysis, batch_fingerprint, expert_statistics
-from moedesk.train.checkpoint import (
-    BestTracker,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
+from moedesk.train.analysis import (
+    HASH_MODULUS,
+    RoutingAnalysis,
+    batch_fingerprint,
+    expert_statistics,
 )
+from moedesk.train.checkpoint import BestTracker, CheckpointError, save_checkpoint
 from moedesk.train.data import DataError, LMData
+from moedesk.train.distributed import DistContext
 from moedesk.train.emit import Emitter
 from moedesk.train.generate import TrainingSampler
 from moedesk.train.model import LM
@@ -98,35 +108,45 @@ def best_fields(best: BestTracker, step: int) -> dict:
 
 
 def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | None = None,
-             stop_at: int | None = None, stop: StopFlag | None = None) -> str:
-    """Train (or continue) an LM run; returns the finish status (completed|stopped|failed)."""
+             stop_at: int | None = None, stop: StopFlag | None = None,
+             dist: DistContext | None = None) -> str:
+    """Train (or continue) an LM run; returns the finish status (completed|stopped|failed).
+    `dist` is this process's place among several ranks (one process when None)."""
+    dist = dist if dist is not None else DistContext.single()
     threads_before = torch.get_num_threads()
-    if profile.train.threads > 0:
+    if profile.train.threads > 0 and not dist.enabled:  # ranks: set by DistContext
         torch.set_num_threads(profile.train.threads)
     try:
         return _train(profile, Path(run_dir), emitter, resume, stop_at,
-                      stop if stop is not None else StopFlag())
+                      stop if stop is not None else StopFlag(), dist)
     finally:  # in-process callers (tests, benchmarks) get their thread count back
         torch.set_num_threads(threads_before)
 
 
 def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | None,
-           stop_at: int | None, stop: StopFlag) -> str:
+           stop_at: int | None, stop: StopFlag, dist: DistContext) -> str:
     tc = profile.train
-    # 1. device and seeds (init depends on the seed alone)
+    say = emitter.log if dist.is_main else (lambda _line: None)  # progress: rank 0 only
+    # 1. device and seeds (init depends on the seed alone, so every rank builds one model)
     try:
-        device = resolve_device(tc.device)
+        device = dist.device or resolve_device(tc.device)
         seed_everything(profile.seed)
         model = build_model(profile).to(device)
+        sizes = {"total": model.num_params(), "active": model.num_active_params()}
+        dist.shard(model, profile.moe.expert_parallel)  # keep this rank's experts
+        dist.reseed(profile.seed)
         # 2. the data stream has its own generator, so model changes never shift batches
-        data = LMData(profile.data, profile.seed, tc.batch_size, profile.model.vocab_size, device)
+        data = LMData(profile.data, profile.seed, tc.batch_size, profile.model.vocab_size, device,
+                      rank=dist.rank, world=dist.world)
         sampler = None
-        if tc.sample_every > 0 and profile.data.source in BYTE_SOURCES:  # others: no tokenizer
+        # samples need the whole model in one process (no tokenizer for token-id sources)
+        if tc.sample_every > 0 and profile.data.source in BYTE_SOURCES and not dist.enabled:
             sampler = TrainingSampler(model, profile, data.splits["val"], device)
     except (DataError, SampleError) as exc:
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
+    net = dist.wrap(model)  # DDP with several ranks; forwards that train go through it
     optimizer = build_optimizer(model, tc)
     telemetry = MoETelemetry(model)
     use_bf16 = tc.bf16
@@ -136,28 +156,39 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
 
     val_batches = data.val_batches(tc.eval_batches)
     # routing of the validation windows, recorded during each evaluation (topk only)
-    routing = RoutingAnalysis(model, data, tc.eval_batches * tc.batch_size,
+    routing = RoutingAnalysis(model, data, tc.eval_batches * data.global_batch,
                               profile.model.vocab_size)
     params = [p for p in model.parameters() if p.requires_grad]
     best = BestTracker(profile.checkpoint.keep_best) if profile.checkpoint.keep_best else None
 
-    # 3. resume: weights, optimizer, data position, every RNG, the telemetry window
+    # 3. resume: weights, optimizer, data position, every RNG, the telemetry window (rank
+    # 0 reads the checkpoint and its --resume/--stop-at hold for every rank)
     step = 0
+    stop_at = dist.broadcast_object(stop_at)
+    resume = dist.broadcast_object(str(resume) if resume is not None else None)
     if resume is not None:
         try:
-            state = load_checkpoint(Path(resume))
+            state = dist.load_on_main(Path(resume))
             if state.get("kind") != profile.kind:
                 raise CheckpointError(f"checkpoint {resume} is a {state.get('kind')!r} run, "
                                       f"not {profile.kind!r}")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            model.load_state_dict(dist.local_model_state(state["model"]))
+            optimizer.load_state_dict(dist.local_optimizer_state(optimizer, state["optimizer"]))
             data.load_state_dict(state["data"])
-            # checkpoints before the telemetry window kept the same state as "extra"
-            telemetry.load_state_dict(state.get("telemetry", state.get("extra", {})))
-            restore_rng_states(state["rng"])
             if best is not None:
                 best.load_state_dict(state.get("best"))
             step = int(state["step"])
+            own = dist.rank_part(state)  # this rank's part, same world size only
+            # checkpoints before the telemetry window kept the same state as "extra"
+            telemetry.load_state_dict((own or state).get("telemetry", state.get("extra", {})))
+            if own is not None:
+                restore_rng_states(own["rng"])
+            elif dist.is_main:
+                restore_rng_states(state["rng"])
+            else:
+                dist.reseed(profile.seed, step)
+        except torch.distributed.DistError:
+            raise  # lost the other ranks: __main__ reports it
         except (CheckpointError, KeyError, RuntimeError) as exc:
             reason = f"cannot resume from {resume}: {exc}"
             emitter.log(reason)
@@ -165,22 +196,35 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             return "failed"
 
     last_step = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    tokens_per_step = tc.batch_size * tc.grad_accum * profile.data.seq_len
-    emitter.emit("started", step=step, total_steps=tc.steps, pid=os.getpid(), device=str(device),
-                 params={"total": model.num_params(), "active": model.num_active_params()},
-                 resumed_from=step if resume is not None else None)
-    emitter.log(f"{profile.kind} run {profile.name}: {model.num_params():,} parameters on "
-                f"{device}, steps {step + 1}..{last_step} of {tc.steps}")
+    # the global batch: every rank's micro-batches (tokens/s is the sum over ranks)
+    tokens_per_step = data.global_batch * tc.grad_accum * profile.data.seq_len
+    where = str(device) if not dist.enabled else f"{device} x {dist.world} ranks"
+    emitter.emit("started", step=step, total_steps=tc.steps, pid=os.getpid(), device=where,
+                 params=sizes, resumed_from=step if resume is not None else None)
+    say(f"{profile.kind} run {profile.name}: {sizes['total']:,} parameters on "
+        f"{where}, steps {step + 1}..{last_step} of {tc.steps}")
+    if dist.enabled:
+        emitter.log(dist.describe())
 
     def save(at_step: int) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
-                 "config": profile_to_dict(profile), "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "data": data.state_dict(),
-                 "rng": rng_states(device), "telemetry": telemetry.state_dict(),
-                 "best": best.state_dict() if best is not None else None}
-        info = save_checkpoint(state, run_dir, at_step, best=best)
-        emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
-                     sha256=info.sha256, **(best_fields(best, at_step) if best else {}))
+        local = {"rng": rng_states(device), "telemetry": telemetry.state_dict()}
+        parts = dist.checkpoint_parts(model, optimizer, local)  # None on ranks > 0
+        info, error = None, None
+        if parts is not None:
+            state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
+                     "config": profile_to_dict(profile), "data": data.state_dict(),
+                     "best": best.state_dict() if best is not None else None,
+                     **local, **parts}
+            try:
+                info = save_checkpoint(state, run_dir, at_step, best=best)
+            except CheckpointError as exc:
+                error = str(exc)
+        error = dist.broadcast_object(error)  # every rank fails with rank 0's write
+        if error:
+            raise CheckpointError(error)
+        if info is not None:
+            emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
+                         sha256=info.sha256, **(best_fields(best, at_step) if best else {}))
 
     def finish(status: str, reason: str) -> str:
         emitter.log(f"{status} at step {step}: {reason}")
@@ -196,32 +240,33 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         lr = lr_at(step, tc)
         set_lr(optimizer, lr)
 
-        # 4. forward and backward over the micro-batches of this step
+        # 4. forward and backward over the micro-batches of this step (this rank's slice of
+        # each global micro-batch; DDP averages the gradients on the last one)
         loss_sum = torch.zeros((), device=device)
         batch_hash = torch.zeros((), dtype=torch.long, device=device)
-        for _ in range(tc.grad_accum):
+        for micro in range(tc.grad_accum):
             x_BT, y_BT = data.train_batch()
-            batch_hash = batch_fingerprint(x_BT, batch_hash)
-            with autocast():
-                _, loss = model(x_BT, y_BT)
-            extra = model.extra_loss()
-            total = loss if extra is None else loss + extra
-            (total / tc.grad_accum).backward()
+            batch_hash = batch_fingerprint(x_BT, batch_hash, data.position_offset)
+            with dist.sync(net, last=micro == tc.grad_accum - 1):
+                with autocast():
+                    _, loss = net(x_BT, y_BT)
+                extra = model.extra_loss()
+                total = loss if extra is None else loss + extra
+                (total / tc.grad_accum).backward()
             loss_sum += loss.detach()
         train_loss = loss_sum / tc.grad_accum
+        dist.finish_grads()  # expert shards: the average DDP takes of the rest
 
         # 5. clip (or just measure) the global gradient norm, then update
-        if tc.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        else:
-            grads = [p.grad for p in params if p.grad is not None]
-            grad_norm = torch.nn.utils.get_total_norm(grads)
+        grad_norm = dist.clip_grad_norm_(params, tc.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        dist.reduce_expert_counts(telemetry.ffns)  # the whole step's load, on every rank
         telemetry.after_step()  # before the bias update zeroes the step's expert counts
         model.after_optimizer_step()
         nonfinite |= ~torch.isfinite(train_loss) | ~torch.isfinite(grad_norm)
         steps_since_sync += 1
+        stop_requested = dist.any_rank(stop.requested)  # every rank stops after this step
 
         # 6. read back only where something is reported or saved
         is_last = step == last_step
@@ -229,60 +274,74 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         do_eval = (tc.eval_every > 0 and step % tc.eval_every == 0) or is_last
         do_ckpt = (profile.checkpoint.every > 0 and step % profile.checkpoint.every == 0) or is_last
         do_sample = sampler is not None and sampler.due(step)
-        if not (do_log or do_eval or do_ckpt or do_sample or stop.requested):
+        if not (do_log or do_eval or do_ckpt or do_sample or stop_requested):
             continue
-        # one host sync for everything; float64 keeps the int batch hash and counts exact
-        host = torch.cat([torch.stack([train_loss.double(), grad_norm.to(device).double(),
-                                       nonfinite.double(), batch_hash.double()]),
-                          telemetry.device_values()]).tolist()
-        loss_f, grad_norm_f, bad, batch_hash_f = host[:4]
+        # one host sync for everything (one all-reduce first with several ranks: means of
+        # loss, norm and telemetry, sums of batch hash, memory and slot counts); float64
+        # keeps the int batch hash and counts exact
+        mean_V = torch.cat([torch.stack([train_loss.double(), grad_norm.to(device).double(),
+                                         nonfinite.double()]), telemetry.device_values()])
+        sum_V = torch.cat([batch_hash.double().view(1), torch.tensor(
+            [rss_mb(), *telemetry.routed_slots, *telemetry.dropped_slots],
+            dtype=torch.float64, device=device)])
+        mean_V, sum_V = dist.reduce_for_log(mean_V, sum_V)
+        host, sums = mean_V.tolist(), sum_V.tolist()
+        loss_f, grad_norm_f, bad = host[:3]
+        batch_hash_f, rss_f = float(int(sums[0]) % HASH_MODULUS), sums[1]
+        if dist.enabled:  # the dropped-slot share of every rank's slots
+            n_layers = len(telemetry.routed_slots)
+            telemetry.routed_slots = [int(v) for v in sums[2:2 + n_layers]]
+            telemetry.dropped_slots = [int(v) for v in sums[2 + n_layers:]]
         now = time.perf_counter()
         step_s = (now - t_last) / steps_since_sync
         if do_log or bad:
             values = {names.TRAIN_LOSS: loss_f, names.TRAIN_LR: lr,
                       names.TRAIN_GRAD_NORM: grad_norm_f,
                       names.TRAIN_TOKENS_PER_S: tokens_per_step / step_s,
-                      names.SYS_STEP_S: step_s, names.SYS_RSS_MB: rss_mb(),
+                      names.SYS_STEP_S: step_s, names.SYS_RSS_MB: rss_f,
                       names.DATA_BATCH_HASH: batch_hash_f}
-            moe_values, loads = telemetry.read(host[4:])
+            moe_values, loads = telemetry.read(host[3:])
             values.update(moe_values)
             emitter.metrics(step, values)
             if loads:
                 emitter.expert_load(step, loads)
             if step % human_every == 0:
-                emitter.log(step_line(step, tc.steps, values))
+                say(step_line(step, tc.steps, values))
         if bad:
             what = "loss" if not math.isfinite(loss_f) else "gradient norm"
             return finish("failed", f"non-finite {what} at step {step}")
 
-        # 7. evaluate on the fixed validation windows (a signal stop skips it to exit fast)
-        if do_eval and not (stop.requested and not is_last):
+        # 7. evaluate on the fixed validation windows (a signal stop skips it to exit fast);
+        # a stop asked for since the step ended counts (the ranks agree on it again)
+        stop_requested = stop_requested or dist.any_rank(stop.requested)
+        if do_eval and not (stop_requested and not is_last):
             with routing.recording():
                 val_loss = evaluate(model, val_batches, autocast)
             payloads = routing.payloads()
             for name, payload in payloads.items():
                 emitter.emit("analysis", step=step, name=name, payload=payload)
             emitter.metrics(step, {names.VAL_LOSS: val_loss, names.VAL_PPL: perplexity(val_loss)})
-            emitter.log(f"Validation - step {step} | LM Loss: {val_loss:.4f}")
+            say(f"Validation - step {step} | LM Loss: {val_loss:.4f}")
             if payloads:
-                emitter.log(expert_statistics(payloads))
+                say(expert_statistics(payloads))
             if not math.isfinite(val_loss):
                 return finish("failed", f"non-finite validation loss at step {step}")
             if best is not None and best.offer(step, val_loss):
                 do_ckpt = True  # a new best is saved at once: the best step has a file
 
         # 7b. continuations of the sample prompts (skipped on a stop request)
-        if do_sample and not stop.requested:
+        if do_sample and not stop_requested:
             sampler.run(step, emitter)
 
         # 8. checkpoint at its interval, at the end, and on a stop request
-        if do_ckpt or stop.requested:
+        stop_requested = stop_requested or dist.any_rank(stop.requested)
+        if do_ckpt or stop_requested:
             try:
                 save(step)
             except CheckpointError as exc:
                 return finish("failed", str(exc))
-        if stop.requested:
-            return finish("stopped", stop.reason or "stop requested")
+        if stop_requested:
+            return finish("stopped", stop.reason or "stop requested (on another rank)")
         t_last, steps_since_sync = time.perf_counter(), 0
 
     if step < tc.steps:

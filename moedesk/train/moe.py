@@ -23,7 +23,9 @@ Shape letters (model.py's legend, plus):
 Nothing else lives in the layer: it keeps its last forward's losses and dropped-slot count,
 and observers attach with forward hooks on the layer and on its `router` module, never by
 patching it: the telemetry window (moe_telemetry.py) and the evaluation's routing capture
-(analysis.py). `MoELM` subclasses `LM` through `make_ffn`, `extra_loss` and
+(analysis.py). With more than one rank the layer calls its `dispatcher`
+(expert_parallel.py: experts on other ranks, the aux loss's global counts); with one
+process it has none. `MoELM` subclasses `LM` through `make_ffn`, `extra_loss` and
 `after_optimizer_step`. Checkpoints written before the shape-suffixed names still load
 (`LEGACY_NAMES`).
 """
@@ -163,6 +165,9 @@ class MoEFFN(nn.Module):
         self.aux_loss: Tensor = torch.zeros(())  # weighted
         self.z_loss: Tensor = torch.zeros(())
         self.dropped_slots = 0  # (token, choice) slots the capacity limit dropped
+        # several ranks: an ExpertDispatcher (expert_parallel.py) runs the experts and sums
+        # the aux loss's counts over the ranks; None in one process
+        self.dispatcher = None
         self.register_load_state_dict_pre_hook(_rename_legacy)
 
     def init_weights(self, std: float, residual_std: float) -> None:
@@ -184,7 +189,11 @@ class MoEFFN(nn.Module):
             chosen_TK = probs_TE.topk(self.top_k, dim=-1).indices if self.cfg.bias_balancing \
                 else ids_TK
             f_E = torch.bincount(chosen_TK.flatten(), minlength=self.num_experts).float()
-            f_E = f_E / (n_tokens * self.top_k)
+            n_slots = n_tokens * self.top_k
+            if self.dispatcher is not None and self.training:
+                # the shares of the whole global micro-batch (all ranks), not this rank's
+                f_E, n_slots = self.dispatcher.global_demand(f_E, n_slots)
+            f_E = f_E / n_slots
             aux = self.cfg.aux_loss_weight * self.num_experts * (f_E * probs_TE.mean(0)).sum()
         if self.cfg.z_loss_weight > 0 and n_tokens:
             z = self.cfg.z_loss_weight * torch.logsumexp(logits_TE, dim=-1).square().mean()
@@ -202,11 +211,19 @@ class MoEFFN(nn.Module):
                 self.tokens_per_expert_E += torch.bincount(ids_TK.flatten(),
                                                            minlength=self.num_experts)
         dispatch_ids_S, gates_TK = self._dispatch_ids(ids_TK, gates_TK)
-        if self.cfg.dispatch == "eager":
-            y_TD, self.dropped_slots = self._experts_eager(x_TD, dispatch_ids_S, gates_TK)
+        if self.dispatcher is not None:
+            y_TD, self.dropped_slots = self.dispatcher.experts(self, x_TD, dispatch_ids_S,
+                                                               gates_TK)
         else:
-            y_TD, self.dropped_slots = self._experts_sorted(x_TD, dispatch_ids_S, gates_TK)
+            y_TD, self.dropped_slots = self.local_experts(x_TD, dispatch_ids_S, gates_TK)
         return self.dropout(y_TD.to(x_BTD.dtype).view(B, T, D))
+
+    def local_experts(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
+                      ) -> tuple[Tensor, int]:
+        """(y_TD fp32, dropped slots) with every expert on this rank."""
+        if self.cfg.dispatch == "eager":
+            return self._experts_eager(x_TD, dispatch_ids_S, gates_TK)
+        return self._experts_sorted(x_TD, dispatch_ids_S, gates_TK)
 
     def _dispatch_ids(self, ids_TK: Tensor, gates_TK: Tensor) -> tuple[Tensor, Tensor]:
         """Expert id per slot (token, choice); E marks a slot that expert dropout removed."""
@@ -226,8 +243,9 @@ class MoEFFN(nn.Module):
             return None
         return math.ceil(self.cfg.capacity_factor * n_tokens * self.top_k / self.num_experts)
 
-    def _experts_sorted(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
-                        ) -> tuple[Tensor, int]:
+    def sorted_slots(self, x_TD: Tensor, dispatch_ids_S: Tensor) -> tuple[Tensor, list[int], int]:
+        """(slot order grouped by expert, rows per expert, dropped slots): the sorted
+        dispatch's slot selection, capacity applied (expert parallelism shares it)."""
         n_slots = dispatch_ids_S.numel()
         order_S = torch.argsort(dispatch_ids_S, stable=True)
         counts = torch.bincount(dispatch_ids_S, minlength=self.num_experts + 1)
@@ -245,6 +263,11 @@ class MoEFFN(nn.Module):
             demand = counts[:self.num_experts].tolist()
             counts_list = [min(c, capacity) for c in demand]
             dropped = sum(demand) - sum(counts_list)
+        return order_S, counts_list, dropped
+
+    def _experts_sorted(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
+                        ) -> tuple[Tensor, int]:
+        order_S, counts_list, dropped = self.sorted_slots(x_TD, dispatch_ids_S)
         token_S, gates_S = order_S // self.top_k, gates_TK.flatten()[order_S]
         multiple = self.row_multiple(x_TD)
         if multiple > 1:
