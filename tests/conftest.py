@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -43,3 +44,47 @@ def wait_for(predicate, timeout: float = 120, interval: float = 0.1, what: str =
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---- the fast tier: `pytest -m "not slow"` (docs/testing.md) --------------------------------
+# Everything under tests/integration is slow. Elsewhere a test that starts a process must
+# carry @pytest.mark.slow: the guard below fails an unmarked one the moment it tries, so
+# the fast tier stays fast without anyone timing it.
+
+INTEGRATION = Path(__file__).resolve().parent / "integration"
+TUI = Path(__file__).resolve().parent / "tui"
+
+
+def _runs_the_app(item) -> bool:
+    """A TUI test that drives the real app (Pilot: every async test there), compares
+    snapshots, or uses tmux: seconds each, so slow."""
+    fixtures = getattr(item, "fixturenames", ())
+    return (inspect.iscoroutinefunction(getattr(item, "function", None))
+            or "snap_compare" in fixtures or Path(str(item.fspath)).name == "test_tmux.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        where = Path(str(item.fspath)).resolve().parents
+        if INTEGRATION in where or (TUI in where and _runs_the_app(item)):
+            item.add_marker(pytest.mark.slow)
+
+
+class UnmarkedProcess(AssertionError):
+    """A test outside the slow tier started a process."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_starts_no_process(request, monkeypatch):
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    real = subprocess.Popen.__init__
+
+    def refuse(self, *args, **kwargs):
+        raise UnmarkedProcess(f"{request.node.nodeid} starts a process ({args[0] if args else ''!r}):"
+                              " mark it @pytest.mark.slow or move it to tests/integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield
+    monkeypatch.setattr(subprocess.Popen, "__init__", real)

@@ -70,6 +70,7 @@ def test_profiles_list_fits_80_columns_and_counts_problems(tmp_path):
     assert any(ln.split()[:4] == ["tiny_topk.toml", "tiny-topk", "topk", "120"] for ln in lines)
 
 
+@pytest.mark.slow
 def test_help_shows_no_type_on_flags():
     for command in (["run"], ["resume"], ["rm"], ["prune"], ["query"], ["logs"]):
         result = runner.invoke(app, [*command, "--help"], terminal_width=100)

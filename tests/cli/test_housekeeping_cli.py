@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from moedesk.cli import app
@@ -29,6 +30,7 @@ def test_rm_asks_and_removes_or_keeps(home, monkeypatch):
     assert f"removed run {run_id}" in gone.output and not (home / str(run_id)).exists()
 
 
+@pytest.mark.slow
 def test_rm_without_a_terminal_needs_yes_and_refuses_a_running_run(home):
     done, live = make_run(home), make_run(home, status="running")
     refused = cli(home, "rm", str(done))
@@ -41,6 +43,7 @@ def test_rm_without_a_terminal_needs_yes_and_refuses_a_running_run(home):
     assert missing.exit_code == 2 and "was removed on" in missing.output
 
 
+@pytest.mark.slow
 def test_prune_dry_run_then_for_real(home):
     failed = [make_run(home, status="failed") for _ in range(3)]
     make_run(home, status="completed")
@@ -60,6 +63,7 @@ def test_prune_dry_run_then_for_real(home):
     assert "no runs to prune" in cli(home, "prune", "--older-than", "30d").output
 
 
+@pytest.mark.slow
 def test_tag_note_rename_show_up_in_runs_and_show(home):
     first, second = make_run(home), make_run(home)
     assert "tags: lab sweep" in cli(home, "tag", str(first), "sweep", "lab").output
@@ -88,6 +92,7 @@ def test_tag_note_rename_show_up_in_runs_and_show(home):
     assert "note cleared" in cli(home, "note", str(first), "--clear").output
 
 
+@pytest.mark.slow
 def test_show_without_a_run_shows_the_newest_and_prints_dates(home):
     make_run(home)
     newest = make_run(home, name="newest")
@@ -98,6 +103,7 @@ def test_show_without_a_run_shows_the_newest_and_prints_dates(home):
     assert empty.exit_code == 2 and "no moedesk database" in empty.output
 
 
+@pytest.mark.slow
 def test_logs_prints_the_train_log_or_its_tail(home):
     run_id = make_run(home)
     (home / str(run_id) / "train.log").write_text("".join(f"line {i} [/b]\n" for i in range(50)))
@@ -110,12 +116,14 @@ def test_logs_prints_the_train_log_or_its_tail(home):
     assert none.exit_code == 2 and "has no log yet" in none.output
 
 
+@pytest.mark.slow
 def test_logs_follow_returns_when_the_run_has_ended(home):
     run_id = make_run(home, status="failed")
     followed = cli(home, "logs", str(run_id), "-f")
     assert followed.exit_code == 1 and "Step 5" in followed.output  # failed -> exit 1
 
 
+@pytest.mark.slow
 def test_a_run_named_like_markup_never_breaks_a_command(home):
     """Issue 12 item 10 / issue 11 item 3: `[/]` as a run name, and markup in data."""
     run_id = make_run(home, name="[/]")

@@ -58,6 +58,7 @@ def refused(store, sql: str, message: str, *extra) -> None:
     assert files(root) == before, f"{sql!r} created {files(root) - before}"
 
 
+@pytest.mark.slow
 def test_writes_are_refused(store):
     for sql, what in (("DELETE FROM runs", "DELETE"), ("UPDATE runs SET name = 'x'", "UPDATE"),
                       ("INSERT INTO runs (name) VALUES ('x')", "INSERT"),
@@ -71,18 +72,21 @@ def test_writes_are_refused(store):
     assert query(store, "SELECT count(*) FROM runs").output.splitlines()[-1].strip() == "2"
 
 
+@pytest.mark.slow
 def test_attach_and_detach_are_refused_and_create_no_file(store):
     refused(store, "ATTACH DATABASE './evil.db' AS evil", "ATTACH is refused")
     refused(store, f"ATTACH DATABASE '{store / 'evil.db'}' AS evil", "ATTACH is refused")
     refused(store, "DETACH DATABASE main", "DETACH is refused")
 
 
+@pytest.mark.slow
 def test_vacuum_and_vacuum_into_are_refused_and_create_no_file(store):
     refused(store, "VACUUM", "VACUUM is refused")
     refused(store, "VACUUM INTO './copy.db'", "VACUUM is refused")
     refused(store, "vacuum main into 'copy2.db'", "VACUUM is refused")
 
 
+@pytest.mark.slow
 def test_pragmas_that_set_something_are_refused(store):
     for sql, shown in (("PRAGMA writable_schema=ON", "PRAGMA writable_schema = ON"),
                        ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode = DELETE"),
@@ -104,12 +108,14 @@ def test_functions_that_touch_files_or_load_code_are_refused(store):
     refused(store, "SELECT fts3_tokenizer('simple')", "fts3_tokenizer() is refused")
 
 
+@pytest.mark.slow
 def test_transactions_and_several_statements_are_refused(store):
     refused(store, "BEGIN", "BEGIN is refused")
     refused(store, "SAVEPOINT a", "SAVEPOINT is refused")
     refused(store, "SELECT 1; DELETE FROM runs", "one statement at a time")
 
 
+@pytest.mark.slow
 def test_huge_values_fail_at_once_instead_of_exhausting_memory(store):
     started = time.perf_counter()
     for sql in ("SELECT randomblob(1e9)", "SELECT zeroblob(200000000)",
@@ -141,6 +147,7 @@ except StoreError as exc:
     assert files(store.parent) == before  # the sort stayed in memory: no temp file
 
 
+@pytest.mark.slow
 def test_limit_out_of_range_is_a_clear_error(store):
     for value in ("0", "-3", "1000001"):
         refused(store, "SELECT 1", f"--limit: got {int(value)}; must be between 1 and 1,000,000",
@@ -185,6 +192,7 @@ def test_ctrl_c_stops_a_runaway_query_from_the_terminal(store):
     assert proc.returncode == 130 and "query interrupted" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_values_print_literally_never_as_markup(store):
     for sql, want in (("SELECT '[/b] oops' AS x", "[/b] oops"),
                       ("SELECT '[red]not red[/red]' AS x", "[red]not red[/red]"),

@@ -74,6 +74,7 @@ def report(home, *args) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_sample_is_deterministic_for_a_seed_and_greedy_at_temperature_zero(store):
     home, ids = store
     run = str(ids["topk"])
@@ -90,6 +91,7 @@ def test_sample_is_deterministic_for_a_seed_and_greedy_at_temperature_zero(store
                              "seed": 4}
 
 
+@pytest.mark.slow
 def test_sample_prints_the_prompt_then_the_continuation(store):
     home, ids = store
     args = ("sample", f"{ids['dense']}@10", "--prompt", "Hello", "--seed", "9",
@@ -108,6 +110,7 @@ def test_at_best_reads_the_marked_checkpoint(store):
                   "--max-new-tokens", "2")["step"] == 10
 
 
+@pytest.mark.slow
 def test_route_shows_every_moe_layer_with_expert_ids_in_brackets(store):
     home, ids = store
     result = invoke(home, "route", str(ids["topk"]), "--text", "The cat sat.")
@@ -134,6 +137,7 @@ def test_route_json_gives_every_tokens_experts_and_gates(store):
     assert out["tokens"][0]["text"] == "" and out["tokens"][1]["text"] == "é"
 
 
+@pytest.mark.slow
 def test_sample_with_routing_ends_with_the_routing_view(store):
     home, ids = store
     out = report(home, "sample", str(ids["topk"]), "--prompt", "Hi", "--routing", "--layer", "0",
@@ -178,6 +182,7 @@ def test_bad_input_is_a_clear_error_with_exit_code_2(store, args, message):
     assert message in " ".join(result.stderr.split()), result.stderr
 
 
+@pytest.mark.slow
 def test_sample_and_route_never_write_the_store(store):
     home, ids = store
     def contents():

@@ -21,6 +21,7 @@ def built(name: str):
     return build_model(load_profile(PROFILES / f"{name}.toml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dense", "top2"])
 def test_size_json_counts_the_real_model(name):
     result = runner.invoke(app, ["size", str(PROFILES / f"{name}.toml"), "--json"])
@@ -34,6 +35,7 @@ def test_size_json_counts_the_real_model(name):
     assert report["adamw_bytes"] == 8 * total  # two fp32 moments per parameter
 
 
+@pytest.mark.slow
 def test_size_table_prints_the_real_totals():
     result = runner.invoke(app, ["size", str(PROFILES / "top2.toml")])
     assert result.exit_code == 0, result.output

@@ -65,6 +65,7 @@ async def test_a_profile_with_a_toml_syntax_error_opens_in_the_editor(canned, pr
         assert app.is_running
 
 
+@pytest.mark.slow
 def test_run_app_exits_non_zero_only_after_a_crash(canned, monkeypatch):
     real_run = tui_app.MoedeskApp.run
     monkeypatch.setattr(tui_app.MoedeskApp, "run",

@@ -156,6 +156,7 @@ def test_manifest_has_seed_002s_own_keys(compared):
     assert m["lesson_notes"].startswith("Do not adopt it")
 
 
+@pytest.mark.slow
 def test_compare_plots_are_written_beside_the_manifest(compared, tmp_path):
     from moedesk.plots import compare_pngs, pooled_routing
     from tests.images import assert_readable_png

@@ -88,6 +88,7 @@ def test_mismatched_lengths_are_an_error():
         decide([1.0, 2.0], [1.0], SAME_COST, SAME_COST)
 
 
+@pytest.mark.slow
 @given(st.lists(st.floats(min_value=1.0, max_value=100.0), min_size=2, max_size=6),
        st.lists(st.floats(min_value=-5.0, max_value=5.0), min_size=6, max_size=6))
 def test_adopt_implies_gain_beyond_twice_the_pooled_std_in_every_seed(base, deltas):

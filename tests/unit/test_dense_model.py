@@ -20,6 +20,7 @@ def small_cfg(**overrides) -> ModelSection:
     return ModelSection(**values)
 
 
+@pytest.mark.slow
 def test_forward_shapes_and_loss():
     torch.manual_seed(0)
     model = LM(small_cfg())
@@ -42,6 +43,7 @@ def test_ffn_hidden_default_rounds_8_3_dim_up_to_32():
     assert width(small_cfg(ffn_hidden=100)) == 100
 
 
+@pytest.mark.slow
 def test_future_tokens_do_not_change_past_logits():
     torch.manual_seed(0)
     model = LM(small_cfg()).eval()
@@ -72,6 +74,7 @@ def reference_attention(attn: Attention, x_BTD, cos_TH, sin_TH):
     return attn.wo(torch.stack(heads, 1).transpose(1, 2).reshape(B, T, -1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 4])
 def test_grouped_query_attention_matches_per_head_reference(n_kv_heads):
     torch.manual_seed(1)
@@ -140,6 +143,7 @@ def test_init_scales_residual_projections_and_ties_embeddings():
     assert tied.num_active_params() == tied.num_params()
 
 
+@pytest.mark.slow
 def test_make_ffn_seam_accepts_another_ffn_module():
     calls = []
 
@@ -180,6 +184,7 @@ def test_weight_decay_skips_norms_and_embeddings():
     assert counted == model.num_params()
 
 
+@pytest.mark.slow
 def test_bf16_autocast_forward_is_close_to_fp32():
     torch.manual_seed(5)
     model = LM(small_cfg())

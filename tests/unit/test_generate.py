@@ -88,6 +88,7 @@ def naive_generate(model: LM, prompt: list[int], settings: SampleSettings) -> li
     return ids[len(prompt):]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dense", "topk"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_stream_matches_generation_without_a_cache(kind, temperature):
@@ -125,6 +126,7 @@ def test_greedy_is_the_argmax_and_ignores_the_seed():
     assert runs[0][0] == first
 
 
+@pytest.mark.slow
 def test_a_seed_fixes_the_text_and_another_seed_changes_it():
     model = tiny("dense", seed=3)
     sampler = Sampler(model, ByteTokenizer(256), torch.device("cpu"))
@@ -162,6 +164,7 @@ def test_sampling_never_touches_the_global_rng():
     assert torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.slow
 def test_generation_slides_past_the_context():
     model = tiny("topk", seed=5)
     sampler = Sampler(model, ByteTokenizer(256), torch.device("cpu"))
@@ -192,6 +195,7 @@ def test_routing_capture_matches_the_routers_choice_in_a_full_forward():
     assert all(not chunks for chunks in capture._seen.values())
 
 
+@pytest.mark.slow
 def test_route_only_feeds_texts_longer_than_the_context():
     model = tiny("topk", seed=7)
     sampler = Sampler(model, ByteTokenizer(256), torch.device("cpu"))

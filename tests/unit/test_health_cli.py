@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from moedesk.cli import app
@@ -35,6 +36,7 @@ def make_alerts(home) -> None:
     db.close()
 
 
+@pytest.mark.slow
 def test_alerts_lists_every_runs_alerts_with_state_and_action(home):
     make_alerts(home)
     result = CliRunner().invoke(app, ["alerts", "--home", str(home)])
@@ -46,6 +48,7 @@ def test_alerts_lists_every_runs_alerts_with_state_and_action(home):
     assert "suggested actions:" in text and "Lower train.lr" in text
 
 
+@pytest.mark.slow
 def test_alerts_of_one_run_open_only_and_json(home):
     make_alerts(home)
     runner = CliRunner()

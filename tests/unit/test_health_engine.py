@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -78,6 +79,7 @@ events = st.lists(st.fixed_dictionaries({
         [0.0, 0.0, 1.0]), "route/latency_us": st.floats(0, 900)}), min_size=1, max_size=150)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(events, st.integers(0, 60))
 def test_alerts_never_storm_whatever_the_metrics_do(stream, after_step):

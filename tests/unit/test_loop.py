@@ -59,6 +59,7 @@ def test_schedule_warmup_then_cosine_to_the_floor():
     assert lr_at(1, no_warmup) < 2e-3 and lr_at(10, no_warmup) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_tiny_dense_learns_below_the_unigram_entropy(tmp_path):
     profile = load_profile(TINY)
     emitter = ListEmitter()
@@ -75,6 +76,7 @@ def test_tiny_dense_learns_below_the_unigram_entropy(tmp_path):
     assert [c["step"] for c in of_type(emitter.events, "checkpoint")] == [50, 100, 150]
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     # dropout and grad accumulation make the RNG and micro-batch state matter
     settings = {"train.steps": 40, "model.dropout": 0.1, "train.grad_accum": 2,
@@ -140,6 +142,7 @@ def test_non_finite_loss_fails_without_checkpointing_it(tmp_path, monkeypatch, l
     assert all(c["step"] < 6 for c in of_type(emitter.events, "checkpoint"))
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_step_checkpoints_and_stops(tmp_path):
     class SignalAtStep7(ListEmitter):
         def metrics(self, step, values):
@@ -182,6 +185,7 @@ def test_without_clipping_the_gradient_norm_is_still_reported(tmp_path):
     assert unclipped == pytest.approx(first_norm(1e-3), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_write_failure_fails_and_keeps_the_previous_one(tmp_path, monkeypatch):
     real_write = checkpoint_mod._write_atomic
 
@@ -214,6 +218,7 @@ def write_run_dir(path: Path, **overrides) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_entry_point_stop_at_then_resume(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", **{"train.steps": 10})
     rc, events = run_trainer(run_dir, "--stop-at", "4")
@@ -226,6 +231,7 @@ def test_entry_point_stop_at_then_resume(tmp_path):
     assert sorted(losses(events)) == list(range(5, 11))
 
 
+@pytest.mark.slow
 def test_entry_point_sigterm_stops_with_exit_code_0(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", **{"train.steps": 100000, "train.warmup_steps": 10})
     proc = subprocess.Popen([sys.executable, "-m", "moedesk.train", str(run_dir)],
@@ -249,6 +255,7 @@ def test_entry_point_sigterm_stops_with_exit_code_0(tmp_path):
     assert of_type(events, "checkpoint")[-1]["step"] == events[-1]["step"]
 
 
+@pytest.mark.slow
 def test_entry_point_without_config_exits_2(tmp_path):
     rc, events = run_trainer(tmp_path)
     assert rc == 2

@@ -390,6 +390,7 @@ def tiny_run(tmp_path_factory):
     return profile, emitter.events, status, emitter.lines
 
 
+@pytest.mark.slow
 def test_tiny_topk_run_reports_expert_load_for_every_moe_layer(tiny_run):
     profile, events, status, _ = tiny_run
     assert status == "completed"
@@ -456,6 +457,7 @@ def test_the_train_log_shows_the_aux_loss_and_seed_003s_expert_statistics(tiny_r
     assert 0.95 * math.log(E) < nats <= math.log(E)  # balanced by then: near ln E
 
 
+@pytest.mark.slow
 def test_collapse_profile_really_collapses(tmp_path):
     emitter = ListEmitter()
     assert loop.train_lm(load_profile(COLLAPSE), tmp_path, emitter) == "completed"
@@ -469,6 +471,7 @@ def test_collapse_profile_really_collapses(tmp_path):
     assert longest >= 5  # long enough for the routing-collapse rule's patience
 
 
+@pytest.mark.slow
 def test_topk_resume_is_exact_with_the_bias_restored(tmp_path):
     settings = {"train.steps": 24, "train.grad_accum": 2, "checkpoint.every": 0,
                 "data.seq_len": 16, "model.max_seq_len": 16, "train.batch_size": 4,

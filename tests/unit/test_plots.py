@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from moedesk.cli import app
@@ -15,6 +16,7 @@ from tests.images import assert_readable_png
 from tests.unit.test_compare_results import fake_run, routing_payload
 
 
+@pytest.mark.slow
 def test_routing_pngs_show_every_layer_and_a_dead_expert(tmp_path):
     dead = routing_payload(3, specialised=True)
     for row in dead["by_class"][:1]:
@@ -40,6 +42,7 @@ def test_the_colour_scale_is_the_tui_palette():
     assert rounded(cmap.get_over()) == rgb(COLOURS[-1])
 
 
+@pytest.mark.slow
 def test_loss_curves_draw_every_seed_of_both_models(tmp_path):
     curves = [Curves(model, seed, [(s, 3 - s / 100 + seed % 3 / 10) for s in range(1, 101)],
                      [(s, 3.2 - s / 120) for s in (25, 50, 75, 100)])
@@ -63,6 +66,7 @@ def test_pooling_adds_counts_and_refuses_other_layouts():
         raise AssertionError("pooled different layouts")
 
 
+@pytest.mark.slow
 def test_analysis_png_writes_both_plots(home, tmp_path):
     db = connect_writer(home / "moedesk.db")
     run_id = fake_run(db, home, "lab_moe.toml", 7, 10.0, 0.01, (2000, 1300))

@@ -15,6 +15,7 @@ import string
 import tomllib
 from pathlib import Path
 
+import pytest
 import tomlkit
 from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
@@ -121,6 +122,7 @@ def assert_names_file_and_key(error: ProfileError, path: Path) -> None:
         assert KEY.match(key), f"no key in {line!r}"
 
 
+@pytest.mark.slow
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_profile())
 def test_mutated_profiles_load_or_fail_with_file_and_key(tmp_path_factory, case):
@@ -134,6 +136,7 @@ def test_mutated_profiles_load_or_fail_with_file_and_key(tmp_path_factory, case)
         assert isinstance(outcome, Profile) and outcome.kind in ("dense", "topk", "ternary")
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_profile())
 def test_the_cli_refuses_invalid_profiles_without_creating_a_run(tmp_path_factory, case):
@@ -163,6 +166,7 @@ def _outcome_of(case: tuple[str, str], folder: Path) -> bool:
     return isinstance(load_or_error(path), Profile)
 
 
+@pytest.mark.slow
 def test_the_fuzzer_reaches_both_outcomes(tmp_path):
     """Guard against a generator that only ever breaks profiles (or never does): hypothesis
     must find a mutation that still loads and one that is refused."""

@@ -103,6 +103,7 @@ def test_recorded_routing_is_what_the_router_chose_on_the_validation_windows():
     assert analysis.payloads() == {}
 
 
+@pytest.mark.slow
 def test_topk_runs_emit_analysis_at_each_eval_and_dense_runs_do_not(tmp_path):
     topk = ListEmitter()
     assert loop.train_lm(profile("tiny_topk.toml"), tmp_path / "t", topk) == "completed"
@@ -117,6 +118,7 @@ def test_topk_runs_emit_analysis_at_each_eval_and_dense_runs_do_not(tmp_path):
     assert len(hashes) == 6 and len(set(hashes)) == 6
 
 
+@pytest.mark.slow
 def test_same_seed_dense_and_topk_see_the_same_batches(tmp_path):
     runs = {}
     for name in ("tiny_dense.toml", "tiny_topk.toml"):

@@ -48,6 +48,7 @@ def test_sizes_equal_the_real_model(kind, model, moe):
                                  + size.ffn_params + size.norm_params)
 
 
+@pytest.mark.slow
 def test_shipped_profiles_match_their_models():
     from moedesk.train.loop import build_model
 

@@ -289,6 +289,7 @@ def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
     return thread
 
 
+@pytest.mark.slow
 def test_a_lock_held_past_the_busy_timeout_is_spooled_and_replayed(home):
     path = home / "moedesk.db"
     setup = connect_writer(path)

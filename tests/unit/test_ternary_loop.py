@@ -52,6 +52,7 @@ def tiny_run(tmp_path_factory):
     return status, emitter, run_dir
 
 
+@pytest.mark.slow
 def test_tiny_profile_learns_well_beyond_chance(tiny_run):
     status, emitter, _ = tiny_run
     assert status == "completed"
@@ -101,6 +102,7 @@ def test_checkpoint_holds_every_weight_and_counter(tiny_run):
     assert state["data"]["batch"] == 60 and state["config"]["kind"] == "ternary"
 
 
+@pytest.mark.slow
 def test_resume_continues_bit_identically(tmp_path):
     profile = _profile("train.steps=40", "train.eval_every=10", "train.log_every=3",
                        "checkpoint.every=0")
@@ -129,6 +131,7 @@ def test_resume_continues_bit_identically(tmp_path):
     assert torch.equal(a["router"]["counts_E"], b["router"]["counts_E"])
 
 
+@pytest.mark.slow
 def test_stop_request_finishes_the_step_checkpoints_and_reports_stopped(tmp_path):
     stop = StopFlag()
 
@@ -147,6 +150,7 @@ def test_stop_request_finishes_the_step_checkpoints_and_reports_stopped(tmp_path
     assert [c["step"] for c in _of_type(emitter, "checkpoint")] == [5]
 
 
+@pytest.mark.slow
 def test_epochs_early_stopping_and_epoch_checkpoints(tmp_path):
     # ~12 batches per epoch; with patience 1 the first epoch without a better held-out
     # accuracy ends the run long before its 2000 steps
@@ -167,6 +171,7 @@ def test_epochs_early_stopping_and_epoch_checkpoints(tmp_path):
     assert ckpt_steps[-1] == finished["step"]
 
 
+@pytest.mark.slow
 def test_trit_file_and_text_sources(tmp_path):
     text = grammar_corpus(7, 300)[0].tobytes()
     samples = list(encode_windows(text, 48, "balanced"))
@@ -190,6 +195,7 @@ def test_bad_trit_file_fails_with_a_clear_reason(tmp_path):
     assert "truncated" in reason and str(path) in reason
 
 
+@pytest.mark.slow
 def test_the_documented_reference_rule_runs_and_changes_weights(tmp_path):
     status, emitter = _run(_profile("ternary.hebbian_rule=reference", "train.steps=10"), tmp_path)
     assert status == "completed"

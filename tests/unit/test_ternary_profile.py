@@ -96,6 +96,7 @@ def test_ternary_rejects_settings_it_cannot_honour():
         "ternary.hebbian_rule: got 'oja'; allowed values: 'contrastive', 'reference'"]
 
 
+@pytest.mark.slow
 def test_size_report_matches_the_built_model_and_packs_five_trits_per_byte():
     for name in ("ternary243.toml", "tiny_ternary.toml"):
         profile = load_profile(REPO / "profiles" / name)

@@ -43,6 +43,7 @@ class _Capture:
         model.bank.forward_pairs = forward_pairs
 
 
+@pytest.mark.slow
 def test_augment_noise_replaces_about_that_share_of_training_trits_and_not_eval():
     x = _batch(_profile())
     model = TernaryMoE(_profile("ternary.augment_noise=0.3"))
@@ -61,6 +62,7 @@ def test_augment_noise_replaces_about_that_share_of_training_trits_and_not_eval(
     assert noisy_eval.evaluate(x, x_neg, 32).accuracy == plain_eval.evaluate(x, x_neg, 32).accuracy
 
 
+@pytest.mark.slow
 def test_expert_dropout_skips_the_update_of_the_dropped_pairs():
     x = _batch(_profile())
     model = TernaryMoE(_profile("ternary.expert_dropout=0.5"))
@@ -83,6 +85,7 @@ def test_expert_dropout_skips_the_update_of_the_dropped_pairs():
     assert moved == [1, 1]
 
 
+@pytest.mark.slow
 def test_several_negatives_per_positive_make_their_own_pairs():
     x = _batch(_profile())
     model = TernaryMoE(_profile("ternary.negative_samples_per_positive=3"))
@@ -97,6 +100,7 @@ def test_several_negatives_per_positive_make_their_own_pairs():
     assert torch.equal(experts.view(3, -1)[0], experts.view(3, -1)[1])
 
 
+@pytest.mark.slow
 def test_curriculum_pools_grow_from_the_easiest_samples(tmp_path):
     profile = _profile()
     data = load_data(profile)
@@ -122,6 +126,7 @@ def test_curriculum_pools_grow_from_the_easiest_samples(tmp_path):
     assert batches.position.batch == 0
 
 
+@pytest.mark.slow
 def test_typicality_curriculum_starts_with_the_most_typical_windows():
     profile = _profile("ternary.curriculum_phases=4", "ternary.curriculum_by=typicality")
     data = load_data(profile)
@@ -167,6 +172,7 @@ def _text_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sources_mix_by_weight_and_keep_their_held_out_parts(tmp_path):
     text = _text_file(tmp_path)
     profile = _profile(f'data.sources=[{{name = "grammar", weight = 3.0}}, '

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from moedesk.profiles.schema import TernarySection
@@ -90,6 +91,7 @@ def test_routing_is_deterministic_in_the_seed():
     assert not torch.equal(_router().spec_ER, other.spec_ER)
 
 
+@pytest.mark.slow
 def test_load_penalty_spreads_a_collapsed_routing():
     # every sample identical: without a penalty the same 16 experts win every time
     x = _inputs(1).repeat(64, 1)
@@ -137,6 +139,7 @@ def test_short_inputs_are_zero_padded():
     assert torch.equal(router.route(x, update=False), router.route(padded, update=False))
 
 
+@pytest.mark.slow
 def test_one_sample_path_makes_the_batched_paths_choices_and_counts():
     for topology in ("flat", "hierarchical"):
         for alpha in (0.0, 0.1, 1.0):

@@ -54,6 +54,7 @@ def test_gf3_is_a_field_wrap_and_reduce():
     assert gf3_reduce(torch.tensor([-4, -3, -2, 2, 3, 4, 5])).tolist() == [-1, 0, 1, -1, 0, 1, -1]
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=300))
 def test_balanced_encoding_round_trips(data):
     trits = encode_balanced(data)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -374,16 +372,3 @@ def test_watch_needs_top_k_and_distinct_layers():
         watch(routers, TinyRouter(), top_k=2, layer=1)
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         watch(routers, "router", top_k=2)
-
-
-@pytest.mark.parametrize("module, forbidden", [
-    ("moedesk.track", ("torch", "sqlite3", "sqlite_utils", "moedesk.store", "textual", "numpy")),
-    ("moedesk.runner.external", ("torch", "textual")),
-])
-def test_import_boundaries_of_the_tracking_parts(module, forbidden):
-    code = (f"import sys, moedesk, importlib; moedesk.init; importlib.import_module({module!r})\n"
-            f"print(','.join(m for m in {forbidden!r} if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
