@@ -7,6 +7,10 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `train.log`: the trainer's stderr and the supervisor's notes, tailed by the TUI;
 - `supervisor.log`: the detached supervisor's own output (launch.py);
 - `stop_request.json`: a requested stop, written before any signal (runner/control.py);
+- `tokenizer.json`: the BPE tokenizer of a run on prepared token data, copied from the
+  data folder when training starts (moedesk/data/tokenizer.py);
+- `init_from.json`: the checkpoint `moedesk run --init-from` starts the weights from
+  (moedesk/train/init_from.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar, and `best.json`, the
   `[checkpoint] keep_best` mark (runner/checkpoints.py).
 """
@@ -23,6 +27,8 @@ SUPERVISOR_LOG = "supervisor.log"
 STOP_REQUEST_FILE = "stop_request.json"
 CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT_FILE = "best.json"
+TOKENIZER_FILE = "tokenizer.json"
+INIT_FROM_FILE = "init_from.json"
 
 
 def data_home(home: str | Path | None = None) -> Path:
@@ -56,6 +62,14 @@ def supervisor_log(run_dir: str | Path) -> Path:
 
 def stop_request_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / STOP_REQUEST_FILE
+
+
+def tokenizer_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TOKENIZER_FILE
+
+
+def init_from_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / INIT_FROM_FILE
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -250,3 +250,25 @@ def byte_level_tokenizer_json() -> str:
 
 def load_tokenizer(path: str | Path) -> BPETokenizer:
     return BPETokenizer(path)
+
+
+def install_in_run(tokenizer: Tokenizer | None, run_dir: str | Path) -> None:
+    """Copy a BPE tokenizer into the run folder (`paths.tokenizer_file`), so sampling,
+    routing views and export decode with it whatever happens to the data folder. A copy
+    already there must be the same file (a resumed run whose data was re-prepared with
+    another tokenizer would read its ids wrongly)."""
+    if not isinstance(tokenizer, BPETokenizer):
+        return
+    from moedesk.paths import tokenizer_file
+
+    target = tokenizer_file(run_dir)
+    if target.is_file():
+        if hashlib.sha256(target.read_bytes()).hexdigest() != tokenizer.sha256:
+            raise TokenizerError(f"the run's tokenizer {target} differs from the data's "
+                                 f"{tokenizer.path}: the data was prepared again with another "
+                                 "vocabulary; start a new run (or --init-from this one)")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(tokenizer.json_text, encoding="utf-8")
+    tmp.replace(target)

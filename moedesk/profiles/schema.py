@@ -84,6 +84,11 @@ class MoESection:
                          choices=("sorted", "eager"))
     dead_window: int = knob(20, "Logged steps an expert must get zero tokens to count as dead.",
                             min=1, max=100000)
+    upcycle_noise: float = knob(0.0, "`moedesk run --init-from` a dense run: Gaussian noise added "
+                                     "to each expert's copy of the dense FFN, in units of each "
+                                     "tensor's own std (breaks the experts' symmetry); 0 = exact "
+                                     "copies (the upcycled model then equals the dense one).",
+                                min=0.0, max=1.0)
 
 
 @dataclass
@@ -225,10 +230,18 @@ class TrainSection:
 @dataclass
 class DataSection:
     source: str = knob("grammar", "grammar = built-in labelled synthetic corpus; text = a text "
-                                  "file; tokens = a .npy/.bin token array; trits = the seeds' "
+                                  "file; tokens = a prepared token folder or a .npy/.bin token "
+                                  "array (docs/data.md); trits = the seeds' "
                                   "binary trit-sample file (ternary only).",
                        choices=("grammar", "text", "tokens", "trits"))
-    path: str = knob("", "File for source text/tokens/trits, relative to the profile's folder.")
+    path: str = knob("", "File for source text/trits, or for tokens a prepared folder "
+                         "(`moedesk data prepare`) or a .npy/.bin token array; relative to the "
+                         "profile's folder.")
+    val_path: str = knob("", "Held-out data replacing the tail split: a text file (encoded like "
+                             "the training data), a token file (.npy/.bin), a prepared folder "
+                             "(its val.bin), or a trit file for a trits source; relative to the "
+                             "profile's folder. \"\" = a prepared folder's val.bin, else the "
+                             "last val_fraction.")
     seq_len: int = knob(64, "Tokens per training sequence.", min=2, max=131072)
     val_fraction: float = knob(0.1, "Share of the data held out for evaluation.", min=0.0, max=0.5,
                                min_exclusive=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from moedesk.data.tokenizer import TokenizerError, install_in_run
 from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
 from moedesk.stats import names
@@ -37,13 +38,13 @@ from moedesk.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from moedesk.train.data import DataError, LMData
+from moedesk.train.data import DataError, LMData, data_tokenizer
 from moedesk.train.emit import Emitter
 from moedesk.train.generate import TrainingSampler
 from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
-from moedesk.train.sampling import BYTE_SOURCES, SampleError
+from moedesk.train.sampling import SampleError
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
@@ -120,10 +121,13 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         model = build_model(profile).to(device)
         # 2. the data stream has its own generator, so model changes never shift batches
         data = LMData(profile.data, profile.seed, tc.batch_size, profile.model.vocab_size, device)
+        # the tokenizer travels with the run (sampling, routing views, export read it)
+        tokenizer = data_tokenizer(profile.data, profile.model.vocab_size)
+        install_in_run(tokenizer, run_dir)
         sampler = None
-        if tc.sample_every > 0 and profile.data.source in BYTE_SOURCES:  # others: no tokenizer
-            sampler = TrainingSampler(model, profile, data.splits["val"], device)
-    except (DataError, SampleError) as exc:
+        if tc.sample_every > 0 and tokenizer is not None:  # a bare token array has none
+            sampler = TrainingSampler(model, profile, data.splits["val"], device, tokenizer)
+    except (DataError, SampleError, TokenizerError) as exc:
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
@@ -177,7 +181,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                  "config": profile_to_dict(profile), "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "data": data.state_dict(),
                  "rng": rng_states(device), "telemetry": telemetry.state_dict(),
-                 "best": best.state_dict() if best is not None else None}
+                 "best": best.state_dict() if best is not None else None,
+                 "tokenizer": tokenizer.describe() if tokenizer is not None else None}
         info = save_checkpoint(state, run_dir, at_step, keep=profile.checkpoint.keep, best=best)
         emitter.emit("checkpoint", step=at_step, path=str(info.path), size=info.size,
                      sha256=info.sha256, **(best_fields(best, at_step) if best else {}))
