@@ -50,10 +50,15 @@ def run(
                           "(default: the profile's health.stop_on).")] = None,
     from_: Annotated[str | None, typer.Option(
         "--from", help="Fork from another run's checkpoint: RUN, RUN@STEP or RUN@best.")] = None,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", help="Start the weights (only) from a run's checkpoint: RUN, RUN@STEP "
+                            "or RUN@best; dense -> topk upcycles.")] = None,
     stop_at: Annotated[int | None, typer.Option("--stop-at", hidden=True, min=1)] = None,
     home: HomeOpt = None,
 ) -> None:
     """Train a profile in a detached subprocess and follow it with a progress bar."""
+    if from_ and init_from:
+        fail("give one of --from (continue a run's whole state) and --init-from (its weights)")
     if stop_on is not None and stop_on not in ("warning", "critical", "never"):
         fail(f"--stop-on: got {stop_on!r}; allowed values: 'warning', 'critical', 'never'")
     try:
@@ -62,7 +67,12 @@ def run(
         fail(exc.lines)
     home = home_of(home)
     try:
-        if from_:
+        if init_from:
+            from moedesk.cli.init_from import start_from_weights
+
+            started = start_from_weights(loaded, home, init_from, name=name, stop_on=stop_on,
+                                         stop_at=stop_at)
+        elif from_:
             started = launch.fork_run(loaded, home, from_, name=name, stop_on=stop_on,
                                       stop_at=stop_at)
         else:

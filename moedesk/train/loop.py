@@ -41,6 +41,7 @@ from moedesk.train.checkpoint import (
 from moedesk.train.data import DataError, LMData, data_tokenizer
 from moedesk.train.emit import Emitter
 from moedesk.train.generate import TrainingSampler
+from moedesk.train.init_from import InitError, apply_init_request
 from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
@@ -119,6 +120,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         device = resolve_device(tc.device)
         seed_everything(profile.seed)
         model = build_model(profile).to(device)
+        # 1b. --init-from: another run's weights only (init_from.py; a resume has its own)
+        init_note = apply_init_request(model, profile, run_dir) if resume is None else None
         # 2. the data stream has its own generator, so model changes never shift batches
         data = LMData(profile.data, profile.seed, tc.batch_size, profile.model.vocab_size, device)
         # the tokenizer travels with the run (sampling, routing views, export read it)
@@ -127,7 +130,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         sampler = None
         if tc.sample_every > 0 and tokenizer is not None:  # a bare token array has none
             sampler = TrainingSampler(model, profile, data.splits["val"], device, tokenizer)
-    except (DataError, SampleError, TokenizerError) as exc:
+    except (DataError, SampleError, TokenizerError, InitError) as exc:
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
@@ -175,6 +178,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                  resumed_from=step if resume is not None else None)
     emitter.log(f"{profile.kind} run {profile.name}: {model.num_params():,} parameters on "
                 f"{device}, steps {step + 1}..{last_step} of {tc.steps}")
+    if init_note:
+        emitter.log(init_note)
 
     def save(at_step: int) -> None:
         state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
