@@ -87,6 +87,8 @@ def split_tail(docs: list[str], val_fraction: float) -> tuple[list[str], list[st
     for i, doc in enumerate(docs):
         if seen + len(doc) > cut:
             at = doc.find("\n", cut - seen)
+            if at < 0 or at + 1 >= len(doc):  # the cut is in the last line: the line before
+                at = doc.rfind("\n", 0, cut - seen)
             at = len(doc) if at < 0 else at + 1
             head, tail = doc[:at], doc[at:]
             train = docs[:i] + ([head] if head.strip() else [])
