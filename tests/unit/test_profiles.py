@@ -36,11 +36,27 @@ def problems(tmp_path: Path, text: str, overrides: dict | None = None) -> list[s
     return lines
 
 
-def test_shipped_profiles_validate():
+# shipped profiles on prepared data (docs/data.md): the folder they name is made by a
+# documented `moedesk data prepare` command, not shipped
+PREPARED = {"pydoc_top2.toml": ("pydoc", 2048)}
+
+
+def test_shipped_profiles_validate(tmp_path):
+    from moedesk.data.prepare import prepare
+
     files = sorted((REPO / "profiles").glob("*.toml"))
     assert files, "profiles/ ships profiles"
     for path in files:
-        profile = load_profile(path)
+        overrides = {}
+        if path.name in PREPARED:
+            builtin, vocab = PREPARED[path.name]
+            prepare([], tmp_path / builtin, vocab, builtin=builtin)
+            overrides = {"data.path": str(tmp_path / builtin)}
+            # the command to make the folder is in the profile and in the error without it
+            assert f"--builtin {builtin} --vocab-size {vocab}" in path.read_text()
+            with pytest.raises(ProfileError, match="moedesk data prepare"):
+                load_profile(path, {"data.path": str(tmp_path / "missing")})
+        profile = load_profile(path, overrides)
         assert profile.path == str(path)
 
 
