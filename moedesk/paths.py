@@ -12,6 +12,10 @@ place that spells a file name inside a run's folder (`RUN_DIR = HOME/RUN_ID`):
 - `spool.jsonl`: batches the supervisor could not commit, replayed later (store/spool.py);
 - `events.jsonl`: an external run's protocol events, appended by the training process
   (moedesk/track/) and tailed by its supervisor (runner/external.py);
+- `tokenizer.json`: the BPE tokenizer of a run on prepared token data, copied from the
+  data folder when training starts (moedesk/data/tokenizer.py);
+- `init_from.json`: the checkpoint `moedesk run --init-from` starts the weights from
+  (moedesk/train/init_from.py);
 - `checkpoints/`: `step_XXXXXXXX.pt` and its `.json` sidecar, and `best.json`, the
   `[checkpoint] keep_best` mark (runner/checkpoints.py).
 
@@ -38,6 +42,8 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_CHECKPOINT_FILE = "best.json"
 NODES_DIR = "nodes"
 NODE_EXIT_FILE = "exit.json"
+TOKENIZER_FILE = "tokenizer.json"
+INIT_FROM_FILE = "init_from.json"
 
 
 def data_home(home: str | Path | None = None) -> Path:
@@ -87,6 +93,14 @@ def spool_file(run_dir: str | Path) -> Path:
 
 def events_file(run_dir: str | Path) -> Path:
     return Path(run_dir) / EVENTS_FILE
+
+
+def tokenizer_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TOKENIZER_FILE
+
+
+def init_from_file(run_dir: str | Path) -> Path:
+    return Path(run_dir) / INIT_FROM_FILE
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -22,6 +22,33 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
+# shipped profiles on prepared data (docs/data.md): the folder they name is made by a
+# documented `moedesk data prepare` command, not shipped
+PREPARED = {"pydoc_top2.toml": ("pydoc", 2048)}
+
+
+@pytest.fixture(scope="session")
+def shipped_overrides(tmp_path_factory):
+    """overrides(path): the `--set` values a shipped profile needs on this machine: for a
+    profile on prepared data, a folder prepared once per session (about 3 s); else none."""
+    made: dict[str, dict] = {}
+
+    def overrides(path) -> dict:
+        name = Path(path).name
+        if name not in PREPARED:
+            return {}
+        if name not in made:
+            from moedesk.data.prepare import prepare
+
+            builtin, vocab = PREPARED[name]
+            folder = tmp_path_factory.mktemp("prepared") / builtin
+            prepare([], folder, vocab, builtin=builtin)
+            made[name] = {"data.path": str(folder)}
+        return made[name]
+
+    return overrides
+
+
 def moedesk(*args: str, home: Path | None = None, timeout: float = 300,
             check: bool = False) -> subprocess.CompletedProcess:
     """Run the real `moedesk` CLI in a subprocess (the installed console script's module)."""

@@ -23,6 +23,8 @@ from moedesk.cli import compare  # noqa: F401
 from moedesk.cli import analysis  # noqa: F401
 from moedesk.cli import sample  # noqa: F401
 from moedesk.cli import watch  # noqa: F401
+from moedesk.cli import data  # noqa: F401
+from moedesk.cli import export  # noqa: F401
 # isort: on
 
 

@@ -69,6 +69,9 @@ def run(
     from_: Annotated[str | None, typer.Option(
         "--from", metavar="RUN[@STEP|@best]",
         help="Fork from another run's checkpoint: RUN, RUN@STEP or RUN@best.")] = None,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", help="Start the weights (only) from a run's checkpoint: RUN, RUN@STEP "
+                            "or RUN@best; dense -> topk upcycles.")] = None,
     stop_at: Annotated[int | None, typer.Option("--stop-at", hidden=True, min=1)] = None,
     every: EveryOpt = None,
     nproc_per_node: Annotated[int | None, typer.Option(
@@ -90,6 +93,8 @@ def run(
     Ctrl-C stops the run gracefully (it checkpoints); a second Ctrl-C kills it. When
     stdout is not a terminal a plain progress line is printed every 10 s instead.
     """
+    if from_ and init_from:
+        fail("give one of --from (continue a run's whole state) and --init-from (its weights)")
     if stop_on is not None and stop_on not in ("warning", "critical", "never"):
         fail(f"--stop-on: got {stop_on!r}; allowed values: 'warning', 'critical', 'never'")
     overrides = parse_overrides(set_ or [])
@@ -110,7 +115,12 @@ def run(
                  "node " + str(node_rank) + " only runs its ranks")
         raise typer.Exit(_run_node(loaded, home, node_rank, detach))
     try:
-        if from_:
+        if init_from:
+            from moedesk.cli.init_from import start_from_weights
+
+            started = start_from_weights(loaded, home, init_from, name=name, stop_on=stop_on,
+                                         stop_at=stop_at)
+        elif from_:
             started = launch.fork_run(loaded, home, from_, name=name, stop_on=stop_on,
                                       stop_at=stop_at)
         else:

@@ -26,7 +26,7 @@ from moedesk.profiles.schema import LM_KINDS
 from moedesk.runner.launch import RunError, checkpoint_of
 from moedesk.store import StoreError
 from moedesk.train.sampling import (
-    SampleError,
+    SAMPLE_ERRORS,
     SampleSettings,
     display_piece,
     random_seed,
@@ -56,8 +56,8 @@ def _load(home: Path | None, ref: str, routing: bool, device: str, threads: int)
     except (RunError, StoreError) as exc:
         fail(str(exc))
     try:
-        tokenizer_for(info.config)
-    except SampleError as exc:
+        tokenizer_for(info.config, info.row["run_dir"])
+    except SAMPLE_ERRORS as exc:
         fail(f"run {info.id}: {str(exc)}")
     import torch
 
@@ -68,7 +68,7 @@ def _load(home: Path | None, ref: str, routing: bool, device: str, threads: int)
         torch.set_num_threads(threads)
     try:
         return info, ckpt, load_sampler(ckpt.path, device)
-    except SampleError as exc:
+    except SAMPLE_ERRORS as exc:
         fail(str(exc))
 
 
@@ -202,10 +202,10 @@ def sample(
         if data is None:
             from moedesk.train.generate import default_prompts
 
-            data = default_prompts(sampler.profile)[0]
+            data = default_prompts(sampler.profile, tokenizer=sampler.tokenizer)[0]
         ids = sampler.tokenizer.encode(data)
         sampler.check_prompt(ids)
-    except SampleError as exc:
+    except SAMPLE_ERRORS as exc:
         fail(str(exc))
     colour = _use_colour()
     # a terminal gets no raw control characters (a model may write an escape sequence)
@@ -272,7 +272,7 @@ def route(
     try:
         ids = sampler.tokenizer.encode(data, "the text")
         tokens = list(sampler.stream(ids, DEFAULTS, routing=True, generate=False))
-    except SampleError as exc:
+    except SAMPLE_ERRORS as exc:
         fail(str(exc))
     if as_json:
         print_json(_report(info, ckpt, sampler, tokens, layers,

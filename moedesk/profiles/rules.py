@@ -12,6 +12,7 @@ import math
 import re
 from pathlib import Path
 
+from moedesk.data.manifest import ManifestError, dataset_files
 from moedesk.health.thresholds import RULES
 from moedesk.profiles.errors import Problem
 from moedesk.profiles.schema import KEEP_BEST, Profile
@@ -226,6 +227,8 @@ def resolve_paths(p: Profile) -> None:
     ternary.curriculum_scores), so a run reads the same files from any folder."""
     if p.data.path:
         p.data.path = str(resolve_data_path(p))
+    if p.data.val_path:
+        p.data.val_path = str(_resolve(p, p.data.val_path))
     for entry in p.data.sources:
         if entry.get("path"):
             entry["path"] = str(_resolve(p, entry["path"]))
@@ -299,34 +302,97 @@ def _common_problems(p: Profile) -> list[Problem]:
     if p.data.source in ("text", "tokens", "trits"):
         if not p.data.path:
             out.append(Problem("data.path", f"missing; data.source = {p.data.source!r} needs a file"))
+        elif p.data.source == "tokens":
+            out += _token_data_problems(p)
         else:
             path = resolve_data_path(p)
             if not path.is_file():
                 out.append(Problem("data.path", f"got {p.data.path!r}; no such file ({path})"))
+    if p.data.val_path:
+        out += _val_path_problems(p)
     return out
+
+
+def _token_data_problems(p: Profile) -> list[Problem]:
+    """data.path of a tokens source: a prepared folder whose vocabulary is the model's, or
+    a token array file."""
+    path = resolve_data_path(p)
+    if not path.exists():
+        return [Problem("data.path", f"got {p.data.path!r}; no such file or folder ({path}); "
+                                     f"prepare it with `moedesk data prepare TEXT... --out "
+                                     f"{p.data.path}` (or --builtin pydoc)")]
+    try:
+        files = dataset_files(path)
+    except ManifestError as exc:
+        return [Problem("data.path", f"got {p.data.path!r}; {exc}")]
+    if files.vocab_size is not None and p.kind != "ternary" \
+            and files.vocab_size != p.model.vocab_size:
+        return [Problem("model.vocab_size", f"got {p.model.vocab_size}; the prepared data in "
+                                            f"{path if path.is_dir() else path.parent} has a "
+                                            f"vocabulary of {files.vocab_size} (manifest.json): "
+                                            f"set model.vocab_size = {files.vocab_size}")]
+    return []
+
+
+def _val_path_problems(p: Profile) -> list[Problem]:
+    path = _resolve(p, p.data.val_path)
+    if not path.exists():
+        return [Problem("data.val_path", f"got {p.data.val_path!r}; no such file or folder "
+                                         f"({path})")]
+    if p.kind == "ternary" or p.data.source == "trits":
+        if not path.is_file():
+            return [Problem("data.val_path", f"got {p.data.val_path!r}; ternary runs read a "
+                                             "text or trit file, not a folder")]
+        if p.data.sources:
+            return [Problem("data.val_path", "a [[data.sources]] mix holds out the tail of each "
+                                             "source; val_path needs a single data.source")]
+        return []
+    try:
+        files = dataset_files(path, text_ok=True)
+    except ManifestError as exc:
+        return [Problem("data.val_path", f"got {p.data.val_path!r}; {exc}")]
+    if files.vocab_size is not None and files.vocab_size != p.model.vocab_size:
+        return [Problem("data.val_path", f"got {p.data.val_path!r}; its vocabulary has "
+                                         f"{files.vocab_size} tokens, model.vocab_size is "
+                                         f"{p.model.vocab_size}")]
+    if files.kind == "text" and p.data.source == "tokens" and not _has_tokenizer(p):
+        return [Problem("data.val_path", f"got {p.data.val_path!r}, a text file; data.path "
+                                         "is a bare token array with no tokenizer to encode "
+                                         "it (give a token file, or prepare the data with "
+                                         "`moedesk data prepare`)")]
+    return []
+
+
+def _has_tokenizer(p: Profile) -> bool:
+    try:
+        return dataset_files(resolve_data_path(p)).tokenizer is not None
+    except ManifestError:
+        return False
 
 
 def _sample_problems(p: Profile) -> list[Problem]:
     """The trainer's sample prompts must be text the model can take (LM kinds)."""
     out = []
     prompts = p.train.sample_prompts
+    byte_level = p.data.source != "tokens"
     for i, prompt in enumerate(prompts):
         data = prompt.encode("utf-8")
         if not data:
             out.append(Problem(f"train.sample_prompts[{i}]", "is empty; give at least one "
                                                               "character"))
-        elif max(data) >= p.model.vocab_size:
+        elif byte_level and max(data) >= p.model.vocab_size:
             out.append(Problem(f"train.sample_prompts[{i}]",
                                f"got {prompt!r}; its bytes must be below model.vocab_size "
                                f"({p.model.vocab_size})"))
-        elif len(data) > p.model.max_seq_len:
+        elif byte_level and len(data) > p.model.max_seq_len:
             out.append(Problem(f"train.sample_prompts[{i}]",
                                f"is {len(data)} tokens; must fit model.max_seq_len "
                                f"({p.model.max_seq_len})"))
-    if prompts and p.data.source == "tokens":
-        out.append(Problem("train.sample_prompts", "data.source = 'tokens' has no tokenizer, so "
-                                                   "text prompts cannot be encoded; leave it "
-                                                   "empty"))
+    if prompts and p.data.source == "tokens" and not _has_tokenizer(p):
+        out.append(Problem("train.sample_prompts", "data.path is a token array with no "
+                                                   "tokenizer, so text prompts cannot be "
+                                                   "encoded; leave it empty (or prepare the "
+                                                   "data with `moedesk data prepare`)"))
     return out
 
 

@@ -89,6 +89,11 @@ class MoESection:
                                    "num_experts and the world size (train.nproc_per_node x "
                                    "train.nnodes); 1 = every rank holds every expert.",
                                 min=1, max=1024)
+    upcycle_noise: float = knob(0.0, "`moedesk run --init-from` a dense run: Gaussian noise added "
+                                     "to each expert's copy of the dense FFN, in units of each "
+                                     "tensor's own std (breaks the experts' symmetry); 0 = exact "
+                                     "copies (the upcycled model then equals the dense one).",
+                                min=0.0, max=1.0)
 
 
 @dataclass
@@ -244,10 +249,18 @@ class TrainSection:
 @dataclass
 class DataSection:
     source: str = knob("grammar", "grammar = built-in labelled synthetic corpus; text = a text "
-                                  "file; tokens = a .npy/.bin token array; trits = the seeds' "
+                                  "file; tokens = a prepared token folder or a .npy/.bin token "
+                                  "array (docs/data.md); trits = the seeds' "
                                   "binary trit-sample file (ternary only).",
                        choices=("grammar", "text", "tokens", "trits"))
-    path: str = knob("", "File for source text/tokens/trits, relative to the profile's folder.")
+    path: str = knob("", "File for source text/trits, or for tokens a prepared folder "
+                         "(`moedesk data prepare`) or a .npy/.bin token array; relative to the "
+                         "profile's folder.")
+    val_path: str = knob("", "Held-out data replacing the tail split: a text file (encoded like "
+                             "the training data), a token file (.npy/.bin), a prepared folder "
+                             "(its val.bin), or a trit file for a trits source; relative to the "
+                             "profile's folder. \"\" = a prepared folder's val.bin, else the "
+                             "last val_fraction.")
     seq_len: int = knob(64, "Tokens per training sequence.", min=2, max=131072)
     val_fraction: float = knob(0.1, "Share of the data held out for evaluation.", min=0.0, max=0.5,
                                min_exclusive=True)

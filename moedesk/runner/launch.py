@@ -100,19 +100,28 @@ def _writer(home: Path):
 
 def start_run(profile: Profile, home: Path, *, name: str | None = None,
               stop_on: str | None = None, stop_at: int | None = None,
-              parent: tuple[int, int, str] | None = None) -> Launched:
+              parent: tuple[int, int, str] | None = None,
+              init_from: tuple[RunInfo, CheckpointInfo] | None = None) -> Launched:
     """Create a queued run for a validated profile and start its supervisor.
 
-    `parent` = (run_id, step, checkpoint path) forks from another run's checkpoint.
+    `parent` = (run_id, step, checkpoint path) forks from another run's checkpoint;
+    `init_from` = (run, checkpoint) takes only its weights (runner/init_from.py).
     """
+    if init_from is not None:
+        parent_ids = (init_from[0].id, init_from[1].step)
+    else:
+        parent_ids = (parent[0], parent[1]) if parent else (None, None)
     db = _writer(home)
     try:
         run_id, final_name = store_runs.create_run(
             db.conn, config=profile_to_dict(profile), profile_path=profile.path, home=home,
-            name=name, parent_id=parent[0] if parent else None,
-            parent_step=parent[1] if parent else None, stop_on=stop_on)
+            name=name, parent_id=parent_ids[0], parent_step=parent_ids[1], stop_on=stop_on)
     finally:
         db.close()
+    if init_from is not None:  # before the supervisor exists, so the trainer finds it
+        from moedesk.runner.init_from import write_init_request
+
+        write_init_request(run_dir(home, run_id), *init_from)
     try:
         pid = spawn_supervisor(home, run_id, resume=parent[2] if parent else None,
                                stop_at=stop_at)

@@ -41,9 +41,10 @@ from moedesk.profiles.schema import LM_KINDS
 from moedesk.train.checkpoint import CheckpointError, load_checkpoint
 from moedesk.train.moe import MoEFFN
 from moedesk.train.sampling import (
-    ByteTokenizer,
+    SAMPLE_ERRORS,
     SampleError,
     SampleSettings,
+    Tokenizer,
     sentence_start,
     tokenizer_for,
 )
@@ -159,7 +160,7 @@ class Token:
 class Sampler:
     """An LM in eval mode with its tokenizer, continuing prompts on `device`."""
 
-    def __init__(self, model: nn.Module, tokenizer: ByteTokenizer, device: torch.device,
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, device: torch.device,
                  profile: Profile | None = None, step: int | None = None):
         self.model, self.tokenizer, self.device = model, tokenizer, torch.device(device)
         self.profile, self.step = profile, step
@@ -268,7 +269,15 @@ def load_sampler(path: Path, device: str = "auto") -> Sampler:
     from moedesk.train.loop import build_model  # the loop imports this module
 
     profile = profile_from_dict(state["config"])
-    tokenizer = tokenizer_for(state["config"])
+    # checkpoints live in RUN_DIR/checkpoints/: the run folder holds the tokenizer copy
+    try:
+        tokenizer = tokenizer_for(state["config"], Path(path).resolve().parent.parent)
+    except SAMPLE_ERRORS as exc:
+        raise SampleError(str(exc)) from None
+    named = (state.get("tokenizer") or {}).get("sha256")
+    if named and getattr(tokenizer, "sha256", named) != named:
+        raise SampleError(f"checkpoint {path} was trained with tokenizer sha256 {named[:12]}..., "
+                          f"but {getattr(tokenizer, 'path', 'the run')} is another one")
     model = build_model(profile)
     try:
         model.load_state_dict(state["model"])
@@ -284,8 +293,10 @@ def sample_seed(run_seed: int, step: int, index: int) -> int:
     return (run_seed * 1_000_003 + step * 1_009 + index) % 2**63
 
 
-def default_prompts(profile: Profile, val_tokens: Tensor | None = None) -> list[bytes]:
-    """`[train] sample_prompts`, or the first words of a line of the validation text."""
+def default_prompts(profile: Profile, val_tokens: Tensor | None = None,
+                    tokenizer: Tokenizer | None = None) -> list[bytes]:
+    """`[train] sample_prompts`, or the first words of a line of the validation text
+    (decoded with `tokenizer`; bytes when none is given)."""
     if profile.train.sample_prompts:
         return [p.encode("utf-8") for p in profile.train.sample_prompts]
     if val_tokens is None:
@@ -296,20 +307,22 @@ def default_prompts(profile: Profile, val_tokens: Tensor | None = None) -> list[
                                 ).splits["val"]
         except DataError as exc:
             raise SampleError(f"no default prompt ({exc}); give one with --prompt") from None
-    return [sentence_start(bytes(val_tokens[:4096].clamp(0, 255).to(torch.uint8).tolist()))]
+    head = val_tokens[:4096].tolist()
+    text = tokenizer.decode_bytes(head) if tokenizer is not None else \
+        bytes(min(max(t, 0), 255) for t in head)
+    # a cut inside a multi-byte character would not encode: keep whole characters
+    return [sentence_start(text).decode("utf-8", "ignore").encode("utf-8")]
 
 
 class TrainingSampler:
     """The trainer's `[train] sample_every` continuations of `sample_prompts`."""
 
     def __init__(self, model: nn.Module, profile: Profile, val_tokens: Tensor,
-                 device: torch.device):
+                 device: torch.device, tokenizer: Tokenizer):
         tc = profile.train
         self.profile, self.every = profile, tc.sample_every
-        tokenizer = tokenizer_for({"data": {"source": profile.data.source},
-                                   "model": {"vocab_size": profile.model.vocab_size}})
         self.sampler = Sampler(model, tokenizer, device)
-        prompts = default_prompts(profile, val_tokens)
+        prompts = default_prompts(profile, val_tokens, tokenizer)
         # a default prompt longer than a short context keeps its end
         self.prompts = [(p.decode("utf-8", "replace"),
                          tokenizer.encode(p, "a sample prompt")[-self.sampler.context:])

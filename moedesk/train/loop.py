@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from moedesk.data.tokenizer import TokenizerError, install_in_run
 from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
 from moedesk.stats import names
@@ -46,14 +47,15 @@ from moedesk.train.analysis import (
     expert_statistics,
 )
 from moedesk.train.checkpoint import BestTracker, CheckpointError, save_checkpoint
-from moedesk.train.data import DataError, LMData
+from moedesk.train.data import DataError, LMData, data_tokenizer
 from moedesk.train.distributed import DistContext
 from moedesk.train.emit import Emitter
 from moedesk.train.generate import TrainingSampler
+from moedesk.train.init_from import InitError, apply_init_request
 from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
-from moedesk.train.sampling import BYTE_SOURCES, SampleError
+from moedesk.train.sampling import SampleError
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
@@ -132,17 +134,24 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         device = dist.device or resolve_device(tc.device)
         seed_everything(profile.seed)
         model = build_model(profile).to(device)
+        # 1b. --init-from: another run's weights only (init_from.py; a resume has its own),
+        # into the whole model before the ranks keep their experts
+        init_note = apply_init_request(model, profile, run_dir) if resume is None else None
         sizes = {"total": model.num_params(), "active": model.num_active_params()}
         dist.shard(model, profile.moe.expert_parallel)  # keep this rank's experts
         dist.reseed(profile.seed)
         # 2. the data stream has its own generator, so model changes never shift batches
         data = LMData(profile.data, profile.seed, tc.batch_size, profile.model.vocab_size, device,
                       rank=dist.rank, world=dist.world)
+        # the tokenizer travels with the run (sampling, routing views, export read it)
+        tokenizer = data_tokenizer(profile.data, profile.model.vocab_size)
+        if dist.is_main:
+            install_in_run(tokenizer, run_dir)
         sampler = None
-        # samples need the whole model in one process (no tokenizer for token-id sources)
-        if tc.sample_every > 0 and profile.data.source in BYTE_SOURCES and not dist.enabled:
-            sampler = TrainingSampler(model, profile, data.splits["val"], device)
-    except (DataError, SampleError) as exc:
+        # samples need the whole model in one process; a bare token array has no tokenizer
+        if tc.sample_every > 0 and tokenizer is not None and not dist.enabled:
+            sampler = TrainingSampler(model, profile, data.splits["val"], device, tokenizer)
+    except (DataError, SampleError, TokenizerError, InitError) as exc:
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
@@ -205,6 +214,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         f"{where}, steps {step + 1}..{last_step} of {tc.steps}")
     if dist.enabled:
         emitter.log(dist.describe())
+    if init_note:
+        say(init_note)
 
     def save(at_step: int) -> None:
         local = {"rng": rng_states(device), "telemetry": telemetry.state_dict()}
@@ -214,6 +225,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
                      "config": profile_to_dict(profile), "data": data.state_dict(),
                      "best": best.state_dict() if best is not None else None,
+                     "tokenizer": tokenizer.describe() if tokenizer is not None else None,
                      **local, **parts}
             try:
                 info = save_checkpoint(state, run_dir, at_step, best=best)

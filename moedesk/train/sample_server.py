@@ -76,7 +76,13 @@ class Server:
 
     def generate(self, request: dict, requests: queue.Queue) -> dict | None:
         """Serve one request; returns what arrived meanwhile and stopped it (None if none)."""
-        from moedesk.train.sampling import SampleError, SampleSettings, terminal_safe, top_expert
+        from moedesk.train.sampling import (
+            SAMPLE_ERRORS,
+            SampleError,
+            SampleSettings,
+            terminal_safe,
+            top_expert,
+        )
 
         rid = request.get("id")
         try:
@@ -106,7 +112,7 @@ class Server:
                              "seconds": round(time.perf_counter() - start, 4),
                              "settings": settings.to_dict(), "cancelled": pending is not None})
             return pending
-        except (SampleError, OSError, KeyError, TypeError, ValueError) as exc:
+        except (*SAMPLE_ERRORS, OSError, KeyError, TypeError, ValueError) as exc:
             _emit(self.out, {"type": "error", "id": rid, "message": str(exc)})
             return None
 

@@ -1,4 +1,4 @@
-"""What sampling needs without torch: the settings, the byte tokenizer, the default prompt.
+"""What sampling needs without torch: the settings, the run's tokenizer, the default prompt.
 
 The CLI (`moedesk sample`, `moedesk route`), the TUI's sample view and the trainer's
 samples all read these; the torch side (KV cache, the decoding loop, routing capture)
@@ -6,12 +6,12 @@ is `generate.py`.
 
 - `SampleSettings`: max_new_tokens, temperature (0 = greedy), top_k (0 = off), top_p
   (1 = off) and seed, with their defaults and allowed ranges in one place.
-- `ByteTokenizer`: the tokenizer of the byte-level sources (`data.source` grammar and
-  text): one token per UTF-8 byte, so any text can be encoded as long as every byte is
-  below `model.vocab_size`. Decoding is incremental (`StreamDecoder`): a character that
-  spans several bytes appears with its last byte, never as mojibake in between.
-  Token-array data (`data.source = "tokens"`) comes with no tokenizer, so text cannot be
-  encoded for it (`tokenizer_for` says so).
+- `tokenizer_for`: a run's tokenizer (`moedesk.data.tokenizer`, re-exported here): one
+  token per byte for the byte-level sources (`data.source` grammar and text), the BPE of
+  a prepared token folder for `tokens` (the copy in the run folder first). Decoding is
+  incremental (`StreamDecoder`): a character spread over tokens appears with its last
+  one, never as mojibake in between. A bare token array comes with no tokenizer, so text
+  cannot be encoded for it (`tokenizer_for` says so).
 - `sentence_start`: the default prompt of the trainer's samples, the first words of a
   line of the validation text.
 - `top_expert`: a token's top expert in a layer (the highest gate weight);
@@ -22,13 +22,23 @@ Pure Python.
 
 from __future__ import annotations
 
-import codecs
 import math
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from moedesk.data.manifest import ManifestError, dataset_files
+from moedesk.data.tokenizer import (  # noqa: F401 - re-exported for the sampling callers
+    REPLACEMENT,
+    BPETokenizer,
+    ByteTokenizer,
+    StreamDecoder,
+    Tokenizer,
+    TokenizerError,
+)
+from moedesk.paths import tokenizer_file
 
 BYTE_SOURCES = ("grammar", "text")
-REPLACEMENT = "\ufffd"
 VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 SENTENCE_START_WORDS = 3
 SENTENCE_START_MAX_BYTES = 32
@@ -38,8 +48,8 @@ class SampleError(Exception):
     """A sampling request that cannot be served; the message says what to change."""
 
 
-class TokenizerError(SampleError):
-    """Text this run's tokenizer cannot take (or a run without a tokenizer)."""
+# what a sampling request can fail with: its settings, or text its tokenizer cannot take
+SAMPLE_ERRORS = (SampleError, TokenizerError)
 
 
 @dataclass(frozen=True)
@@ -76,63 +86,26 @@ def random_seed() -> int:
     return random.SystemRandom().randrange(2**31)
 
 
-class StreamDecoder:
-    """Token ids -> text as it becomes complete (UTF-8 across byte tokens)."""
-
-    def __init__(self):
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, token: int) -> str:
-        if not 0 <= token < 256:  # an id past the byte range (a vocabulary > 256)
-            return self._utf8.decode(b"", final=True) + REPLACEMENT
-        return self._utf8.decode(bytes([token]))
-
-    def flush(self) -> str:
-        return self._utf8.decode(b"", final=True)
-
-
-class ByteTokenizer:
-    """One token per byte of UTF-8 text; ids must be below `vocab_size`."""
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str | bytes, what: str = "the prompt") -> list[int]:
-        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        for offset, byte in enumerate(data):
-            if byte >= self.vocab_size:
-                char = _char_at(data, offset)
-                raise TokenizerError(
-                    f"{what} has byte 0x{byte:02x} ({char!r}) at byte {offset}, outside this "
-                    f"model's vocabulary (model.vocab_size = {self.vocab_size}: bytes 0x00 to "
-                    f"0x{self.vocab_size - 1:02x}); use text the run was trained on")
-        return list(data)
-
-    def decode(self, ids: list[int]) -> str:
-        decoder = StreamDecoder()
-        return "".join(decoder.feed(t) for t in ids) + decoder.flush()
-
-    def stream(self) -> StreamDecoder:
-        return StreamDecoder()
-
-
-def _char_at(data: bytes, offset: int) -> str:
-    """The character the byte at `offset` belongs to (for messages)."""
-    start = offset
-    while start > 0 and offset - start < 3 and data[start] & 0xC0 == 0x80:
-        start -= 1
-    return data[start:start + 4].decode("utf-8", "replace")[:1]
-
-
-def tokenizer_for(config: dict) -> ByteTokenizer:
-    """The tokenizer of a run from its stored config (`profile_to_dict` output)."""
-    source = config["data"]["source"]
-    if source not in BYTE_SOURCES:
+def tokenizer_for(config: dict, run_dir: str | Path | None = None) -> Tokenizer:
+    """The tokenizer of a run from its stored config (`profile_to_dict` output): bytes for
+    grammar and text; for tokens, the copy in the run folder (`run_dir`), else the
+    prepared folder's own. A bare token array has none (TokenizerError)."""
+    data, vocab_size = config["data"], int(config["model"]["vocab_size"])
+    if data["source"] in BYTE_SOURCES:
+        return ByteTokenizer(vocab_size)
+    if run_dir is not None and tokenizer_file(run_dir).is_file():
+        return BPETokenizer(tokenizer_file(run_dir))
+    try:
+        found = dataset_files(data["path"]).tokenizer if data.get("path") else None
+    except ManifestError:
+        found = None
+    if found is None:
         raise TokenizerError(
-            f"this run trains on data.source = {source!r}: token ids with no tokenizer, so "
-            "moedesk cannot turn a text prompt into its tokens or its output into text; "
-            "sampling works for runs on byte-level data (grammar, text)")
-    return ByteTokenizer(int(config["model"]["vocab_size"]))
+            f"this run trains on data.source = {data['source']!r}: token ids with no tokenizer, "
+            "so moedesk cannot turn a text prompt into its tokens or its output into text; "
+            "prepare the data with `moedesk data prepare` (a folder with its tokenizer), or "
+            "train on byte-level data (grammar, text)")
+    return BPETokenizer(found)
 
 
 def sentence_start(text: bytes, words: int = SENTENCE_START_WORDS) -> bytes:

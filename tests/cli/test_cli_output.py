@@ -19,12 +19,15 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize("path", sorted(PROFILES.glob("*.toml")), ids=lambda p: p.stem)
-def test_profiles_show_prints_toml_that_reads_back_as_the_same_profile(path, tmp_path):
-    result = runner.invoke(app, ["profiles", "show", str(path)])
+def test_profiles_show_prints_toml_that_reads_back_as_the_same_profile(path, tmp_path,
+                                                                       shipped_overrides):
+    overrides = shipped_overrides(path)
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    result = runner.invoke(app, ["profiles", "show", str(path), *sets])
     assert result.exit_code == 0, result.output
     text = result.output
     data = tomllib.loads(text)  # real TOML: section headers, true/false, quoted strings
-    profile = load_profile(path)
+    profile = load_profile(path, overrides)
     assert "[train]" in text and "[health]" in text and "True" not in text
     pasted = tmp_path / "pasted.toml"
     pasted.write_text(text)

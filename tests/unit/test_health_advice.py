@@ -38,8 +38,8 @@ def shown(value) -> str:
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_no_action_suggests_what_the_run_has_or_cites_a_seed(path):
-    s = flat_settings(load_profile(path))
+def test_no_action_suggests_what_the_run_has_or_cites_a_seed(path, shipped_overrides):
+    s = flat_settings(load_profile(path, shipped_overrides(path)))
     for name, spec in RULES.items():
         if s["kind"] not in spec.kinds:
             continue

@@ -14,6 +14,7 @@ from moedesk.profiles import (
     profile_to_dict,
 )
 from moedesk.profiles.schema import SECTIONS, section_fields
+from tests.conftest import PREPARED
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,11 +37,18 @@ def problems(tmp_path: Path, text: str, overrides: dict | None = None) -> list[s
     return lines
 
 
-def test_shipped_profiles_validate():
+def test_shipped_profiles_validate(tmp_path, shipped_overrides):
     files = sorted((REPO / "profiles").glob("*.toml"))
     assert files, "profiles/ ships profiles"
     for path in files:
-        profile = load_profile(path)
+        overrides = shipped_overrides(path)
+        if path.name in PREPARED:
+            builtin, vocab = PREPARED[path.name]
+            # the command to make the folder is in the profile and in the error without it
+            assert f"--builtin {builtin} --vocab-size {vocab}" in path.read_text()
+            with pytest.raises(ProfileError, match="moedesk data prepare"):
+                load_profile(path, {"data.path": str(tmp_path / "missing")})
+        profile = load_profile(path, overrides)
         assert profile.path == str(path)
 
 

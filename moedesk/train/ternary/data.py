@@ -5,7 +5,9 @@ experts its first `input_dim`. Text (the grammar corpus or a file) is cut into
 non-overlapping windows of just enough bytes and encoded (`ternary.encoding`); the seeds'
 trit-sample file gives samples directly, each truncated or zero-padded to the width.
 A run reads one source (`data.source`) or a weighted mix (`[[data.sources]]`, seed 000's
-multi-task training); the last `data.val_fraction` of each source is held out.
+multi-task training); the last `data.val_fraction` of each source is held out, or, for a
+single source, every sample of `data.val_path` (a file of the source's kind: text, or a
+trit file such as seed 000's test_data.bin).
 
 Every held-out window also carries a class histogram (how many of its bytes belong to
 each word class of the grammar corpus, or each byte class of a text file) for the
@@ -150,6 +152,12 @@ def _load_source(spec: SourceSpec, profile: Profile
     return samples, torch.full((len(samples),), width, dtype=torch.int64), class_of_byte, names
 
 
+def _whole_windows(class_of_byte: Tensor, width: int, profile: Profile) -> int:
+    """Bytes of a text that `encode_windows` turns into whole windows."""
+    window = math.ceil(width / ENCODERS[profile.ternary.encoding][1])
+    return len(class_of_byte) // window * window
+
+
 def load_data(profile: Profile) -> TernaryData:
     """Load every source, hold out the tail of each, and check each can fill a batch."""
     specs, width = source_specs(profile), sample_width(profile.ternary)
@@ -161,7 +169,24 @@ def load_data(profile: Profile) -> TernaryData:
                                                       "vcls")}
     for index, (spec, (samples, lengths, class_of_byte, names)) in enumerate(
             zip(specs, loaded, strict=True)):
-        held = max(1, math.floor(len(samples) * profile.data.val_fraction))
+        if profile.data.val_path:
+            # a separate held-out file (seed 000's test_data.bin) of the source's own kind:
+            # every sample of the source trains, and the file's samples are held out
+            # (grammar: the file is text, whose byte classes are not the grammar's words)
+            kind = "text" if spec.source == "grammar" else spec.source
+            val_samples, val_lengths, val_classes, _ = _load_source(
+                SourceSpec(spec.name, kind, profile.data.val_path), profile)
+            held = len(val_samples)
+            class_of_byte = None if class_of_byte is None or kind != spec.source else \
+                torch.cat([class_of_byte[:_whole_windows(class_of_byte, width, profile)],
+                           val_classes])
+            samples = torch.cat([samples, val_samples])
+            lengths = torch.cat([lengths, val_lengths])
+            if held == 0:
+                raise TernaryDataError(f"data.val_path {profile.data.val_path} gives no "
+                                       f"samples of {width} trits")
+        held = held if profile.data.val_path else \
+            max(1, math.floor(len(samples) * profile.data.val_fraction))
         train = samples[:-held]
         label = (f"source {spec.name!r}" if profile.data.sources
                  else f"data.source = {spec.source!r}")
