@@ -63,6 +63,19 @@ def apply_rope(x: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
     return torch.stack((rot_even, rot_odd), dim=-1).flatten(-2).type_as(x)
 
 
+def apply_rope_pairs(x_BTnH: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
+    """`apply_rope` for x [B, T, heads, H] (tokens before heads), as one complex multiply.
+
+    The (even, odd) channel pairs are exactly the layout of complex numbers, so the
+    rotation is x * (cos + i sin): one kernel forward and one backward, against the seven
+    of the strided real-valued form (the training step's largest elementwise cost).
+    """
+    B, T, n, H = x_BTnH.shape
+    x_BTnP = torch.view_as_complex(x_BTnH.float().reshape(B, T, n, H // 2, 2))
+    rot_TP = torch.complex(cos_TP, sin_TP).unsqueeze(1)  # [T, 1, P]: broadcast over heads
+    return torch.view_as_real(x_BTnP * rot_TP).flatten(-2).type_as(x_BTnH)
+
+
 class Attention(nn.Module):
     """Causal grouped-query attention: n_kv_heads key/value heads shared by n_heads queries."""
 
@@ -85,21 +98,25 @@ class Attention(nn.Module):
         """`cache` (one layer of generate.py's `KVCache`): keys and values of the S earlier
         positions; this call's T are appended and attended to as S + T keys."""
         B, T, _ = x_BTD.shape
-        q_BNTH = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BGTH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BGTH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q_BNTH, k_BGTH = apply_rope(q_BNTH, cos_TP, sin_TP), apply_rope(k_BGTH, cos_TP, sin_TP)
+        N, G, H = self.n_heads, self.n_kv_heads, self.head_dim
+        # one matmul for q, k and v (the weights stay three parameters: names and
+        # checkpoints unchanged; concatenating them costs far less than two more matmuls)
+        w_QD = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
+        qkv_BTQ = F.linear(x_BTD, w_QD)
+        # RoPE on queries and keys together, in the [B, T, heads, H] layout the matmul wrote
+        qk_BTnH = apply_rope_pairs(qkv_BTQ[..., :(N + G) * H].view(B, T, N + G, H), cos_TP, sin_TP)
+        q_BNTH = qk_BTnH[:, :, :N].transpose(1, 2)
+        k_BGTH = qk_BTnH[:, :, N:].transpose(1, 2)
+        v_BGTH = qkv_BTQ[..., (N + G) * H:].view(B, T, G, H).transpose(1, 2)
         mask = None
         if cache is not None:
             # T below stands for S + T from here on: the cached positions come first
             k_BGTH, v_BGTH, mask = cache.update(k_BGTH, v_BGTH)
-        # each group of N/G query heads reads the same key/value head
-        group = self.n_heads // self.n_kv_heads
-        k_BNTH = k_BGTH.repeat_interleave(group, dim=1) if group > 1 else k_BGTH
-        v_BNTH = v_BGTH.repeat_interleave(group, dim=1) if group > 1 else v_BGTH
+        # each group of N/G query heads reads the same key/value head: SDPA's GQA mode does
+        # it without materialising N/G copies of k and v (and their gradient sums)
         y_BNTH = F.scaled_dot_product_attention(
-            q_BNTH, k_BNTH, v_BNTH, attn_mask=mask, is_causal=cache is None,
-            dropout_p=self.dropout if self.training else 0.0)
+            q_BNTH, k_BGTH, v_BGTH, attn_mask=mask, is_causal=cache is None,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=G != N)
         return self.wo(y_BNTH.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -119,6 +136,8 @@ class SwiGLU(nn.Module):
         nn.init.normal_(self.w2.weight, std=residual_std)
 
     def forward(self, x_BTD: Tensor) -> Tensor:
+        # two matmuls, not one over cat(w1, w3): the halves of a fused output are strided,
+        # and silu and the product over them cost more than the matmul saves (measured)
         return self.dropout(self.w2(F.silu(self.w1(x_BTD)) * self.w3(x_BTD)))
 
 
