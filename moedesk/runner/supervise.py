@@ -26,6 +26,7 @@ from moedesk.paths import config_file, db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
+from moedesk.runner.threads import trainer_env
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
 
@@ -95,12 +96,14 @@ def supervise(home: Path, run_id: int, resume: str | None, stop_at: int | None,
         cmd += ["--resume", resume]
     if stop_at is not None:
         cmd += ["--stop-at", str(stop_at)]
+    threads_env = trainer_env(conn, config)  # train.threads = 0: this run's share of the cores
     with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"--- moedesk supervisor {me.pid}: {' '.join(cmd)}\n")
+        log.write(f"--- moedesk supervisor {me.pid}: {' '.join(cmd)}"
+                  f"{''.join(f' ({k}={v})' for k, v in threads_env.items())}\n")
         log.flush()
         trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                                    text=True, bufsize=1, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **threads_env})
     store_runs.mark_running(conn, run_id, trainer.pid)
 
     health_stop: list[dict] = []

@@ -44,6 +44,7 @@ from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
 from moedesk.train.sampling import BYTE_SOURCES, SampleError
+from moedesk.train.speed import CompileClock, prepare_model, resolve_threads
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
@@ -101,8 +102,9 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
              stop_at: int | None = None, stop: StopFlag | None = None) -> str:
     """Train (or continue) an LM run; returns the finish status (completed|stopped|failed)."""
     threads_before = torch.get_num_threads()
-    if profile.train.threads > 0:
-        torch.set_num_threads(profile.train.threads)
+    threads = resolve_threads(profile.train.threads)  # 0: the supervisor's share, if any
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
         return _train(profile, Path(run_dir), emitter, resume, stop_at,
                       stop if stop is not None else StopFlag())
@@ -127,6 +129,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
+    prepare_model(model, tc)  # [train] compile, activation_checkpointing
     optimizer = build_optimizer(model, tc)
     telemetry = MoETelemetry(model)
     use_bf16 = tc.bf16
@@ -170,7 +173,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                  params={"total": model.num_params(), "active": model.num_active_params()},
                  resumed_from=step if resume is not None else None)
     emitter.log(f"{profile.kind} run {profile.name}: {model.num_params():,} parameters on "
-                f"{device}, steps {step + 1}..{last_step} of {tc.steps}")
+                f"{device} ({torch.get_num_threads()} threads), steps {step + 1}..{last_step} "
+                f"of {tc.steps}")
 
     def save(at_step: int) -> None:
         state = {"format": CHECKPOINT_FORMAT, "kind": profile.kind, "step": at_step,
@@ -190,6 +194,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
     model.train()
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     t_last, steps_since_sync = time.perf_counter(), 0
+    compile_clock = CompileClock(tc.compile, device)
     human_every = 10 * tc.log_every
     while step < last_step:
         step += 1
@@ -222,6 +227,10 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         model.after_optimizer_step()
         nonfinite |= ~torch.isfinite(train_loss) | ~torch.isfinite(grad_norm)
         steps_since_sync += 1
+        compile_s = compile_clock.first_step_done()
+        if compile_s is not None:  # the compiling step is reported apart from sys/step_s
+            emitter.log(f"torch.compile: first step {compile_s:.1f} s (compiling included)")
+            t_last, steps_since_sync = time.perf_counter(), 0
 
         # 6. read back only where something is reported or saved
         is_last = step == last_step
@@ -237,7 +246,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
                           telemetry.device_values()]).tolist()
         loss_f, grad_norm_f, bad, batch_hash_f = host[:4]
         now = time.perf_counter()
-        step_s = (now - t_last) / steps_since_sync
+        # (no step since the sync: the compiling first step is being logged, on its own)
+        step_s = (now - t_last) / steps_since_sync if steps_since_sync else compile_s
         if do_log or bad:
             values = {names.TRAIN_LOSS: loss_f, names.TRAIN_LR: lr,
                       names.TRAIN_GRAD_NORM: grad_norm_f,

@@ -17,6 +17,8 @@ Seams for other model kinds (the top-k MoE LM subclasses `LM`):
     the model (an auxiliary loss to add, a routing-bias update); the dense model has
     nothing to add. Persistent buffers (e.g. a routing bias) travel in `state_dict()`;
     telemetry lives beside the model (moe_telemetry.py), not in it.
+  - `set_activation_checkpointing(on)`: blocks recompute in backward; an FFN whose forward
+    has side effects sets `recomputes_inside = True` and recomputes only its pure part.
   - `forward(idx, cache=...)`: incremental decoding. The cache (generate.py's `KVCache`)
     holds every earlier position's keys and values; each block's attention appends its
     new ones and attends over all of them, and RoPE starts at the cached length. Without
@@ -30,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from moedesk.profiles.schema import ModelSection
 from moedesk.profiles.sizing import dense_ffn_hidden
@@ -71,6 +74,13 @@ def apply_rope_pairs(x_BTnH: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
     of the strided real-valued form (the training step's largest elementwise cost).
     """
     B, T, n, H = x_BTnH.shape
+    if torch.compiler.is_compiling():
+        # Inductor generates no code for complex numbers; the real form fuses into one kernel
+        x_BTnP2 = x_BTnH.float().unflatten(-1, (H // 2, 2))
+        cos_T1P, sin_T1P = cos_TP.unsqueeze(1), sin_TP.unsqueeze(1)
+        x_even, x_odd = x_BTnP2[..., 0], x_BTnP2[..., 1]
+        return torch.stack((x_even * cos_T1P - x_odd * sin_T1P, x_even * sin_T1P + x_odd * cos_T1P),
+                           dim=-1).flatten(-2).type_as(x_BTnH)
     x_BTnP = torch.view_as_complex(x_BTnH.float().reshape(B, T, n, H // 2, 2))
     rot_TP = torch.complex(cos_TP, sin_TP).unsqueeze(1)  # [T, 1, P]: broadcast over heads
     return torch.view_as_real(x_BTnP * rot_TP).flatten(-2).type_as(x_BTnH)
@@ -149,11 +159,27 @@ class Block(nn.Module):
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = ffn
+        # `[train] activation_checkpointing` (LM.set_activation_checkpointing): keep only the
+        # block's input and recompute the rest in backward
+        self.recompute = False
+
+    def _attention(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
+        return self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP, cache))
+
+    def _ffn(self, x_BTD: Tensor) -> Tensor:
+        return self.ffn(self.ffn_norm(x_BTD))
 
     def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
-        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP, cache))
-        x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD))
-        return x_BTD
+        if not (self.recompute and cache is None and torch.is_grad_enabled()):
+            x_BTD = x_BTD + self._attention(x_BTD, cos_TP, sin_TP, cache)
+            return x_BTD + self._ffn(x_BTD)
+        # the saved RNG state makes dropout's recomputed masks the same
+        x_BTD = x_BTD + checkpoint(self._attention, x_BTD, cos_TP, sin_TP, use_reentrant=False)
+        if getattr(self.ffn, "recomputes_inside", False):
+            # an FFN with side effects in its forward (MoE routing counts, telemetry hooks)
+            # recomputes only its side-effect-free part itself
+            return x_BTD + self._ffn(x_BTD)
+        return x_BTD + checkpoint(self._ffn, x_BTD, use_reentrant=False)
 
 
 class LM(nn.Module):
@@ -174,6 +200,14 @@ class LM(nn.Module):
         self.register_buffer("rope_cos_TP", cos_TP, persistent=False)
         self.register_buffer("rope_sin_TP", sin_TP, persistent=False)
         self.init_weights()
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in backward instead of keeping them (seed 003's
+        fix for out-of-memory); an FFN with a `recompute` attribute gets the flag too."""
+        for block in self.blocks:
+            block.recompute = on
+            if hasattr(block.ffn, "recompute"):
+                block.ffn.recompute = on
 
     def make_ffn(self, layer_idx: int) -> nn.Module:
         """The FFN of block `layer_idx`; the MoE LM returns an MoE module for its MoE layers."""

@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.profiles.sizing import expert_hidden, moe_layer_indices
@@ -77,6 +78,8 @@ def use_grouped_mm(x_SD: Tensor, w2_EDF: Tensor) -> bool:
     bf16 and compute capability 9.0+. Rows must be 16-byte aligned (D and F multiples of
     4 in fp32). Elsewhere the loop runs."""
     if not hasattr(F, "grouped_mm") or x_SD.shape[0] == 0:
+        return False
+    if torch.compiler.is_compiling():  # its fp32 form cannot be traced (torch 2.13)
         return False
     if any(n * x_SD.element_size() % 16 for n in w2_EDF.shape[1:]):
         return False
@@ -218,6 +221,9 @@ class MoEFFN(nn.Module):
         self.z_loss: Tensor = torch.zeros(())
         self.dropped_slots = 0  # (token, choice) slots the capacity limit dropped
         self.register_load_state_dict_pre_hook(_rename_legacy)
+        # activation checkpointing recomputes the experts only: routing counts, losses and
+        # the observers' hooks must see each forward once
+        self.recomputes_inside, self.recompute = True, False
 
     def init_weights(self, std: float, residual_std: float) -> None:
         nn.init.normal_(self.router.weight_ED, std=self.cfg.router_init_std)
@@ -308,11 +314,16 @@ class MoEFFN(nn.Module):
         if torch.is_autocast_enabled(x_TD.device.type):
             # cast the T tokens before gathering T*K copies of them
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
-        y_SD = self.experts.forward_grouped(x_TD.index_select(0, token_S), counts_list)
+        y_SD = self._run_experts(x_TD.index_select(0, token_S), counts_list)
         # fp32 gates promote the product to fp32 in one pass
         y_SD = y_SD * gates_S.unsqueeze(1)
         out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
         return out_TD.index_add_(0, token_S, y_SD), dropped
+
+    def _run_experts(self, x_SD: Tensor, counts: list[int]) -> Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self.experts.forward_grouped, x_SD, counts, use_reentrant=False)
+        return self.experts.forward_grouped(x_SD, counts)
 
     def _experts_permuted(self, x_TD: Tensor, order_S: Tensor, gates_TK: Tensor,
                           counts: list[int]) -> Tensor:
@@ -328,7 +339,7 @@ class MoEFFN(nn.Module):
             # cast the T tokens before gathering T*K copies of them
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
         x_SD = _RepeatRows.apply(x_TD, order_S // self.top_k, rank_S, self.top_k)
-        y_SD = self.experts.forward_grouped(x_SD, counts)
+        y_SD = self._run_experts(x_SD, counts)
         y_TKD = _PermuteRows.apply(y_SD, rank_S, order_S).unflatten(0, (-1, self.top_k))
         # fp32 gates promote the weighted sum to fp32
         return (y_TKD * gates_TK.unsqueeze(-1)).sum(1)
