@@ -286,6 +286,9 @@ class MoEFFN(nn.Module):
             return None
         return math.ceil(self.cfg.capacity_factor * n_tokens * self.top_k / self.num_experts)
 
+    # under `[train] compile` the dispatch runs eagerly: its per-expert counts are host
+    # integers that change every step, and traced they would recompile the graph each step
+    @torch.compiler.disable
     def _experts_sorted(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
                         ) -> tuple[Tensor, int]:
         n_slots = dispatch_ids_S.numel()
@@ -355,6 +358,7 @@ class MoEFFN(nn.Module):
             return BF16_ROW_MULTIPLE
         return 1
 
+    @torch.compiler.disable
     def _experts_eager(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
                        ) -> tuple[Tensor, int]:
         """Reference: one boolean mask per expert; same drop policy as the sorted path."""

@@ -7,10 +7,11 @@ Kept out of loop.py so the loop reads top to bottom (it calls three things here)
     recompute its activations in backward (the MoE FFN recomputes its experts only, so
     routing counts and telemetry hooks see one forward); `[train] compile` compiles every
     block in place (`nn.Module.compile`, so parameter names and checkpoints are
-    unchanged). The MoE dispatch reads its per-expert counts on the host (`.tolist()`),
-    a graph break by design: the router, the attention and the norms before it and the
-    grouped expert matmuls after it compile as separate graphs, with fixed shapes because
-    a dropless step always has T*K slots.
+    unchanged). The MoE dispatch and experts (`MoEFFN._experts_sorted`) run eagerly
+    (`torch.compiler.disable`): their per-expert row counts are host integers that change
+    every step, and traced they would recompile every step; they are matmuls, which
+    compiling does not speed up. Attention, norms, RoPE, the router and the losses compile
+    with fixed shapes.
   - `CompileClock`: the first compiled step's time (tracing + codegen) is reported on its
     own and kept out of `sys/step_s`.
 """
