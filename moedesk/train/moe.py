@@ -10,10 +10,15 @@ Shape letters (model.py's legend, plus):
     experts; top-k on p (+ the balancing bias b); gate weights = the chosen p renormalised
     to sum 1 (b only decides *which* experts, never how much they weigh)
   - experts: stacked SwiGLU tensors w1_EFD, w3_EFD and w2_EDF
-  - dispatch "sorted": one stable argsort of the T*K expert ids, one gather, F.linear per
-    expert on contiguous slices, gate multiply in fp32, one index_add_ back (under CPU
-    bf16 autocast each group is padded to 32 rows so oneDNN reuses its kernels);
-    "eager": a per-expert mask loop kept as the numerical reference
+  - dispatch "sorted": one stable argsort of the T*K expert ids, then the experts on
+    contiguous groups: one `F.grouped_mm` over all experts where it runs (CPU; CUDA bf16
+    on 9.0+), else F.linear per expert, with w1 and w3 as one [2F, D] matmul. Dropless
+    (the default) the sort is a permutation, so tokens go out and come back by gathers
+    only (`_RepeatRows`, `_PermuteRows`: deterministic, no scatter-add) and each token's
+    K outputs are summed with fp32 gates in a fixed order. With a capacity limit, expert
+    dropout or CPU bf16 (groups padded to 32 rows so oneDNN reuses its kernels) the gather
+    / gate multiply / index_add_ path runs; "eager": a per-expert mask loop kept as the
+    numerical reference. Activation checkpointing recomputes the experts only.
   - losses: Switch aux alpha*E*sum_i f_i*P_i (alpha when balanced) and router z-loss
     beta*mean(logsumexp^2), both already weighted; `MoELM.extra_loss` averages them over
     MoE layers
