@@ -7,6 +7,7 @@ a slow moment of a shared machine hits both. Timed with the thread's CPU time by
 (robust to other tenants; use --clock wall for wall time). Target: MoE <= 1.15x in fp32.
 
     .venv/bin/python bench/moe_layer.py [--threads 1] [--reps 7] [--clock cpu|wall]
+        [--precision fp32|bf16|both]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from moedesk.train.model import SwiGLU
 from moedesk.train.moe import MoEFFN
 
 # (tokens, dim, dense hidden): each expert gets hidden / 2, top-2 of 8
-SIZES = [(2048, 128, 352), (4096, 256, 704), (4096, 512, 1376)]
+SIZES = [(512, 256, 704), (2048, 128, 352), (4096, 256, 704), (4096, 512, 1376)]
 
 
 def make_layers(dim: int, hidden: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -65,7 +67,7 @@ def main() -> None:
           f"median of {args.reps} interleaved rounds, fwd+bwd; E=8, K=2")
     print(f"{'precision':>9} {'T':>5} {'D':>4} {'F dense':>7} {'dense ms':>9} {'moe ms':>8} "
           f"{'moe/dense':>9}")
-    for bf16 in (False, True):
+    for bf16 in {"fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]:
         for tokens, dim, hidden in SIZES:
             dense, moe = make_layers(dim, hidden)
             x_BTD = torch.randn(tokens // 256, 256, dim)

@@ -8,12 +8,25 @@ Steps alternate between the two models and the medians are compared. Target: <= 
 
     .venv/bin/python bench/train_step.py [--reps 7] [--threads 1] [--batch 16]
         [--clock cpu|wall] [--precision fp32|bf16|both]
+
+Two more comparisons of the same step, each model against itself:
+    --mode compile   `[train] compile` (blocks under torch.compile) vs eager, per profile:
+                     the first compiled step's time (compiling) apart, then the median of
+                     per-iteration ratios compiled/eager, interleaved, and the loss gap
+    --mode memory    `[train] activation_checkpointing` off/on, each in a fresh process
+                     (peak resident memory is per process): peak RSS growth over the
+                     built model during the steps, and the median step time
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,8 +63,81 @@ def train_step(model, optimizer, telemetry, x_BT, y_BT, bf16: bool, clip: float,
     return clock() - start
 
 
+def compare_compile(args, clock) -> None:
+    """Compiled blocks against the same model eager, from equal weights on equal batches."""
+    from moedesk.train.speed import prepare_model
+    print(f"torch.compile vs eager, fp32, {args.threads} thread(s), {args.batch}x128 tokens, "
+          f"median of {args.reps} interleaved per-iteration ratios")
+    gen = torch.Generator().manual_seed(0)
+    x_BT = torch.randint(0, 256, (args.batch, 128), generator=gen)
+    y_BT = torch.randint(0, 256, (args.batch, 128), generator=gen)
+    for name in ("dense", "top2"):
+        profile, eager, _, _ = make(name, args.batch)
+        compiled = copy.deepcopy(eager)
+        prepare_model(compiled, load_profile(PROFILES / f"{name}.toml",
+                                             {"train.compile": True}).train)
+        sides = {m: (m, build_optimizer(m, profile.train), MoETelemetry(m))
+                 for m in (eager, compiled)}
+        first = train_step(*sides[compiled], x_BT, y_BT, False, profile.train.grad_clip,
+                           time.perf_counter)
+        train_step(*sides[eager], x_BT, y_BT, False, profile.train.grad_clip, clock)
+        ratios = []
+        for _ in range(args.reps):
+            t_c = train_step(*sides[compiled], x_BT, y_BT, False, profile.train.grad_clip, clock)
+            t_e = train_step(*sides[eager], x_BT, y_BT, False, profile.train.grad_clip, clock)
+            ratios.append(t_c / t_e)
+        with torch.no_grad():
+            gap = (compiled(x_BT, y_BT)[1] - eager(x_BT, y_BT)[1]).abs().item()
+        print(f"  {name}: first compiled step {first:.1f} s (compiling), compiled/eager "
+              f"{statistics.median(ratios):.2f}x, |loss gap| after {args.reps + 1} steps "
+              f"{gap:.2e}")
+
+
+def memory_child(name: str, batch: int, recompute: bool, steps: int) -> dict:
+    """One process: build, then `steps` steps; peak RSS growth over the built model."""
+    overrides = {"train.batch_size": batch, "train.activation_checkpointing": recompute}
+    profile = load_profile(PROFILES / f"{name}.toml", overrides)
+    torch.manual_seed(0)
+    model = build_model(profile)
+    from moedesk.train.speed import prepare_model
+    prepare_model(model, profile.train)
+    model.train()
+    optimizer, telemetry = build_optimizer(model, profile.train), MoETelemetry(model)
+    gen = torch.Generator().manual_seed(0)
+    x_BT = torch.randint(0, 256, (batch, 128), generator=gen)
+    y_BT = torch.randint(0, 256, (batch, 128), generator=gen)
+    from moedesk.train.system import rss_mb
+    before = rss_mb()
+    times = [train_step(model, optimizer, telemetry, x_BT, y_BT, False,
+                        profile.train.grad_clip, time.perf_counter) for _ in range(steps)]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_growth_mb": peak - before, "step_s": statistics.median(times[1:])}
+
+
+def compare_memory(args) -> None:
+    print(f"activation checkpointing, fp32, {args.threads} thread(s), {args.batch}x128 tokens, "
+          f"fresh process per setting, median of {args.reps - 1} steps after one")
+    for name in ("dense", "top2"):
+        got = {}
+        for recompute in (False, True):
+            out = subprocess.run([sys.executable, __file__, "--memory-child", name,
+                                  "--batch", str(args.batch), "--reps", str(args.reps),
+                                  "--threads", str(args.threads)] + (["--recompute"] if recompute
+                                                                     else []),
+                                 capture_output=True, text=True, check=True)
+            got[recompute] = json.loads(out.stdout.strip().splitlines()[-1])
+        off, on = got[False], got[True]
+        print(f"  {name}: peak memory over the model {off['peak_growth_mb']:.0f} -> "
+              f"{on['peak_growth_mb']:.0f} MB ({on['peak_growth_mb'] / off['peak_growth_mb']:.2f}x), "
+              f"step {1e3 * off['step_s']:.0f} -> {1e3 * on['step_s']:.0f} ms "
+              f"({on['step_s'] / off['step_s']:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("step", "compile", "memory"), default="step")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--recompute", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=16,
@@ -61,6 +147,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.batch, args.recompute, args.reps)))
+        return
+    if args.mode == "compile":
+        return compare_compile(args, clock)
+    if args.mode == "memory":
+        return compare_memory(args)
     runs = {"dense": make("dense", args.batch), "top2": make("top2", args.batch)}
     seq_len = runs["dense"][0].data.seq_len
     gen = torch.Generator().manual_seed(0)

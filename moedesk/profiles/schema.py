@@ -215,7 +215,14 @@ class TrainSection:
     grad_clip: float = knob(1.0, "Clip the global gradient norm; 0 = off.", min=0.0, max=1e6, kinds=LM_KINDS)
     bf16: bool = knob(False, "bf16 autocast for matmuls (router, losses stay fp32).", kinds=LM_KINDS)
     device: str = knob("auto", "auto = CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
-    threads: int = knob(0, "torch CPU threads; 0 = torch's default.", min=0, max=1024)
+    threads: int = knob(0, "torch CPU threads; 0 = the cores divided by the moedesk runs alive "
+                           "when the run starts (at least 1; torch's default outside a "
+                           "supervisor).", min=0, max=1024)
+    compile: bool = knob(False, "Run each block under torch.compile (the first step compiles "
+                                "and is timed apart).", kinds=LM_KINDS)
+    activation_checkpointing: bool = knob(False, "Recompute each block's activations in "
+                                                 "backward: less memory, more compute.",
+                                          kinds=LM_KINDS)
     log_every: int = knob(1, "Steps between logged metrics.", min=1, max=1_000_000)
     eval_every: int = knob(50, "Steps between evaluations; 0 = only at the end.", min=0,
                            max=100_000_000)

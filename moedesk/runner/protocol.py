@@ -73,3 +73,8 @@ def decode(line: str) -> Decoded:
                 continue
         event["values"] = clean
     return Decoded(event, text)
+
+
+# The supervisor -> trainer thread count for `train.threads = 0` (runner/threads.py decides
+# it, train/speed.py reads it): an environment variable, so the trainer never reads the store.
+THREADS_ENV = "MOEDESK_THREADS"

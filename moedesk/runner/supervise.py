@@ -33,6 +33,7 @@ from moedesk.runner.commit import Committer
 from moedesk.runner.control import read_stop_request, signal_trainer
 from moedesk.runner.ingest import Ingestor
 from moedesk.runner.outcome import outcome
+from moedesk.runner.threads import trainer_env
 from moedesk.runner.watch import Watch
 from moedesk.store import connect_writer, spool
 from moedesk.store import runs as store_runs
@@ -147,13 +148,15 @@ def _start(conn, run_id: int, resume: str | None, stop_at: int | None,
         cmd += ["--resume", resume]
     if stop_at is not None:
         cmd += ["--stop-at", str(stop_at)]
+    threads_env = trainer_env(conn, config)  # train.threads = 0: this run's share of the cores
     with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"--- moedesk supervisor {owner}: {' '.join(cmd)}\n")
+        log.write(f"--- moedesk supervisor {owner}: {' '.join(cmd)}"
+                  f"{''.join(f' ({k}={v})' for k, v in threads_env.items())}\n")
         log.flush()
         trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log,
                                    stdin=subprocess.DEVNULL, text=True, bufsize=1,
                                    start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **threads_env,
                                         **torchrun.launch_env(profile)})
     if not store_runs.mark_running(conn, run_id, trainer.pid, owner=owner):
         signal_trainer(trainer.pid, signal.SIGKILL)  # the run was taken from us meanwhile

@@ -56,6 +56,7 @@ from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
 from moedesk.train.sampling import SampleError
+from moedesk.train.speed import CompileClock, prepare_model, resolve_threads
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
@@ -116,8 +117,9 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
     `dist` is this process's place among several ranks (one process when None)."""
     dist = dist if dist is not None else DistContext.single()
     threads_before = torch.get_num_threads()
-    if profile.train.threads > 0 and not dist.enabled:  # ranks: set by DistContext
-        torch.set_num_threads(profile.train.threads)
+    threads = resolve_threads(profile.train.threads)  # 0: the supervisor's share, if any
+    if threads > 0 and not dist.enabled:  # ranks: set by DistContext
+        torch.set_num_threads(threads)
     try:
         return _train(profile, Path(run_dir), emitter, resume, stop_at,
                       stop if stop is not None else StopFlag(), dist)
@@ -155,6 +157,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         emitter.log(f"cannot start: {exc}")
         emitter.emit("finished", step=0, status="failed", reason=str(exc))
         return "failed"
+    prepare_model(model, tc)  # [train] compile, activation_checkpointing
     net = dist.wrap(model)  # DDP with several ranks; forwards that train go through it
     optimizer = build_optimizer(model, tc)
     telemetry = MoETelemetry(model)
@@ -210,8 +213,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
     where = str(device) if not dist.enabled else f"{device} x {dist.world} ranks"
     emitter.emit("started", step=step, total_steps=tc.steps, pid=os.getpid(), device=where,
                  params=sizes, resumed_from=step if resume is not None else None)
-    say(f"{profile.kind} run {profile.name}: {sizes['total']:,} parameters on "
-        f"{where}, steps {step + 1}..{last_step} of {tc.steps}")
+    say(f"{profile.kind} run {profile.name}: {sizes['total']:,} parameters on {where} "
+        f"({torch.get_num_threads()} threads), steps {step + 1}..{last_step} of {tc.steps}")
     if dist.enabled:
         emitter.log(dist.describe())
     if init_note:
@@ -246,6 +249,7 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
     model.train()
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     t_last, steps_since_sync = time.perf_counter(), 0
+    compile_clock = CompileClock(tc.compile, device)
     human_every = 10 * tc.log_every
     while step < last_step:
         step += 1
@@ -279,6 +283,10 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         nonfinite |= ~torch.isfinite(train_loss) | ~torch.isfinite(grad_norm)
         steps_since_sync += 1
         stop_requested = dist.any_rank(stop.requested)  # every rank stops after this step
+        compile_s = compile_clock.first_step_done()
+        if compile_s is not None:  # the compiling step is reported apart from sys/step_s
+            emitter.log(f"torch.compile: first step {compile_s:.1f} s (compiling included)")
+            t_last, steps_since_sync = time.perf_counter(), 0
 
         # 6. read back only where something is reported or saved
         is_last = step == last_step
@@ -305,7 +313,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             telemetry.routed_slots = [int(v) for v in sums[2:2 + n_layers]]
             telemetry.dropped_slots = [int(v) for v in sums[2 + n_layers:]]
         now = time.perf_counter()
-        step_s = (now - t_last) / steps_since_sync
+        # (no step since the sync: the compiling first step is being logged, on its own)
+        step_s = (now - t_last) / steps_since_sync if steps_since_sync else compile_s
         if do_log or bad:
             values = {names.TRAIN_LOSS: loss_f, names.TRAIN_LR: lr,
                       names.TRAIN_GRAD_NORM: grad_norm_f,

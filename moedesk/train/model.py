@@ -17,6 +17,8 @@ Seams for other model kinds (the top-k MoE LM subclasses `LM`):
     the model (an auxiliary loss to add, a routing-bias update); the dense model has
     nothing to add. Persistent buffers (e.g. a routing bias) travel in `state_dict()`;
     telemetry lives beside the model (moe_telemetry.py), not in it.
+  - `set_activation_checkpointing(on)`: blocks recompute in backward; an FFN whose forward
+    has side effects sets `recomputes_inside = True` and recomputes only its pure part.
   - `forward(idx, cache=...)`: incremental decoding. The cache (generate.py's `KVCache`)
     holds every earlier position's keys and values; each block's attention appends its
     new ones and attends over all of them, and RoPE starts at the cached length. Without
@@ -30,6 +32,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from moedesk.profiles.schema import ModelSection
 from moedesk.profiles.sizing import dense_ffn_hidden
@@ -63,6 +66,26 @@ def apply_rope(x: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
     return torch.stack((rot_even, rot_odd), dim=-1).flatten(-2).type_as(x)
 
 
+def apply_rope_pairs(x_BTnH: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
+    """`apply_rope` for x [B, T, heads, H] (tokens before heads), as one complex multiply.
+
+    The (even, odd) channel pairs are exactly the layout of complex numbers, so the
+    rotation is x * (cos + i sin): one kernel forward and one backward, against the seven
+    of the strided real-valued form (the training step's largest elementwise cost).
+    """
+    B, T, n, H = x_BTnH.shape
+    if torch.compiler.is_compiling():
+        # Inductor generates no code for complex numbers; the real form fuses into one kernel
+        x_BTnP2 = x_BTnH.float().unflatten(-1, (H // 2, 2))
+        cos_T1P, sin_T1P = cos_TP.unsqueeze(1), sin_TP.unsqueeze(1)
+        x_even, x_odd = x_BTnP2[..., 0], x_BTnP2[..., 1]
+        return torch.stack((x_even * cos_T1P - x_odd * sin_T1P, x_even * sin_T1P + x_odd * cos_T1P),
+                           dim=-1).flatten(-2).type_as(x_BTnH)
+    x_BTnP = torch.view_as_complex(x_BTnH.float().reshape(B, T, n, H // 2, 2))
+    rot_TP = torch.complex(cos_TP, sin_TP).unsqueeze(1)  # [T, 1, P]: broadcast over heads
+    return torch.view_as_real(x_BTnP * rot_TP).flatten(-2).type_as(x_BTnH)
+
+
 class Attention(nn.Module):
     """Causal grouped-query attention: n_kv_heads key/value heads shared by n_heads queries."""
 
@@ -85,21 +108,25 @@ class Attention(nn.Module):
         """`cache` (one layer of generate.py's `KVCache`): keys and values of the S earlier
         positions; this call's T are appended and attended to as S + T keys."""
         B, T, _ = x_BTD.shape
-        q_BNTH = self.wq(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BGTH = self.wk(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BGTH = self.wv(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q_BNTH, k_BGTH = apply_rope(q_BNTH, cos_TP, sin_TP), apply_rope(k_BGTH, cos_TP, sin_TP)
+        N, G, H = self.n_heads, self.n_kv_heads, self.head_dim
+        # one matmul for q, k and v (the weights stay three parameters: names and
+        # checkpoints unchanged; concatenating them costs far less than two more matmuls)
+        w_QD = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
+        qkv_BTQ = F.linear(x_BTD, w_QD)
+        # RoPE on queries and keys together, in the [B, T, heads, H] layout the matmul wrote
+        qk_BTnH = apply_rope_pairs(qkv_BTQ[..., :(N + G) * H].view(B, T, N + G, H), cos_TP, sin_TP)
+        q_BNTH = qk_BTnH[:, :, :N].transpose(1, 2)
+        k_BGTH = qk_BTnH[:, :, N:].transpose(1, 2)
+        v_BGTH = qkv_BTQ[..., (N + G) * H:].view(B, T, G, H).transpose(1, 2)
         mask = None
         if cache is not None:
             # T below stands for S + T from here on: the cached positions come first
             k_BGTH, v_BGTH, mask = cache.update(k_BGTH, v_BGTH)
-        # each group of N/G query heads reads the same key/value head
-        group = self.n_heads // self.n_kv_heads
-        k_BNTH = k_BGTH.repeat_interleave(group, dim=1) if group > 1 else k_BGTH
-        v_BNTH = v_BGTH.repeat_interleave(group, dim=1) if group > 1 else v_BGTH
+        # each group of N/G query heads reads the same key/value head: SDPA's GQA mode does
+        # it without materialising N/G copies of k and v (and their gradient sums)
         y_BNTH = F.scaled_dot_product_attention(
-            q_BNTH, k_BNTH, v_BNTH, attn_mask=mask, is_causal=cache is None,
-            dropout_p=self.dropout if self.training else 0.0)
+            q_BNTH, k_BGTH, v_BGTH, attn_mask=mask, is_causal=cache is None,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=G != N)
         return self.wo(y_BNTH.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -119,6 +146,8 @@ class SwiGLU(nn.Module):
         nn.init.normal_(self.w2.weight, std=residual_std)
 
     def forward(self, x_BTD: Tensor) -> Tensor:
+        # two matmuls, not one over cat(w1, w3): the halves of a fused output are strided,
+        # and silu and the product over them cost more than the matmul saves (measured)
         return self.dropout(self.w2(F.silu(self.w1(x_BTD)) * self.w3(x_BTD)))
 
 
@@ -130,11 +159,27 @@ class Block(nn.Module):
         self.attn_dropout = nn.Dropout(cfg.dropout)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = ffn
+        # `[train] activation_checkpointing` (LM.set_activation_checkpointing): keep only the
+        # block's input and recompute the rest in backward
+        self.recompute = False
+
+    def _attention(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
+        return self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP, cache))
+
+    def _ffn(self, x_BTD: Tensor) -> Tensor:
+        return self.ffn(self.ffn_norm(x_BTD))
 
     def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
-        x_BTD = x_BTD + self.attn_dropout(self.attn(self.attn_norm(x_BTD), cos_TP, sin_TP, cache))
-        x_BTD = x_BTD + self.ffn(self.ffn_norm(x_BTD))
-        return x_BTD
+        if not (self.recompute and cache is None and torch.is_grad_enabled()):
+            x_BTD = x_BTD + self._attention(x_BTD, cos_TP, sin_TP, cache)
+            return x_BTD + self._ffn(x_BTD)
+        # the saved RNG state makes dropout's recomputed masks the same
+        x_BTD = x_BTD + checkpoint(self._attention, x_BTD, cos_TP, sin_TP, use_reentrant=False)
+        if getattr(self.ffn, "recomputes_inside", False):
+            # an FFN with side effects in its forward (MoE routing counts, telemetry hooks)
+            # recomputes only its side-effect-free part itself
+            return x_BTD + self._ffn(x_BTD)
+        return x_BTD + checkpoint(self._ffn, x_BTD, use_reentrant=False)
 
 
 class LM(nn.Module):
@@ -155,6 +200,14 @@ class LM(nn.Module):
         self.register_buffer("rope_cos_TP", cos_TP, persistent=False)
         self.register_buffer("rope_sin_TP", sin_TP, persistent=False)
         self.init_weights()
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in backward instead of keeping them (seed 003's
+        fix for out-of-memory); an FFN with a `recompute` attribute gets the flag too."""
+        for block in self.blocks:
+            block.recompute = on
+            if hasattr(block.ffn, "recompute"):
+                block.ffn.recompute = on
 
     def make_ffn(self, layer_idx: int) -> nn.Module:
         """The FFN of block `layer_idx`; the MoE LM returns an MoE module for its MoE layers."""

@@ -166,6 +166,26 @@ def test_sorted_dispatch_equals_the_eager_reference_forward_and_backward(capacit
     assert (drop_sorted > 0) == (capacity_factor > 0)  # 1.0 drops something on random routing
 
 
+@pytest.mark.parametrize("grouped_mm", [True, False])
+def test_dropless_gather_path_equals_the_eager_reference(monkeypatch, grouped_mm):
+    # DIM 16 / HIDDEN 12 rows are 16-byte aligned, so F.grouped_mm runs unless switched off
+    import moedesk.train.moe as moe_mod
+    assert moe_mod.use_grouped_mm(torch.zeros(4, DIM), torch.zeros(4, DIM, HIDDEN))
+    if not grouped_mm:
+        monkeypatch.setattr(moe_mod, "use_grouped_mm", lambda *_: False)
+    results = []
+    x_BTD = torch.randn(2, 24, DIM)
+    for dispatch in ("sorted", "eager"):
+        ffn = make_ffn(seed=7, dispatch=dispatch)
+        x = x_BTD.clone().requires_grad_(True)
+        y = ffn(x)
+        (y.square().sum() + ffn.z_loss).backward()
+        results.append([y.detach(), x.grad, ffn.router.weight_ED.grad, ffn.experts.w1_EFD.grad,
+                        ffn.experts.w3_EFD.grad, ffn.experts.w2_EDF.grad])
+    for fast, reference in zip(*results, strict=True):
+        torch.testing.assert_close(fast, reference, atol=1e-6, rtol=1e-5)
+
+
 def test_padded_expert_groups_add_exactly_nothing(monkeypatch):
     # under CPU bf16 autocast groups are padded to 32 rows; force it in fp32 to compare
     x_BTD = torch.randn(2, 30, DIM)

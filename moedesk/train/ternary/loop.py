@@ -34,6 +34,7 @@ from moedesk.train.checkpoint import (
     save_checkpoint,
 )
 from moedesk.train.emit import Emitter
+from moedesk.train.speed import resolve_threads
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import rss_mb
 from moedesk.train.ternary.analysis import routing_payload, typicality_buckets
@@ -129,8 +130,9 @@ def train_ternary(profile: Profile, run_dir: Path, emitter: Emitter, resume: Pat
         return status
 
     # 1. the process, the data (held-out negatives are the same for every seed), the model
-    if tc.threads > 0:
-        torch.set_num_threads(tc.threads)
+    threads = resolve_threads(tc.threads)  # 0: the supervisor's share of the cores, if any
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
         data = load_data(profile)
         evals = eval_set(profile, data)

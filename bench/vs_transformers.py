@@ -1,0 +1,284 @@
+"""Benchmark: moedesk's LMs against transformers' Llama and Mixtral, built from equal configs.
+
+dense (profiles/dense.toml) vs `LlamaForCausalLM`, top2 (profiles/top2.toml) vs
+`MixtralForCausalLM` with its fastest experts implementation (eager and grouped_mm are
+timed for a few steps first and the faster kept, per cell; batched_mm gathers one weight
+matrix per (token, expert) slot, 4096 x 704 x 256 floats = 2.9 GB per layer here, and is
+left out). Both models get
+the same weights (`copy_weights`; transformers' RoPE rotates channel halves, moedesk rotates
+(even, odd) pairs, so query/key rows are permuted per head) and the script asserts equal
+parameter counts and fp32 logits equal to 1e-6 before timing anything.
+
+A step is the training loop's: forward, loss (moedesk adds its router z-loss), backward,
+gradient clip, fused AdamW, zero_grad (and moedesk's bias update): 16x128 byte tokens of
+the profile's own grammar data. fp32 and bf16 autocast x 1 and 2 threads; inside a cell
+the two models alternate step by step, and the figure is the median of the per-iteration
+ratios transformers/moedesk (> 1: moedesk is faster). Wall clock.
+
+    .venv/bin/python bench/vs_transformers.py [--reps 9] [--threads 1,2]
+        [--precision fp32,bf16] [--kinds dense,top2]
+    .venv/bin/python bench/vs_transformers.py --check       # the equality checks only
+    .venv/bin/python bench/vs_transformers.py --curves 300  # losses over 300 steps, + seed noise
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from moedesk.profiles import load_profile
+from moedesk.train.data import LMData
+from moedesk.train.loop import build_model
+from moedesk.train.optim import build_optimizer, param_groups
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+KINDS = {"dense": "dense", "top2": "top2"}  # bench name -> shipped profile
+EXPERTS_IMPLEMENTATIONS = ("eager", "grouped_mm")  # see the docstring for batched_mm
+
+
+def hf_config(profile):
+    """The transformers config equal to a moedesk profile's model (and MoE) sections."""
+    import transformers
+
+    m = profile.model
+    common = dict(vocab_size=m.vocab_size, hidden_size=m.dim, num_hidden_layers=m.n_layers,
+                  num_attention_heads=m.n_heads, num_key_value_heads=m.n_kv_heads,
+                  max_position_embeddings=m.max_seq_len, rms_norm_eps=m.norm_eps,
+                  rope_parameters={"rope_type": "default", "rope_theta": m.rope_theta},
+                  tie_word_embeddings=m.tie_embeddings, attention_dropout=0.0,
+                  hidden_act="silu", initializer_range=m.init_std, use_cache=False)
+    from moedesk.profiles.sizing import dense_ffn_hidden, expert_hidden
+    if profile.kind == "topk":
+        return transformers.MixtralConfig(
+            intermediate_size=expert_hidden(m, profile.moe), num_local_experts=profile.moe.num_experts,
+            num_experts_per_tok=profile.moe.top_k, router_jitter_noise=0.0,
+            sliding_window=None, **common)
+    return transformers.LlamaConfig(intermediate_size=dense_ffn_hidden(m), attention_bias=False,
+                                    mlp_bias=False, **common)
+
+
+def build_hf(profile, experts: str = "grouped_mm"):
+    import transformers
+
+    config = hf_config(profile)
+    config._attn_implementation = "sdpa"
+    if profile.kind == "topk":
+        config._experts_implementation = experts
+        return transformers.MixtralForCausalLM(config)
+    return transformers.LlamaForCausalLM(config)
+
+
+def rope_perm(n_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order turning moedesk's (even, odd) rotary pairs into transformers' halves."""
+    per_head = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+    return torch.cat([h * head_dim + per_head for h in range(n_heads)])
+
+
+@torch.no_grad()
+def copy_weights(md, hf) -> None:
+    """Put moedesk model `md`'s weights into transformers model `hf`."""
+    cfg = md.cfg
+    head_dim = cfg.dim // cfg.n_heads
+    q_perm, k_perm = rope_perm(cfg.n_heads, head_dim), rope_perm(cfg.n_kv_heads, head_dim)
+    hf.model.embed_tokens.weight.copy_(md.tok_embeddings.weight)
+    if not cfg.tie_embeddings:
+        hf.lm_head.weight.copy_(md.output.weight)
+    hf.model.norm.weight.copy_(md.norm.weight)
+    for block, layer in zip(md.blocks, hf.model.layers, strict=True):
+        layer.input_layernorm.weight.copy_(block.attn_norm.weight)
+        layer.post_attention_layernorm.weight.copy_(block.ffn_norm.weight)
+        attn = layer.self_attn
+        attn.q_proj.weight.copy_(block.attn.wq.weight[q_perm])
+        attn.k_proj.weight.copy_(block.attn.wk.weight[k_perm])
+        attn.v_proj.weight.copy_(block.attn.wv.weight)
+        attn.o_proj.weight.copy_(block.attn.wo.weight)
+        ffn = block.ffn
+        if hasattr(ffn, "experts"):
+            layer.mlp.gate.weight.copy_(ffn.router.weight_ED)
+            ex = ffn.experts
+            layer.mlp.experts.gate_up_proj.copy_(torch.cat([ex.w1_EFD, ex.w3_EFD], dim=1))
+            layer.mlp.experts.down_proj.copy_(ex.w2_EDF)
+        else:
+            layer.mlp.gate_proj.weight.copy_(ffn.w1.weight)
+            layer.mlp.up_proj.weight.copy_(ffn.w3.weight)
+            layer.mlp.down_proj.weight.copy_(ffn.w2.weight)
+
+
+def make_pair(name: str, seed: int = 0, experts: str = "grouped_mm", batch: int | None = None):
+    """(profile, moedesk model, transformers model) with equal weights."""
+    overrides = {} if batch is None else {"train.batch_size": batch}
+    profile = load_profile(PROFILES / f"{KINDS[name]}.toml", overrides)
+    torch.manual_seed(seed)
+    md = build_model(profile)
+    hf = build_hf(profile, experts)
+    copy_weights(md, hf)
+    return profile, md, hf
+
+
+def check_equal(name: str, tol: float = 1e-6) -> float:
+    """Assert equal parameter counts and fp32 logits within `tol`; returns the max difference."""
+    profile, md, hf = make_pair(name)
+    n_md, n_hf = md.num_params(), sum(p.numel() for p in hf.parameters())
+    assert n_md == n_hf, f"{name}: moedesk has {n_md:,} parameters, transformers {n_hf:,}"
+    md.eval(), hf.eval()
+    idx_BT = torch.randint(0, profile.model.vocab_size, (2, profile.data.seq_len),
+                           generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (md(idx_BT)[0] - hf(input_ids=idx_BT).logits).abs().max().item()
+    assert diff <= tol, f"{name}: logits differ by {diff:.3g} (> {tol})"
+    return diff
+
+
+def hf_loss(hf, x_BT, y_BT):
+    logits_BTV = hf(input_ids=x_BT).logits
+    return F.cross_entropy(logits_BTV.float().flatten(0, 1), y_BT.flatten())
+
+
+def hf_optimizer(hf, cfg):
+    return torch.optim.AdamW(param_groups(hf, cfg.weight_decay), lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+class Stepper:
+    """One implementation's training step (the same recipe for both)."""
+
+    def __init__(self, model, profile, is_moedesk: bool):
+        self.model, self.profile, self.is_moedesk = model, profile, is_moedesk
+        model.train()
+        self.optimizer = (build_optimizer(model, profile.train) if is_moedesk
+                          else hf_optimizer(model, profile.train))
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss(self, x_BT, y_BT):
+        if self.is_moedesk:
+            _, loss = self.model(x_BT, y_BT)
+            return loss, self.model.extra_loss()
+        return hf_loss(self.model, x_BT, y_BT), None
+
+    def __call__(self, x_BT, y_BT, bf16: bool) -> tuple[float, float]:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, extra = self.loss(x_BT, y_BT)
+        (loss if extra is None else loss + extra).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.profile.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.is_moedesk:
+            self.model.after_optimizer_step()
+        return time.perf_counter() - start, loss.item()
+
+
+def batches(profile, n: int, seed: int = 0) -> list:
+    data = LMData(profile.data, seed, profile.train.batch_size, profile.model.vocab_size,
+                  torch.device("cpu"))
+    return [data.train_batch() for _ in range(n)]
+
+
+def fastest_experts(bf16: bool, data: list) -> tuple[str, dict[str, float]]:
+    """The Mixtral experts implementation with the lowest median step here and now."""
+    times = {}
+    for impl in EXPERTS_IMPLEMENTATIONS:
+        profile, _, hf = make_pair("top2", experts=impl)
+        step = Stepper(hf, profile, is_moedesk=False)
+        runs = [step(*data[i % len(data)], bf16)[0] for i in range(4)]
+        times[impl] = statistics.median(runs[1:])
+    return min(times, key=times.get), times
+
+
+def time_cell(name: str, bf16: bool, reps: int, data: list) -> dict:
+    experts, probe = ("-", {})
+    if name == "top2":
+        experts, probe = fastest_experts(bf16, data)
+    profile, md, hf = make_pair(name, experts=experts if name == "top2" else "grouped_mm")
+    steppers = {"moedesk": Stepper(md, profile, True), "hf": Stepper(hf, profile, False)}
+    ratios, times = [], {"moedesk": [], "hf": []}
+    for rep in range(reps + 1):  # round 0 warms up and is dropped
+        x_BT, y_BT = data[rep % len(data)]
+        order = ("moedesk", "hf") if rep % 2 else ("hf", "moedesk")  # neither always first
+        step_s = {who: steppers[who](x_BT, y_BT, bf16)[0] for who in order}
+        if rep:
+            ratios.append(step_s["hf"] / step_s["moedesk"])
+            for who in step_s:
+                times[who].append(step_s[who])
+    return {"experts": experts, "probe": probe, "ratio": statistics.median(ratios),
+            "moedesk_ms": 1e3 * statistics.median(times["moedesk"]),
+            "hf_ms": 1e3 * statistics.median(times["hf"])}
+
+
+def curves(steps: int, kinds: list[str], threads: int) -> None:
+    """Losses of both implementations from equal weights on equal batches, and seed noise."""
+    torch.set_num_threads(threads)
+    for name in kinds:
+        profile = make_pair(name)[0]
+        data = batches(profile, steps)
+        runs = {}
+        for label, seed, hf_side in (("moedesk seed 0", 0, False),
+                                     ("transformers seed 0", 0, True),
+                                     ("moedesk seed 1", 1, False)):
+            profile, md, hf = make_pair(name, seed=seed)
+            step = Stepper(hf if hf_side else md, profile, is_moedesk=not hf_side)
+            from moedesk.train.optim import lr_at, set_lr
+            losses = []
+            for i, (x_BT, y_BT) in enumerate(data, start=1):
+                set_lr(step.optimizer, lr_at(i, profile.train))
+                losses.append(step(x_BT, y_BT, False)[1])
+            runs[label] = losses
+        tail = max(1, steps // 6)
+        means = {label: statistics.fmean(v[-tail:]) for label, v in runs.items()}
+        print(f"{name}: mean train loss over steps {steps - tail + 1}-{steps} (fp32, "
+              f"{threads} thread(s), lr schedule of the profile's {profile.train.steps} steps)")
+        for label, mean in means.items():
+            print(f"  {label:<22} {mean:.4f}")
+        impl_gap = abs(means["moedesk seed 0"] - means["transformers seed 0"])
+        seed_gap = abs(means["moedesk seed 0"] - means["moedesk seed 1"])
+        print(f"  |moedesk - transformers| {impl_gap:.4f}   seed noise |seed 0 - seed 1| "
+              f"{seed_gap:.4f}   {'within' if impl_gap <= seed_gap else 'OUTSIDE'} seed noise")
+
+
+def main() -> None:
+    import transformers
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--precision", default="fp32,bf16")
+    parser.add_argument("--kinds", default="dense,top2")
+    parser.add_argument("--check", action="store_true", help="only the equality checks")
+    parser.add_argument("--curves", type=int, default=0, metavar="STEPS",
+                        help="train both for STEPS steps and compare losses with seed noise")
+    args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"cpu {torch.backends.cpu.get_cpu_capability()}")
+    for name in kinds:
+        print(f"{name}: parameters equal, fp32 logits max |diff| {check_equal(name):.2e}")
+    if args.check:
+        return
+    if args.curves:
+        curves(args.curves, kinds, int(args.threads.split(",")[-1]))
+        return
+    print(f"step = fwd+bwd+clip+fused AdamW, 16x128 tokens, median of {args.reps} interleaved "
+          f"per-iteration ratios (> 1: moedesk faster)")
+    print(f"{'model':>6} {'vs':>8} {'prec':>5} {'thr':>3} {'moedesk ms':>10} {'hf ms':>8} "
+          f"{'hf/moedesk':>10}  experts (probe ms)")
+    threads_before = torch.get_num_threads()
+    for name in kinds:
+        data = batches(make_pair(name)[0], 4)
+        for precision in args.precision.split(","):
+            for threads in (int(t) for t in args.threads.split(",")):
+                torch.set_num_threads(threads)
+                cell = time_cell(name, precision == "bf16", args.reps, data)
+                probe = " ".join(f"{k}={1e3 * v:.0f}" for k, v in cell["probe"].items())
+                print(f"{name:>6} {'Mixtral' if name == 'top2' else 'Llama':>8} {precision:>5} "
+                      f"{threads:>3} {cell['moedesk_ms']:>10.0f} {cell['hf_ms']:>8.0f} "
+                      f"{cell['ratio']:>9.2f}x  {cell['experts']} {probe}", flush=True)
+    torch.set_num_threads(threads_before)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The trainer's speed settings: CPU threads, `torch.compile`, activation checkpointing.
+
+Kept out of loop.py so the loop reads top to bottom (it calls three things here):
+  - `resolve_threads(train.threads)`: an explicit count wins; 0 takes the supervisor's
+    share of the cores (`THREADS_ENV`, runner/threads.py), else torch's default.
+  - `prepare_model(model, train)`: `[train] activation_checkpointing` makes each block
+    recompute its activations in backward (the MoE FFN recomputes its experts only, so
+    routing counts and telemetry hooks see one forward); `[train] compile` compiles every
+    block in place (`nn.Module.compile`, so parameter names and checkpoints are
+    unchanged). The MoE dispatch and experts (`MoEFFN._experts_sorted`) run eagerly
+    (`torch.compiler.disable`): their per-expert row counts are host integers that change
+    every step, and traced they would recompile every step; they are matmuls, which
+    compiling does not speed up. Attention, norms, RoPE, the router and the losses compile
+    with fixed shapes.
+  - `CompileClock`: the first compiled step's time (tracing + codegen) is reported on its
+    own and kept out of `sys/step_s`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import nn
+
+from moedesk.profiles.schema import TrainSection
+from moedesk.runner.protocol import THREADS_ENV
+
+
+def resolve_threads(configured: int) -> int:
+    """The thread count to set (0 = leave torch's default)."""
+    if configured > 0:
+        return configured
+    try:
+        return max(0, int(os.environ.get(THREADS_ENV, "0")))
+    except ValueError:
+        return 0
+
+
+def prepare_model(model: nn.Module, tc: TrainSection) -> None:
+    if tc.activation_checkpointing:
+        model.set_activation_checkpointing(True)
+    if tc.compile:
+        for block in model.blocks:
+            block.compile(dynamic=False)
+
+
+class CompileClock:
+    """Times the first optimizer step of a compiled model, which includes compiling."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled, self.device = enabled, device
+        self.started = time.perf_counter()
+
+    def first_step_done(self) -> float | None:
+        """Seconds the first step took (compile included), once; None when not compiling."""
+        if not self.enabled:
+            return None
+        self.enabled = False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - self.started
