@@ -205,6 +205,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         f"{where}, steps {step + 1}..{last_step} of {tc.steps}")
     if dist.enabled:
         emitter.log(dist.describe())
+        say(f"global batch {data.global_batch * tc.grad_accum} sequences = {dist.world} ranks "
+            f"x train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum}")
 
     def save(at_step: int) -> None:
         local = {"rng": rng_states(device), "telemetry": telemetry.state_dict()}
