@@ -1,5 +1,6 @@
 """Benchmark: the top-k MoE LM on 1 process x 2 threads, 2 processes data parallel x 1
-thread and 2 processes expert parallel x 1 thread, on the same global batch.
+thread and 2 processes expert parallel x 1 thread, on the same global batch (and 1 process
+x 1 thread as the reference: one rank's share of the CPUs).
 
 Each configuration is a real launch (torchrun for the two-process ones, gloo) of this
 file's worker, which builds the run exactly as the trainer does (`DistContext`, expert
@@ -31,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MODES = {  # name: (processes, threads per process, expert_parallel)
     "1 process x 2 threads": (1, 2, 1),
+    "1 process x 1 thread": (1, 1, 1),  # the reference: what one rank's share of the CPUs does
     "2 processes DP x 1 thread": (2, 1, 1),
     "2 processes EP x 1 thread": (2, 1, 2),
 }

@@ -196,14 +196,22 @@ def launch_outcome(profile: Profile, finished: dict | None, exit_code: int, log_
     return exit_code, failure
 
 
+# the line a supervisor writes to train.log before each launch (supervise.py, node.py)
+LAUNCH_MARK = "--- moedesk "
+
+
 def read_log_end(path: Path, size: int = 65536) -> str:
+    """The end of a log, from the last launch's header on (an earlier launch's torchrun
+    report must not describe this one)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace")
+            text = f.read().decode("utf-8", "replace")
     except OSError:
         return ""
+    start = text.rfind("\n" + LAUNCH_MARK)
+    return text[start + 1:] if start >= 0 else text
 
 
 def describe_failure(log_text: str, lines: int = 20) -> tuple[str, str] | None:

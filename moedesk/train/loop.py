@@ -217,6 +217,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
         f"({torch.get_num_threads()} threads), steps {step + 1}..{last_step} of {tc.steps}")
     if dist.enabled:
         emitter.log(dist.describe())
+        say(f"global batch {data.global_batch * tc.grad_accum} sequences = {dist.world} ranks "
+            f"x train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum}")
     if init_note:
         say(init_note)
 

@@ -148,6 +148,8 @@ def test_expert_parallel_equals_one_process_and_checkpoints_reshard(tmp_path):
     assert "[rank 0] rank 0 of 2" in log and "holds experts 0..1 of every MoE layer " \
         "(weights of 2 experts per layer)" in log
     assert "holds experts 2..3 of every MoE layer (weights of 2 experts per layer)" in log
+    assert "[rank 0] global batch 8 sequences = 2 ranks x train.batch_size 4 x " \
+        "train.grad_accum 1" in log and "[rank 1] global batch" not in log
     # the checkpoint holds the whole model (shards gathered), equal to the one process's;
     # the balancing bias included, so it was the same on both ranks (the trainer checks
     # every replicated tensor is bit-identical across ranks before it writes)

@@ -1,6 +1,7 @@
 """Distributed training's single-process parts: profile rules, the trainer command, threads
-per rank, the data shards, the batch checksum across ranks, the expert regrouping.
-The real multi-process runs are in tests/integration/test_distributed.py."""
+per rank, the data shards, the batch checksum across ranks, the expert regrouping, and
+torchrun's failure report read back from the log. The real multi-process runs are in
+tests/integration/test_distributed.py and test_distributed_runs.py."""
 
 from __future__ import annotations
 
@@ -140,3 +141,70 @@ def test_regroup_index_orders_received_rows_by_local_expert():
     assert regrouped == sorted(labels, key=lambda se: (se[1], se[0]))
     assert sorted(order) == list(range(len(labels)))  # a permutation
     assert regroup_index(torch.zeros(2, 2, dtype=torch.long)).numel() == 0
+
+
+# torchrun's end-of-run report (torch.distributed.elastic's ChildFailedError), as it
+# reaches train.log when rank 1 is SIGKILLed and the agent SIGTERMs rank 0
+REPORT = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+moedesk.train FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-01-01_00:00:01
+  host      : box
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 11)
+  error_file: <N/A>
+  traceback : Signal 15 (SIGTERM) received by PID 11
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-01-01_00:00:00
+  host      : box
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 12)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 12
+============================================================
+"""
+
+
+def test_a_killed_rank_is_named_with_its_own_log_lines():
+    log = ("[rank 0] rank 0 of 2\n[rank 1] rank 1 of 2\n[rank 1] step 3\n"
+           "[rank 0] step 3\n" + REPORT)
+    failures = torchrun.read_failures(log)
+    assert [(f.rank, f.exitcode, f.root_cause) for f in failures] == [(1, -9, True),
+                                                                     (0, -15, False)]
+    status, error = torchrun.describe_failure(log)
+    assert status == "crashed"
+    assert error.startswith("rank 1 (local rank 1 on box) was killed by SIGKILL; torchrun "
+                            "stopped the other ranks (rank 0 (local rank 0 on box) was "
+                            "killed by SIGTERM)")
+    assert error.endswith("last log lines of rank 1:\n[rank 1] rank 1 of 2\n[rank 1] step 3")
+    # a rank's own failure outranks torchrun's root cause when that was a lost peer
+    lost = REPORT.replace("exitcode  : -9", f"exitcode  : {torchrun.LOST_PEERS_EXIT}").replace(
+        "exitcode  : -15", "exitcode  : 1")
+    culprit = torchrun.failing_rank(torchrun.read_failures(lost))
+    assert (culprit.rank, culprit.exitcode) == (0, 1)
+    assert torchrun.describe_failure("[rank 0] step 1\nall fine\n") is None
+
+
+def test_the_log_end_is_the_last_launch_only(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(f"{torchrun.LAUNCH_MARK}supervisor 1: torchrun ...\n{REPORT}"
+                   f"{torchrun.LAUNCH_MARK}supervisor 2: torchrun ...\n[rank 0] step 4\n")
+    end = torchrun.read_log_end(log)
+    assert end.startswith(f"{torchrun.LAUNCH_MARK}supervisor 2") and "Root Cause" not in end
+    assert torchrun.describe_failure(end) is None  # the first launch's crash is history
+    assert torchrun.read_log_end(tmp_path / "missing.log") == ""
+
+
+def test_a_port_in_use_at_the_rendezvous_gets_a_hint():
+    log = ("torch.distributed.DistNetworkError: The server socket has failed to listen on "
+           "any local network address. port: 29500, useIpv6: false, code: -98, name: "
+           "EADDRINUSE, message: address already in use\n")
+    status, error = torchrun.describe_failure(log)
+    assert status == "failed" and error.startswith("the ranks could not meet at the rendezvous")
+    assert "EADDRINUSE" in error and "--rdzv-endpoint HOST:PORT" in error
