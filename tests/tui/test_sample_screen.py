@@ -17,6 +17,7 @@ from moedesk.cli import app as cli
 from moedesk.paths import db_path
 from moedesk.store import connect_writer
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.tui.format import terminal_safe
 from moedesk.tui.palette import EXPERT_COLOURS
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.screens.sample import SampleScreen
@@ -35,7 +36,7 @@ def runs(tmp_path):
            "ternary": make_run(home, "tiny_ternary")}
     db = connect_writer(db_path(home))
     batch = Batch()
-    batch.samples.append((20, "The old", " cat sat", 0.8, 12345, 48, 1.0))
+    batch.samples.append((20, "The old", " cat\x1b[2J sat\n", 0.8, 12345, 48, 1.0))
     write_batch(db.conn, ids["topk"], batch)
     db.close()
     return home, ids
@@ -65,7 +66,8 @@ async def test_a_prompt_streams_in_with_routing_and_equals_the_cli(runs):
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_sample(pilot, ids["topk"])
         training = str(screen.query_one("#sample-training").render())
-        assert "step 20" in training and "The old" in training and "cat sat" in training
+        # stored raw, drawn on one line with no raw control character
+        assert "step 20" in training and "The old" in training and "cat·[2J sat↵" in training
         options = [value for _, value in screen._options]
         assert options == ["latest", "best", "20", "10"]
         await generate(pilot, screen, "The cat", 24)
@@ -80,8 +82,10 @@ async def test_a_prompt_streams_in_with_routing_and_equals_the_cli(runs):
                                           "--seed", "1", "--max-new-tokens", "24", "--json",
                                           "--home", str(home)])
         assert result.exit_code == 0, result.output
-        assert "".join(t.text for t in stream.tokens) == \
-            "The cat" + json.loads(result.stdout)["text"]
+        # the stream keeps the model's raw text (what --json reports) and draws it safely
+        assert stream.text() == "The cat" + json.loads(result.stdout)["text"]
+        assert stream.plain() == terminal_safe(stream.text())
+        assert not any(c < " " and c not in "\n\t" for c in stream.plain())
         # routing: every token coloured by its top expert in the layer shown
         await pilot.press("ctrl+r")
         assert stream.routing and stream.shown_layer == 0

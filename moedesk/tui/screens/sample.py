@@ -39,6 +39,7 @@ from moedesk.runner.checkpoints import (
     resolve_checkpoint,
 )
 from moedesk.store import Reader, StoreError
+from moedesk.tui.format import display_piece
 from moedesk.tui.widgets.token_stream import TokenStream
 
 CHECK_S = 2.0
@@ -160,8 +161,8 @@ class SampleScreen(Screen):
             text = Text()
             for row in message.samples:
                 text.append(f"step {row['step']} ", style="bold")
-                text.append(row["prompt"], style="dim")
-                text.append(row["text"].replace("\n", "↵") + "\n")
+                text.append(display_piece(row["prompt"]), style="dim")
+                text.append(display_piece(row["text"]) + "\n")
             text.rstrip()
             panel.update(text)
 
@@ -235,7 +236,7 @@ class SampleScreen(Screen):
                        f"{event['device']}: generating…", "dim")
         elif kind == "token":
             top = {int(k): v for k, v in (event.get("top") or {}).items()}
-            stream.add(event["shown"], event["prompt"], top)
+            stream.add(event["text"], event["prompt"], top)
             self.query_one("#sample-output", VerticalScroll).scroll_end(animate=False)
         elif kind == "done":
             self.busy = False
