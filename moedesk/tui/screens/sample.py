@@ -245,7 +245,8 @@ class SampleScreen(Screen):
             how = "stopped" if event["cancelled"] else "done"
             command = (f"moedesk sample {self.run_id}@{self.loaded.get('step')} --prompt "
                        f"{shlex.quote(self._last_prompt)} --seed {settings['seed']} "
-                       f"--max-new-tokens {settings['max_new_tokens']}")
+                       f"--max-new-tokens {settings['max_new_tokens']} --temperature "
+                       f"{settings['temperature']:g}")
             self._head(f"{how}: {event['generated']} tokens in {event['seconds']:.2f} s "
                        f"({rate:.0f}/s), step {self.loaded.get('step')}, temperature "
                        f"{settings['temperature']:g} · again: {command}", "dim")
