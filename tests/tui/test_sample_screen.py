@@ -139,6 +139,18 @@ async def test_dense_runs_sample_and_ternary_runs_have_no_sample_view(runs):
         assert screen.query_one(TokenStream).generated == 8
         await pilot.press("ctrl+r")
         assert not screen.query_one(TokenStream).routing
+        # "latest" named a checkpoint a training run pruned before the server read it:
+        # the view asks again with the newest one instead of failing
+        screen.request_id += 1
+        screen.query_one(TokenStream).clear()
+        screen.busy = True
+        gone = home / str(ids["dense"]) / "checkpoints" / "step_00000005.pt"
+        screen._request = {**screen._request, "id": screen.request_id, "checkpoint": str(gone),
+                           "max_new_tokens": 4}
+        screen._send(screen._request)
+        await until(pilot, lambda: not screen.busy, timeout=180, what="the retried request")
+        assert screen.loaded["step"] == 20 and screen.query_one(TokenStream).generated == 4
+        assert str(screen.query_one("#sample-head").render()).startswith("done:")
         await pilot.press("escape")
         await pilot.press("escape")
         pilot.app.open_monitor(ids["ternary"])

@@ -86,6 +86,8 @@ class SampleScreen(Screen):
         self.lists = 0  # checkpoint/sample refreshes applied (tests wait on it)
         self._options: list[tuple[str, str]] = []
         self._last_prompt = ""
+        self._request: dict = {}  # the generate request in progress
+        self._follow_latest = False  # it names the newest checkpoint ("latest")
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -191,6 +193,7 @@ class SampleScreen(Screen):
                    "prompt": prompt, "routing": self.kind == "topk", "seed": self.seed}
         if self.max_new_tokens is not None:
             request["max_new_tokens"] = self.max_new_tokens
+        self._request, self._follow_latest = request, choice == LATEST
         self._send(request)
 
     def _send(self, request: dict) -> None:
@@ -251,8 +254,27 @@ class SampleScreen(Screen):
                        f"({rate:.0f}/s), step {self.loaded.get('step')}, temperature "
                        f"{settings['temperature']:g} · again: {command}", "dim")
         elif kind == "error":
+            if self._retry_newer():
+                return
             self.busy = False
             self._head(event["message"], "#ff5f5f")
+
+    def _retry_newer(self) -> bool:
+        """A training run pruned the newest checkpoint between the lookup and the load:
+        ask again with the newest one now (once per such checkpoint; True if sent)."""
+        asked = Path(self._request.get("checkpoint", ""))
+        if not self._follow_latest or asked.exists():
+            return False
+        try:
+            newest = resolve_checkpoint(self.run_dir, None)
+        except CheckpointError:
+            return False
+        if newest.path == asked:
+            return False
+        self._request = {**self._request, "checkpoint": str(newest.path)}
+        self._head(f"step {newest.step}: loading (the newer checkpoint)…", "dim")
+        self._send(self._request)
+        return True
 
     # actions
 
