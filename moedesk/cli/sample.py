@@ -28,12 +28,11 @@ from moedesk.store import StoreError
 from moedesk.train.sampling import (
     SAMPLE_ERRORS,
     SampleSettings,
-    display_piece,
     random_seed,
-    terminal_safe,
     tokenizer_for,
     top_expert,
 )
+from moedesk.tui.format import display_piece, terminal_safe
 from moedesk.tui.palette import expert_style
 
 DEFAULTS = SampleSettings()

@@ -14,9 +14,9 @@ Requests:
 Events:
   {"type": "loaded", "id", "checkpoint", "step", "kind", "moe_layers", "num_experts",
    "context", "device", "seconds"}
-  {"type": "token", "id", "token", "text", "shown", "prompt", "top": {layer: expert}}
-       text: what the token completes; shown: the same without raw control characters
-       (`terminal_safe`); top: its top expert per MoE layer (routing only)
+  {"type": "token", "id", "token", "text", "prompt", "top": {layer: expert}}
+       text: what the token completes, raw as the model wrote it (the TUI makes it safe
+       to draw); top: its top expert per MoE layer (routing only)
   {"type": "done", "id", "generated", "seconds", "settings", "cancelled"}
   {"type": "error", "id", "message"}
 """
@@ -76,13 +76,7 @@ class Server:
 
     def generate(self, request: dict, requests: queue.Queue) -> dict | None:
         """Serve one request; returns what arrived meanwhile and stopped it (None if none)."""
-        from moedesk.train.sampling import (
-            SAMPLE_ERRORS,
-            SampleError,
-            SampleSettings,
-            terminal_safe,
-            top_expert,
-        )
+        from moedesk.train.sampling import SAMPLE_ERRORS, SampleError, SampleSettings, top_expert
 
         rid = request.get("id")
         try:
@@ -98,7 +92,7 @@ class Server:
             start, generated, pending = time.perf_counter(), 0, None
             for token in self.sampler.stream(ids, settings, routing=routing):
                 event = {"type": "token", "id": rid, "token": token.id, "text": token.text,
-                         "shown": terminal_safe(token.text), "prompt": token.prompt}
+                         "prompt": token.prompt}
                 if routing:
                     event["top"] = {str(k): top_expert(v) for k, v in token.routes.items()}
                 _emit(self.out, event)

@@ -14,10 +14,9 @@ is `generate.py`.
   cannot be encoded for it (`tokenizer_for` says so).
 - `sentence_start`: the default prompt of the trainer's samples, the first words of a
   line of the validation text.
-- `top_expert`: a token's top expert in a layer (the highest gate weight);
-  `display_piece`: a token's text made visible on one line (newline -> ↵, tab -> ⇥);
-  `terminal_safe`: text with no raw control characters but line breaks and tabs.
-Pure Python.
+- `top_expert`: a token's top expert in a layer (the highest gate weight).
+Pure Python. Tokens' texts stay raw here (what the model wrote); making them safe to
+show (`display_piece`, `terminal_safe`) is the display's job, `moedesk.tui.format`.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ from moedesk.data.tokenizer import (  # noqa: F401 - re-exported for the samplin
 from moedesk.paths import tokenizer_file
 
 BYTE_SOURCES = ("grammar", "text")
-VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 SENTENCE_START_WORDS = 3
 SENTENCE_START_MAX_BYTES = 32
 
@@ -123,23 +121,3 @@ def top_expert(route: tuple[list[int], list[float]]) -> int:
     experts, gates = route
     return experts[max(range(len(gates)), key=gates.__getitem__)]
 
-
-def _control(c: str) -> bool:
-    return c < " " or "\x7f" <= c <= "\x9f"
-
-
-def display_piece(text: str) -> str:
-    """A token's text shown on one line: line breaks and tabs become visible marks, other
-    control characters a dot."""
-    if not text:
-        return text
-    return "".join(VISIBLE.get(c, "·" if _control(c) else c) for c in text)
-
-
-def terminal_safe(text: str) -> str:
-    """Text for a terminal: line breaks and tabs kept, other control characters (an
-    escape sequence a model happened to write) shown as marks, never sent raw."""
-    if not text or not any(_control(c) for c in text):
-        return text
-    return "".join(c if c in "\n\t" else VISIBLE.get(c, "·") if _control(c) else c
-                   for c in text)

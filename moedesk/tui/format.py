@@ -1,8 +1,15 @@
-"""Short human text for numbers, ages, durations, statuses and alert severities.
+"""Short human text for numbers, ages, durations, statuses and alert severities, and
+model-written text made safe to show.
 
 Every screen formats through here, so a value reads the same in the runs list, the
-monitor and the compare view. Times are passed in (the app's clock), never read here,
-which keeps snapshot tests free of the wall clock.
+monitor and the compare view. A model's text (samples, a streamed continuation) is kept
+raw wherever it is stored or compared and made visible only where it is drawn:
+`terminal_safe` for running text (line breaks and tabs kept, any other control
+character, an escape sequence a model happened to write, shown as a mark and never sent
+raw), `display_piece` for text held on one line (line breaks and tabs as marks too);
+`moedesk sample`/`route` and the TUI's sample view both draw through them.
+Times are passed in (the app's clock), never read here, which keeps snapshot tests free
+of the wall clock.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ STATUS_STYLES = {
 }
 SEVERITY_STYLES = {"info": "#5fafd7", "warning": "bold #ffaf00", "critical": "bold #ff5f5f"}
 SEVERITY_ICONS = {"info": "•", "warning": "▲", "critical": "✖"}
+VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}  # control characters with a mark of their own
+CONTROL_MARK = "·"  # every other control character
 
 
 def age(seconds: float) -> str:
@@ -82,3 +91,24 @@ def health_text(severity: str | None) -> Text:
 
 def step_text(step: int, total: int | None) -> str:
     return f"{step}/{total}" if total else str(step)
+
+
+def _control(c: str) -> bool:
+    return c < " " or "\x7f" <= c <= "\x9f"
+
+
+def display_piece(text: str) -> str:
+    """Model text shown on one line: line breaks and tabs become visible marks, other
+    control characters a dot."""
+    if not text:
+        return text
+    return "".join(VISIBLE.get(c, CONTROL_MARK) if _control(c) else c for c in text)
+
+
+def terminal_safe(text: str) -> str:
+    """Model text for a terminal: line breaks and tabs kept, other control characters
+    shown as marks, never sent raw."""
+    if not text or not any(_control(c) for c in text):
+        return text
+    return "".join(c if c in "\n\t" else VISIBLE.get(c, CONTROL_MARK) if _control(c) else c
+                   for c in text)

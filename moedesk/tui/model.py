@@ -25,7 +25,7 @@ MONITOR_METRICS = (
     names.FF_GOODNESS_DELTA, names.FF_ACCURACY, names.MOE_DEAD_EXPERTS, names.MOE_USAGE_STD,
     names.MOE_AUX_LOSS, names.MOE_Z_LOSS, names.SYS_STEP_S,
 )
-PARTS = ("row", "curves", "load", "alerts", "log")
+PARTS = ("row", "curves", "load", "alerts", "log", "sample")
 # a flat ternary router has no clusters: the monitor groups its experts in rows of 3^3,
 # which draws 243 experts as a 9 x 27 grid
 FLAT_ROW = 27
@@ -122,6 +122,8 @@ class RunData:
         self.alerts: list[dict] = []
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
         self.log_total = 0  # lines ever added, so a screen can tell which are new
+        self.sample_cursor = 0  # rowid of the newest stored sample read
+        self.sample: dict | None = None  # the newest sample the trainer wrote
         self.generation += 1
         for part in PARTS:
             self.versions[part] += 1
@@ -201,6 +203,12 @@ class RunData:
             self.log_lines.extend(lines)
             self.log_total += len(lines)
             self.bump("log")
+
+    def set_sample(self, rows: list[dict]) -> None:
+        """The newest of the samples read after the cursor (`Reader.samples`, newest first)."""
+        if rows:
+            self.sample, self.sample_cursor = rows[0], rows[0]["rowid"]
+            self.bump("sample")
 
     def set_row(self, row: RunRow) -> None:
         if row != self.row:

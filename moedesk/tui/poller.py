@@ -2,8 +2,9 @@
 
 `Poller.poll()` does one tick: the runs list (with each run's latest loss and worst open
 alert) and, for every watched run, only the rows newer than that run's cursors:
-metrics, expert load, alerts (from the oldest one still open, `RunData.alerts_since`)
-and new bytes of `RUN_DIR/train.log`. It never re-reads a whole history on a tick. A
+metrics, expert load, alerts (from the oldest one still open, `RunData.alerts_since`),
+the newest stored sample of an LM run (`[train] sample_every`) and new bytes of
+`RUN_DIR/train.log`. It never re-reads a whole history on a tick. A
 damaged row of one watched run is reported in `PollResult.error` without stopping the
 others. A resume deletes the rows after its checkpoint and logs them again, so when a
 run's resume count moves its cached series are reset and refetched. Screens' one-off
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from moedesk.paths import db_path, train_log
 from moedesk.profiles import Profile, profile_from_dict
+from moedesk.profiles.schema import LM_KINDS
 from moedesk.stats import names
 from moedesk.store import Reader, StoreError, StoreMissing
 from moedesk.tui.model import MONITOR_METRICS, RunData, RunRow, row_from_info
@@ -212,6 +214,8 @@ class Poller:
         metrics, metric_cursor = reader.metrics_since(data.run_id, cursor, list(MONITOR_METRICS))
         loads, load_cursor = reader.expert_load_since(data.run_id, data.load_cursor)
         alerts = reader.alerts(data.run_id, after_id=alerts_since)
+        samples = reader.samples(data.run_id, data.sample_cursor, limit=1) \
+            if row.kind in LM_KINDS else []
         if len(reader.resumes(data.run_id)) != num_resumes:
             return False  # a resume landed mid-tick: drop this tick, the next one resets
         lines = self._read_log(data, row)
@@ -222,6 +226,7 @@ class Poller:
             data.load_cursor = load_cursor
             data.merge_alerts(alerts)
             data.add_log(lines)
+            data.set_sample(samples)
         return data.versions != before
 
     def _read_log(self, data: RunData, row: RunRow) -> list[str]:

@@ -174,3 +174,28 @@ async def test_stats_follow_every_status_change_with_its_reason(canned):
                 assert len(lines) == 3, lines
             else:
                 assert lines[3].startswith(last) and len(lines) == 4, lines
+
+
+async def test_the_newest_training_sample_shows_under_the_log_tail(canned):
+    app = make_app(canned.path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await open_monitor(pilot, canned.topk)
+        log = screen.query_one("#log-tail")
+        assert log.border_subtitle is None  # no samples yet
+        db = connect_writer(db_path(canned.path))
+        for step, text in ((40, " an older one"), (60, " [bold]sat\x1b[2J\nup")):
+            batch = Batch()
+            batch.samples.append((step, "The cat", text, 0.8, 7, 48, FIXED_NOW))
+            write_batch(db.conn, canned.topk, batch)
+        db.close()
+        await until(pilot, lambda: "sample @ step 60" in screen_text(app), timeout=30,
+                    what="the newest sample")
+        # the model's text is neither markup nor raw control characters, and on one line
+        assert "sample @ step 60: The cat [bold]sat·[2J↵up" in screen_text(app)
+        assert "older one" not in screen_text(app)
+        # a resume that drops the sample's step drops it from the monitor too
+        db = connect_writer(db_path(canned.path))
+        store_runs.truncate_for_resume(db.conn, canned.topk, 50, "ckpt-50.pt")
+        db.close()
+        await until(pilot, lambda: "sample @ step 40: The cat an older one" in screen_text(app),
+                    timeout=30, what="the sample before the resume point")

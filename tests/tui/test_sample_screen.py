@@ -2,7 +2,8 @@
 the checkpoint choice, the trainer's samples, and what the CLI writes for the same seed.
 
 Generation runs in the real sample server (a child process with torch); the runs are
-checkpoints of freshly initialised tiny models written in-process (no training).
+checkpoints of freshly initialised tiny models written in-process (no training), and
+one real topk run trains beside the view.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ from typer.testing import CliRunner
 
 from moedesk.cli import app as cli
 from moedesk.paths import db_path
-from moedesk.store import connect_writer
+from moedesk.runner.checkpoints import list_checkpoints
+from moedesk.store import Reader, connect_writer
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.tui.format import terminal_safe
 from moedesk.tui.palette import EXPERT_COLOURS
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.screens.sample import SampleScreen
 from moedesk.tui.widgets.token_stream import TokenStream
 from tests.cli.test_sample_cli import make_run
+from tests.conftest import PROFILES, moedesk, wait_for
 from tests.tui.conftest import loaded, make_app, until
+from tests.tui.realruns import kill_leftovers, status_of
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +40,7 @@ def runs(tmp_path):
            "ternary": make_run(home, "tiny_ternary")}
     db = connect_writer(db_path(home))
     batch = Batch()
-    batch.samples.append((20, "The old", " cat sat", 0.8, 12345, 48, 1.0))
+    batch.samples.append((20, "The old", " cat\x1b[2J sat\n", 0.8, 12345, 48, 1.0))
     write_batch(db.conn, ids["topk"], batch)
     db.close()
     return home, ids
@@ -65,7 +70,8 @@ async def test_a_prompt_streams_in_with_routing_and_equals_the_cli(runs):
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_sample(pilot, ids["topk"])
         training = str(screen.query_one("#sample-training").render())
-        assert "step 20" in training and "The old" in training and "cat sat" in training
+        # stored raw, drawn on one line with no raw control character
+        assert "step 20" in training and "The old" in training and "cat·[2J sat↵" in training
         options = [value for _, value in screen._options]
         assert options == ["latest", "best", "20", "10"]
         await generate(pilot, screen, "The cat", 24)
@@ -80,8 +86,10 @@ async def test_a_prompt_streams_in_with_routing_and_equals_the_cli(runs):
                                           "--seed", "1", "--max-new-tokens", "24", "--json",
                                           "--home", str(home)])
         assert result.exit_code == 0, result.output
-        assert "".join(t.text for t in stream.tokens) == \
-            "The cat" + json.loads(result.stdout)["text"]
+        # the stream keeps the model's raw text (what --json reports) and draws it safely
+        assert stream.text() == "The cat" + json.loads(result.stdout)["text"]
+        assert stream.plain() == terminal_safe(stream.text())
+        assert not any(c < " " and c not in "\n\t" for c in stream.plain())
         # routing: every token coloured by its top expert in the layer shown
         await pilot.press("ctrl+r")
         assert stream.routing and stream.shown_layer == 0
@@ -131,6 +139,18 @@ async def test_dense_runs_sample_and_ternary_runs_have_no_sample_view(runs):
         assert screen.query_one(TokenStream).generated == 8
         await pilot.press("ctrl+r")
         assert not screen.query_one(TokenStream).routing
+        # "latest" named a checkpoint a training run pruned before the server read it:
+        # the view asks again with the newest one instead of failing
+        screen.request_id += 1
+        screen.query_one(TokenStream).clear()
+        screen.busy = True
+        gone = home / str(ids["dense"]) / "checkpoints" / "step_00000005.pt"
+        screen._request = {**screen._request, "id": screen.request_id, "checkpoint": str(gone),
+                           "max_new_tokens": 4}
+        screen._send(screen._request)
+        await until(pilot, lambda: not screen.busy, timeout=180, what="the retried request")
+        assert screen.loaded["step"] == 20 and screen.query_one(TokenStream).generated == 4
+        assert str(screen.query_one("#sample-head").render()).startswith("done:")
         await pilot.press("escape")
         await pilot.press("escape")
         pilot.app.open_monitor(ids["ternary"])
@@ -140,3 +160,49 @@ async def test_dense_runs_sample_and_ternary_runs_have_no_sample_view(runs):
         await pilot.press("w")
         await pilot.pause()
         assert pilot.app.screen is monitor
+
+
+async def test_the_view_samples_a_run_while_it_trains(tmp_path):
+    """A real detached topk run (supervisor and trainer) keeps training while the view
+    generates from its newest checkpoint; each prompt looks the newest one up again, and
+    the monitor shows the trainer's newest sample."""
+    home = tmp_path / "home"
+    started = moedesk("run", str(PROFILES / "tiny_topk.toml"), "--set", "train.steps=100000",
+                      "--set", "train.threads=1", "--set", "train.eval_every=0",
+                      "--set", "checkpoint.every=20", "--set", "checkpoint.keep=20",
+                      "--set", "train.sample_every=10", "--set", "train.sample_tokens=8",
+                      "--detach", home=home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        wait_for(lambda: list_checkpoints(home / "1"), timeout=180, what="a first checkpoint")
+        app = make_app(home, fixed_clock=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await loaded(pilot)
+            pilot.app.open_monitor(1)
+            monitor = await until(pilot, lambda: isinstance(pilot.app.screen, MonitorScreen)
+                                  and pilot.app.screen.caught_up and pilot.app.screen,
+                                  timeout=60, what="the monitor")
+            await until(pilot, lambda: "sample @ step" in str(
+                monitor.query_one("#log-tail").border_subtitle or ""), timeout=120,
+                what="the newest training sample on the monitor")
+            await pilot.press("w")
+            screen = await until(pilot, lambda: isinstance(pilot.app.screen, SampleScreen)
+                                 and pilot.app.screen.lists and pilot.app.screen,
+                                 what="the sample view")
+            steps = []
+            for _ in range(2):
+                await generate(pilot, screen, "The", 16)
+                await until(pilot, lambda: not screen.busy, timeout=180,
+                            what="the continuation")
+                assert screen.query_one(TokenStream).generated == 16
+                steps.append(screen.loaded["step"])
+                newest = list_checkpoints(home / "1")[-1].step
+                await until(pilot, lambda newest=newest: list_checkpoints(home / "1")[-1].step > newest,
+                            timeout=180, what="a newer checkpoint")
+            assert steps[1] > steps[0]  # "latest" followed the training run
+            assert status_of(home, 1) == "running"
+            with Reader(db_path(home)) as reader:
+                assert reader.samples(1, limit=1)  # the trainer kept writing samples
+    finally:
+        moedesk("stop", "1", "--kill", home=home)
+        kill_leftovers(home)

@@ -7,10 +7,12 @@ from textual.app import App, ComposeResult
 
 from moedesk.tui import palette
 from moedesk.tui.bands import TOPK_IMBALANCE, Band
+from moedesk.tui.format import display_piece, terminal_safe
 from moedesk.tui.widgets.band_gauge import BandGauge
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from moedesk.tui.widgets.expert_timeline import ExpertTimeline
 from moedesk.tui.widgets.line_chart import ansi_to_strips
+from moedesk.tui.widgets.token_stream import TokenStream
 
 
 class Harness(App):
@@ -97,3 +99,42 @@ def test_plotext_colours_map_to_series_colours():
     assert [s.text for s in strips] == ["1.0┤⠠⣄  │", "   └┬─"]
     coloured = [seg for seg in strips[0] if seg.text == "⠠⣄"]
     assert coloured and coloured[0].style.color.name == "#ff0000"
+
+
+def test_model_text_is_drawn_without_raw_control_characters():
+    assert display_piece("a\nb\t\x01") == "a↵b⇥·"
+    assert terminal_safe("a\x1b[31mb\n\tc\r\x9b") == "a·[31mb\n\tc␍·"
+    assert terminal_safe("plain é") == "plain é"
+
+
+class StreamHarness(App):
+    def compose(self) -> ComposeResult:
+        yield TokenStream(id="stream")
+
+
+async def test_token_stream_keeps_the_raw_text_and_draws_it_safely():
+    app = StreamHarness()
+    async with app.run_test(size=(60, 20)) as pilot:
+        stream = app.query_one(TokenStream)
+        pieces = [("Hi", True, {0: 1}), ("\x1b[2J", False, {0: 2}), ("\n", False, {0: 2}),
+                  ("ok\x07", False, {0: 0})]
+        for text, prompt, top in pieces:
+            stream.add(text, prompt, top)
+        await pilot.pause()
+        # the model's text, raw, for comparing with `moedesk sample --json`
+        assert stream.text() == "Hi\x1b[2J\nok\x07" and stream.generated == 3
+        assert stream.plain() == "Hi·[2J\nok·"
+        stream.show_routing(True, 0, 4)
+        drawn = stream.render()
+        assert drawn.plain.startswith("L0 top expert per token")
+        body = drawn.plain.split("\n", 1)[1]
+        assert body == "Hi·[2J↵\nok·"  # the line break is marked and still breaks the line
+        assert not any(c < " " and c != "\n" for c in drawn.plain)
+        body_start = len(drawn.plain) - len(body)
+        backgrounds = {drawn.plain[s.start:s.end]: s.style.bgcolor.name for s in drawn.spans
+                       if getattr(s.style, "bgcolor", None) and s.start >= body_start}
+        assert backgrounds == {"Hi": palette.EXPERT_COLOURS[1],
+                               "·[2J": palette.EXPERT_COLOURS[2],
+                               "↵": palette.EXPERT_COLOURS[2], "ok·": palette.EXPERT_COLOURS[0]}
+        # the legend counts every token shown, prompt included
+        assert " 1  25%" in drawn.plain and " 2  50%" in drawn.plain and " 3  0%" in drawn.plain

@@ -1,5 +1,8 @@
 """MonitorScreen: one run, live: curves, expert load, gauges, alerts and the log tail.
 
+Below the log tail, on its border, the newest sample the trainer wrote (`[train]
+sample_every`; `w` opens the sample view with more of them).
+
 The screen watches its run through the app's poller and redraws on `RunDataChanged`,
 part by part: each part of `RunData` has a version, and only parts whose version moved
 since the last apply are touched (a new log line does not rebuild the charts). Charts
@@ -8,6 +11,7 @@ get points downsampled to their width; the heatmap redraws only lines that chang
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -15,6 +19,7 @@ from textual.widgets import Log
 
 from moedesk.stats import names
 from moedesk.tui import bands
+from moedesk.tui.format import display_piece
 from moedesk.tui.model import RunData, RunRow
 from moedesk.tui.screens.base import DataScreen
 from moedesk.tui.widgets.alert_list import AlertList
@@ -131,6 +136,8 @@ class MonitorScreen(DataScreen):
                 self.query_one(AlertList).show_alerts(data.alerts)
             if versions["log"] != seen.get("log"):
                 self._apply_log(data)
+            if versions["sample"] != seen.get("sample"):
+                self._apply_sample(data)
             self.applied = versions
         self.applies += 1
 
@@ -192,6 +199,19 @@ class MonitorScreen(DataScreen):
         # as NULL, shown as no value)
         self.query_one("#imbalance", BandGauge).set_value(data.value(names.MOE_IMBALANCE))
         self.query_one("#latency", BandGauge).set_value(data.value(names.ROUTE_LATENCY_US))
+
+    def _apply_sample(self, data: RunData) -> None:
+        # a rich Text: the model's words are never read as markup, and drawn on one line
+        # with no raw control character
+        sample = data.sample
+        log = self.query_one("#log-tail", Log)
+        if sample is None:
+            log.border_subtitle = None
+            return
+        line = Text(f"sample @ step {sample['step']}: ", style="bold")
+        line.append(display_piece(sample["prompt"]), style="dim")
+        line.append(display_piece(sample["text"]))
+        log.border_subtitle = line
 
     def _apply_log(self, data: RunData) -> None:
         new = data.log_total - self._log_seen

@@ -39,6 +39,7 @@ from moedesk.runner.checkpoints import (
     resolve_checkpoint,
 )
 from moedesk.store import Reader, StoreError
+from moedesk.tui.format import display_piece
 from moedesk.tui.widgets.token_stream import TokenStream
 
 CHECK_S = 2.0
@@ -85,6 +86,8 @@ class SampleScreen(Screen):
         self.lists = 0  # checkpoint/sample refreshes applied (tests wait on it)
         self._options: list[tuple[str, str]] = []
         self._last_prompt = ""
+        self._request: dict = {}  # the generate request in progress
+        self._follow_latest = False  # it names the newest checkpoint ("latest")
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -160,8 +163,8 @@ class SampleScreen(Screen):
             text = Text()
             for row in message.samples:
                 text.append(f"step {row['step']} ", style="bold")
-                text.append(row["prompt"], style="dim")
-                text.append(row["text"].replace("\n", "↵") + "\n")
+                text.append(display_piece(row["prompt"]), style="dim")
+                text.append(display_piece(row["text"]) + "\n")
             text.rstrip()
             panel.update(text)
 
@@ -190,6 +193,7 @@ class SampleScreen(Screen):
                    "prompt": prompt, "routing": self.kind == "topk", "seed": self.seed}
         if self.max_new_tokens is not None:
             request["max_new_tokens"] = self.max_new_tokens
+        self._request, self._follow_latest = request, choice == LATEST
         self._send(request)
 
     def _send(self, request: dict) -> None:
@@ -235,7 +239,7 @@ class SampleScreen(Screen):
                        f"{event['device']}: generating…", "dim")
         elif kind == "token":
             top = {int(k): v for k, v in (event.get("top") or {}).items()}
-            stream.add(event["shown"], event["prompt"], top)
+            stream.add(event["text"], event["prompt"], top)
             self.query_one("#sample-output", VerticalScroll).scroll_end(animate=False)
         elif kind == "done":
             self.busy = False
@@ -244,13 +248,33 @@ class SampleScreen(Screen):
             how = "stopped" if event["cancelled"] else "done"
             command = (f"moedesk sample {self.run_id}@{self.loaded.get('step')} --prompt "
                        f"{shlex.quote(self._last_prompt)} --seed {settings['seed']} "
-                       f"--max-new-tokens {settings['max_new_tokens']}")
+                       f"--max-new-tokens {settings['max_new_tokens']} --temperature "
+                       f"{settings['temperature']:g}")
             self._head(f"{how}: {event['generated']} tokens in {event['seconds']:.2f} s "
                        f"({rate:.0f}/s), step {self.loaded.get('step')}, temperature "
                        f"{settings['temperature']:g} · again: {command}", "dim")
         elif kind == "error":
+            if self._retry_newer():
+                return
             self.busy = False
             self._head(event["message"], "#ff5f5f")
+
+    def _retry_newer(self) -> bool:
+        """A training run pruned the newest checkpoint between the lookup and the load:
+        ask again with the newest one now (once per such checkpoint; True if sent)."""
+        asked = Path(self._request.get("checkpoint", ""))
+        if not self._follow_latest or asked.exists():
+            return False
+        try:
+            newest = resolve_checkpoint(self.run_dir, None)
+        except CheckpointError:
+            return False
+        if newest.path == asked:
+            return False
+        self._request = {**self._request, "checkpoint": str(newest.path)}
+        self._head(f"step {newest.step}: loading (the newer checkpoint)…", "dim")
+        self._send(self._request)
+        return True
 
     # actions
 

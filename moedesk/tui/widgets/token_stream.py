@@ -1,11 +1,15 @@
 """TokenStream: a prompt and its continuation as it streams in, optionally coloured by routing.
 
-Tokens arrive one at a time (`add`); the text is kept as one rich `Text` and appended
-to, so a token costs one append, not a rebuild. With routing on, each token's
-background is the colour of its top expert in the chosen layer (`palette.expert_style`,
-the colours of `moedesk sample --routing`), line breaks show as ↵, and the first line is
-a legend with each expert's share of the tokens so far. The prompt is dim (plain mode)
-or italic (routing mode).
+Tokens arrive one at a time (`add`) with the text the model wrote, kept raw (`text()`
+is exactly what `moedesk sample --json` reports); what is drawn is made safe
+(`format.terminal_safe`: no raw control character, an escape sequence a model wrote,
+ever reaches the terminal). The drawn text is one rich `Text`, appended to, so a token
+costs one append, not a rebuild. With routing on, each token's background is the colour
+of its top expert in the chosen layer (`palette.expert_style`, the colours of `moedesk
+sample --routing`), line breaks, tabs and control characters show as marks
+(`format.display_piece`; a line break also breaks the line), and the first line is a
+legend with each expert's share of the tokens so far. The prompt is dim (plain mode) or
+italic (routing mode).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from moedesk.tui.format import display_piece, terminal_safe
 from moedesk.tui.palette import expert_style
 
 PROMPT_PLAIN = Style(dim=True)
@@ -24,7 +29,7 @@ PROMPT_ROUTED = Style(italic=True)
 
 @dataclass
 class StreamToken:
-    text: str
+    text: str  # as the model wrote it (raw)
     prompt: bool
     top: dict[int, int] = field(default_factory=dict)  # layer -> top expert
 
@@ -61,8 +66,12 @@ class TokenStream(Widget):
     def generated(self) -> int:
         return sum(1 for t in self.tokens if not t.prompt)
 
+    def text(self) -> str:
+        """The prompt and continuation as the model wrote them (raw)."""
+        return "".join(t.text for t in self.tokens)
+
     def plain(self) -> str:
-        """The text as shown, without styles (tests and copying)."""
+        """The text as drawn, without styles."""
         return self.render().plain
 
     # drawing
@@ -73,16 +82,14 @@ class TokenStream(Widget):
     def _append(self, token: StreamToken) -> None:
         expert = self._expert(token)
         if expert is None:
-            self._text.append(token.text, PROMPT_PLAIN if token.prompt else None)
+            self._text.append(terminal_safe(token.text), PROMPT_PLAIN if token.prompt else None)
             return
         if expert < len(self._counts):
             self._counts[expert] += 1
         style = expert_style(expert) + (PROMPT_ROUTED if token.prompt else Style())
-        if "\n" in token.text:
-            self._text.append(token.text.replace("\n", "↵"), style)
+        self._text.append(display_piece(token.text), style)
+        if "\n" in token.text:  # the mark keeps the token's colour; the line still breaks
             self._text.append("\n")
-        else:
-            self._text.append(token.text, style)
 
     def _rebuild(self) -> None:
         self._text = Text()
