@@ -236,3 +236,27 @@ async def test_delete_asks_first_refuses_active_runs_and_removes(canned):
         assert any("removed run" in n.message for n in app._notifications)
     with open_reader(canned.path) as reader:
         assert canned.dense not in [r.id for r in reader.runs()]
+
+
+async def test_the_monitor_shows_the_runs_resolved_config_as_toml(canned):
+    import tomllib
+
+    from moedesk.tui.screens.run_config import RunConfig
+
+    app = make_app(canned.path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await loaded(pilot)
+        names = table_names(app)
+        app.screen.query_one(RunTable).move_cursor(row=names.index("dense-a"))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="monitor")
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, RunConfig), what="config")
+        static = app.screen.query_one("#config-text")
+        await until(pilot, lambda: "[train]" in str(static.render()), what="config text")
+        text = str(static.render())
+        data = tomllib.loads(text)  # pasteable: TOML that reads back
+        assert data["name"] == "dense-a" and data["kind"] == "dense"
+        assert data["train"]["steps"] == 100 and "lr" in data["train"]
+        await pilot.press("escape")
+        assert isinstance(app.screen, MonitorScreen)
