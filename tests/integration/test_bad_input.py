@@ -123,6 +123,8 @@ CASES = [
     Case("deep-toml-file", ["run", "{tmp}/deep.toml"], 2, "nested too deeply",
          write("deep.toml", f'name = "x"\nkind = "dense"\nx = {DEEP}\n')),
     Case("deep-toml-set", ["run", TINY, "--set", f"x={DEEP}"], 2, "nested too deeply"),
+    Case("set-without-equals", ["run", TINY, "--set", "nokey"], 2,
+         "must look like section.key=value"),
     Case("fifo-profile", ["run", "{tmp}/fifo.toml"], 2, "not a regular file", fifo),
     Case("dev-zero-profile", ["profiles", "validate", "/dev/zero"], 2, "not a regular file",
          home_flag=False),
