@@ -97,12 +97,12 @@ def run(
         fail("give one of --from (continue a run's whole state) and --init-from (its weights)")
     if stop_on is not None and stop_on not in ("warning", "critical", "never"):
         fail(f"--stop-on: got {stop_on!r}; allowed values: 'warning', 'critical', 'never'")
-    overrides = parse_overrides(set_ or [])
-    for key, value in (("train.nproc_per_node", nproc_per_node), ("train.nnodes", nnodes),
-                       ("train.rdzv_endpoint", rdzv_endpoint)):
-        if value is not None:
-            overrides[key] = value
     try:
+        overrides = parse_overrides(set_ or [])  # a bad --set is a ProfileError too
+        for key, value in (("train.nproc_per_node", nproc_per_node), ("train.nnodes", nnodes),
+                           ("train.rdzv_endpoint", rdzv_endpoint)):
+            if value is not None:
+                overrides[key] = value
         loaded = load_profile(profile, overrides)
     except ProfileError as exc:
         fail(exc.lines)

@@ -123,7 +123,7 @@ def parse_at(text: str | None, what: str = "the step") -> int | str | None:
     text = str(text).strip()
     if text.lower() == BEST:
         return BEST
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # '²'.isdigit() is True, int('²') a ValueError
         return int(text)
     raise CheckpointError(f"{what}: got {text!r}; use a step number or 'best'")
 
@@ -174,6 +174,8 @@ def resolve_checkpoint(run_dir: Path, at: int | str | None = None,
         if at == BEST:
             return best_checkpoint(run_dir)
     return find_checkpoint(run_dir, at, at_most)
+
+
 def checkpoint_step(path: Path) -> int | None:
     """The step in a `step_XXXXXXXX.*` name, or None."""
     stem = path.name.split(".", 1)[0]

@@ -28,14 +28,15 @@ from pathlib import Path
 
 from moedesk.paths import db_path
 from moedesk.store import names
+from moedesk.store import runs as store_runs
 from moedesk.store.db import StoreError, connect_writer, transaction
-from moedesk.store.liveness import process_alive
 from moedesk.store.reads import RunInfo, open_reader
 
 TRASH = ".trash"
 FINISHED = ("completed", "failed", "stopped", "crashed")
+# every table with a run_id column (tests/unit/test_housekeeping.py checks the schema agrees)
 CHILD_TABLES = ("metrics", "expert_load", "alerts", "checkpoints", "resumes", "analysis",
-                "run_tags")
+                "samples", "run_tags")
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -63,16 +64,10 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
-def _is_active(info: RunInfo) -> bool:
-    # effective status: a row saying running whose supervisor is gone is a crash
-    return info.status in ("queued", "running") and (
-        info.status == "queued" and not info.row.get("supervisor_pid")
-        or process_alive(info.row.get("supervisor_pid"), info.row.get("supervisor_started")))
-
-
 def active(runs: list[RunInfo]) -> list[RunInfo]:
-    """The runs that may not be removed: queued or running with a live supervisor."""
-    return [r for r in runs if _is_active(r)]
+    """The runs that may not be removed: queued, running or unresponsive (the reader's
+    effective status: a live supervisor, frozen or not, or a start still under way)."""
+    return [r for r in runs if r.status in store_runs.ACTIVE]
 
 
 def resolve(home: Path, refs: list[str | int]) -> list[RunInfo]:
@@ -113,6 +108,10 @@ def remove_runs(home: Path, refs: list[str | int]) -> list[Removed]:
                 if row is None:
                     raise HousekeepingError(f"run {r.id} ({r.name}) was removed meanwhile; "
                                             "nothing was removed")
+                if row[0] != r.row["stored_status"]:
+                    # resumed (or ended) since it was read: a compare-and-set, like claims
+                    raise HousekeepingError(f"run {r.id} ({r.name}) became {row[0]} meanwhile"
+                                            " (a resume?); nothing was removed")
                 for table in CHILD_TABLES:
                     conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (r.id,))
                 conn.execute("UPDATE runs SET parent_id = NULL WHERE parent_id = ?", (r.id,))
@@ -186,7 +185,7 @@ def plan_prune(home: Path, *, statuses: tuple[str, ...] = (), older_than_s: floa
     now = time.time() if now is None else now
     with open_reader(home) as reader:
         runs = reader.runs()
-    picked = [r for r in runs if r.status in FINISHED and not _is_active(r)
+    picked = [r for r in runs if r.status in FINISHED
               and (not statuses or r.status in statuses)
               and (older_than_s is None or now - r.created_at > older_than_s)]
     picked.sort(key=lambda r: r.id)

@@ -282,6 +282,38 @@ class MoedeskApp(App):
                               title="stop")
         self.wake_poller()
 
+    def request_delete(self, rows: list[RunRow]) -> None:
+        from moedesk.tui.screens.confirm_delete import ConfirmDelete
+
+        busy = [r for r in rows if r.active]
+        if busy:
+            self.notify("; ".join(f"run {r.id} is {r.status}: stop it first" for r in busy),
+                        title="delete", severity="warning")
+            return
+        if not rows:
+            return
+
+        def chosen(yes: bool | None) -> None:
+            if yes:
+                self._delete([r.id for r in rows])
+
+        self.push_screen(ConfirmDelete(rows), chosen)
+
+    @work(thread=True, group="run-ops", exit_on_error=False, description="deleting runs")
+    def _delete(self, run_ids: list[int]) -> None:
+        from moedesk.store.housekeeping import remove_runs
+
+        try:
+            removed = remove_runs(self.home, run_ids)  # refuses (all of them) if any is active
+        except (StoreError, OSError) as exc:
+            self.post_message(ActionFailed("cannot delete", [str(exc)]))
+            return
+        freed = sum(r.bytes_freed for r in removed) / 1e6
+        names = ", ".join(f"{r.run_id} ({r.name})" for r in removed)
+        self.call_from_thread(self.notify, f"removed run {names}; {freed:.1f} MB freed",
+                              title="delete")
+        self.wake_poller()
+
     def request_resume(self, row: RunRow) -> None:
         from moedesk.tui.screens.resume_dialog import ResumeDialog
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from moedesk.profiles import Profile
 from moedesk.stats import names
 from moedesk.stats.load import group_loads, groups, load_stats
+from moedesk.store.runs import ACTIVE
 from moedesk.tui.series import SeriesBuffer
 
 # every metric the monitor and runs list show; other names (per-layer moe/L*/...) stay in SQL
@@ -57,6 +58,7 @@ class RunRow:
     num_experts: int
     cluster_size: int
     health_rules: str = "{}"  # the profile's [health.RULE] overrides, as JSON
+    tags: tuple[str, ...] = ()  # `moedesk tag` (run_tags), sorted
 
     def rule_params(self, rule: str) -> dict:
         """A health rule's thresholds for this run: the defaults with its overrides."""
@@ -66,7 +68,8 @@ class RunRow:
 
     @property
     def active(self) -> bool:
-        return self.status in ("queued", "running")
+        """Queued, running or unresponsive: a supervisor has it (stop, never resume or rm)."""
+        return self.status in ACTIVE
 
 
 def routing_shape(profile: Profile) -> tuple[int, int, int]:
@@ -81,7 +84,8 @@ def routing_shape(profile: Profile) -> tuple[int, int, int]:
     return 1, 0, 0
 
 
-def row_from_info(info, loss: float | None, health: str | None, profile: Profile) -> RunRow:
+def row_from_info(info, loss: float | None, health: str | None, profile: Profile,
+                  tags: tuple[str, ...] = ()) -> RunRow:
     """A run's list row; `profile` is its stored config rebuilt (`profile_from_dict`)."""
     row = info.row
     top_k, num_experts, cluster = routing_shape(profile)
@@ -90,7 +94,7 @@ def row_from_info(info, loss: float | None, health: str | None, profile: Profile
                   loss, health, info.created_at, info.started_at, info.ended_at,
                   row.get("profile_path") or "", row.get("run_dir") or "",
                   row.get("params_total"), row.get("params_active"), row.get("error"),
-                  top_k, num_experts, cluster, json.dumps(rules, sort_keys=True))
+                  top_k, num_experts, cluster, json.dumps(rules, sort_keys=True), tuple(tags))
 
 
 class RunData:

@@ -170,9 +170,10 @@ class Poller:
                                                            if self.alerts_key else 0)
         self.alerts_key = (last_id, tuple(sorted(worst.items())))
         rows = []
+        tags = reader.tags()
         for info in reader.runs():
             rows.append(row_from_info(info, self._loss(reader, info), worst.get(info.id),
-                                      self._profile(info)))
+                                      self._profile(info), tuple(tags.get(info.id, ()))))
         return tuple(rows)
 
     def _profile(self, info) -> Profile:

@@ -186,15 +186,17 @@ def test_damaged_checkpoints_are_named_not_loaded(home):
     (folder / "step_00000030.pt").write_bytes(original[:5000])
     assert [c.step for c in list_checkpoints(home / "1")] == [10, 20]
 
+    # the run completed: a plain resume has nothing to do (newuser.md 6), so name the step
+    assert "nothing to resume" in moedesk("resume", "1", home=home).stderr
     # same size, flipped bytes: the checksum catches it
     newest.write_bytes(original[:4096] + bytes(b ^ 0xFF for b in original[4096:4104])
                        + original[4104:])
-    result = moedesk("resume", "1", home=home)
+    result = moedesk("resume", "1", "--at", "20", home=home)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(newest) in result.stderr.replace("\n", "") and "corrupt" in result.stderr
     # cut short: named too, never skipped silently, with the way out
     newest.write_bytes(original[: len(original) // 2])
-    result = moedesk("resume", "1", home=home)
+    result = moedesk("resume", "1", "--at", "20", home=home)
     text = result.stderr.replace("\n", "")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(newest) in text and "truncated" in text and "--at 10" in text

@@ -11,6 +11,7 @@ from textual.command import CommandPalette
 from textual.widget import Widget
 
 import moedesk.tui.app as tui_app
+from moedesk.store import open_reader
 from moedesk.tui.screens.alerts import AlertsScreen
 from moedesk.tui.screens.compare import CompareScreen
 from moedesk.tui.screens.confirm_stop import ConfirmStop
@@ -188,3 +189,74 @@ def test_every_binding_has_an_id():
     for cls in classes:
         for binding in vars(cls).get("BINDINGS", ()):  # its own, not Textual's inherited ones
             assert isinstance(binding, Binding) and binding.id, (cls.__name__, binding)
+
+
+async def test_tags_show_by_the_name_and_filter_with_the_cli_syntax(canned):
+    from moedesk.store import housekeeping as hk
+
+    hk.tag(canned.path, canned.dense, ["lab", "v1.2"])
+    hk.tag(canned.path, canned.ternary, ["lab"])
+    app = make_app(canned.path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        await until(pilot, lambda: "#lab" in screen_text(app), what="tags drawn")
+        line = next(ln for ln in screen_text(app).splitlines() if " dense-a " in ln)
+        assert "dense-a #lab #v1.2" in line, line
+        await pilot.press("slash", *"tag:lab")
+        assert sorted(table_names(app)) == ["dense-a", "tern-c"]
+        await pilot.press(*" -kind:dense")
+        assert table_names(app) == ["tern-c"]
+        app.screen.query_one(RunTable).set_filter("status:failed,crashed")
+        assert sorted(table_names(app)) == ["dense-d", "topk-e"]
+        app.screen.query_one(RunTable).set_filter("tag:")  # still being typed: no error
+        assert len(table_names(app)) == 5
+
+
+async def test_delete_asks_first_refuses_active_runs_and_removes(canned):
+    from moedesk.tui.screens.confirm_delete import ConfirmDelete
+
+    app = make_app(canned.path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await loaded(pilot)
+        await pilot.press("o", "o")  # by status: the running topk-b on top
+        app.screen.query_one(RunTable).move_cursor(row=0)
+        await pilot.press("d")  # running: refused without a dialog
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+        assert any("is running: stop it first" in n.message for n in app._notifications)
+        names = table_names(app)
+        app.screen.query_one(RunTable).move_cursor(row=names.index("dense-a"))
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDelete), what="confirm")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "dense-a" in table_names(app)
+        await pilot.press("d", "y")
+        await until(pilot, lambda: "dense-a" not in table_names(app), what="run removed")
+        assert any("removed run" in n.message for n in app._notifications)
+    with open_reader(canned.path) as reader:
+        assert canned.dense not in [r.id for r in reader.runs()]
+
+
+async def test_the_monitor_shows_the_runs_resolved_config_as_toml(canned):
+    import tomllib
+
+    from moedesk.tui.screens.run_config import RunConfig
+
+    app = make_app(canned.path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await loaded(pilot)
+        names = table_names(app)
+        app.screen.query_one(RunTable).move_cursor(row=names.index("dense-a"))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="monitor")
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, RunConfig), what="config")
+        static = app.screen.query_one("#config-text")
+        await until(pilot, lambda: "[train]" in str(static.render()), what="config text")
+        text = str(static.render())
+        data = tomllib.loads(text)  # pasteable: TOML that reads back
+        assert data["name"] == "dense-a" and data["kind"] == "dense"
+        assert data["train"]["steps"] == 100 and "lr" in data["train"]
+        await pilot.press("escape")
+        assert isinstance(app.screen, MonitorScreen)

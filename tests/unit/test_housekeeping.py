@@ -10,12 +10,14 @@ import psutil
 import pytest
 from sqlite_utils import Database
 
+from moedesk.paths import heartbeat_file
 from moedesk.profiles import profile_to_dict, validate_data
 from moedesk.store import StoreError, connect_writer, open_reader
 from moedesk.store import housekeeping as hk
 from moedesk.store import runs as store_runs
 from moedesk.store.filters import FilterError, parse_filter
 from moedesk.store.ingest import Batch, write_batch
+from moedesk.store.liveness import HEARTBEAT_STALE_S
 from moedesk.store.migrations import migrations
 from moedesk.store.names import NameRefused
 
@@ -37,6 +39,7 @@ def make_run(home, status="completed", name=None, steps=5, parent=None) -> int:
     batch.checkpoints.append((steps, str(folder / "checkpoints" / "step_00000005.pt"), 1000,
                               "x", 1.0))
     batch.alerts.append({"step": 2, "rule": "loss_spike", "severity": "warning", "wall": 1.0})
+    batch.samples.append((steps, "The", "The cat", 0.8, 1, 8, 1.0))
     write_batch(db.conn, run_id, batch)
     if status == "running":  # a live supervisor: this very process
         me = psutil.Process()
@@ -69,6 +72,47 @@ def test_remove_deletes_rows_checkpoints_and_folder_and_never_reuses_the_id(home
         with pytest.raises(StoreError, match=f"run {gone} \\(t-{gone}\\) was removed on"):
             reader.run(gone)
     assert make_run(home) == gone + 1  # the id of the removed run is not given out again
+
+
+def test_every_table_holding_run_rows_is_cleared_by_remove(home):
+    run_id = make_run(home)
+    conn = sqlite3.connect(home / "moedesk.db")
+    with_run_id = {t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type ="
+                                              " 'table'")
+                   if "run_id" in {c[1] for c in conn.execute(f"PRAGMA table_info({t})")}}
+    conn.close()
+    assert with_run_id == set(hk.CHILD_TABLES)  # a new table with run rows must be listed
+    assert rows_of(home, run_id)["samples"] == 1
+    hk.remove_runs(home, [run_id])
+    assert set(rows_of(home, run_id).values()) == {0}
+
+
+def test_remove_refuses_an_unresponsive_run(home):
+    run_id = make_run(home, status="running")
+    beat = heartbeat_file(home / str(run_id))
+    beat.write_text("x")
+    old = time.time() - HEARTBEAT_STALE_S - 5
+    os.utime(beat, (old, old))  # a frozen supervisor: alive, but silent
+    with pytest.raises(hk.HousekeepingError, match=f"run {run_id} .* is unresponsive"):
+        hk.remove_runs(home, [run_id])
+    assert rows_of(home, run_id)["runs"] == 1 and (home / str(run_id) / "train.log").exists()
+
+
+def test_a_run_resumed_between_the_read_and_the_remove_is_kept(home, monkeypatch):
+    run_id = make_run(home, status="crashed")
+    resolve = hk.resolve
+
+    def resolve_then_resume(*args):
+        found = resolve(*args)
+        db = connect_writer(home / "moedesk.db")  # another command's resume claims it now
+        assert store_runs.claim_resume(db.conn, run_id, 5, "c.pt")
+        db.close()
+        return found
+
+    monkeypatch.setattr(hk, "resolve", resolve_then_resume)
+    with pytest.raises(hk.HousekeepingError, match="became queued meanwhile"):
+        hk.remove_runs(home, [run_id])
+    assert rows_of(home, run_id)["runs"] == 1 and (home / str(run_id) / "train.log").exists()
 
 
 def test_remove_refuses_an_active_run_and_removes_nothing(home):

@@ -78,7 +78,8 @@ def test_best_references_and_their_errors(tmp_path):
     assert split_ref("7@120") == ("7", 120) and split_ref("7") == ("7", None)
     assert parse_at("BEST") == BEST and parse_at("") is None
     for bad, message in [("7@", "put a step number or 'best'"), ("@5", "name a run"),
-                         ("7@latest", "use a step number or 'best'")]:
+                         ("7@latest", "use a step number or 'best'"),
+                         ("7@²", "use a step number or 'best'")]:  # not int('²')
         with pytest.raises(CheckpointError, match=message):
             split_ref(bad)
     save_checkpoint({"step": 5}, tmp_path, 5)

@@ -52,6 +52,9 @@ class MonitorScreen(DataScreen):
                 tooltip="Routing analysis (recorded for topk runs only)"),
         Binding("w", "sample", "Sample", id="monitor-sample",  # dense and topk runs
                 tooltip="Sample from the latest checkpoint, with per-token routing"),
+        # in the palette (ctrl+p): the 80-column footer has no room left
+        Binding("f", "config", "Config", show=False, id="monitor-config",
+                tooltip="The run's resolved config, as TOML (moedesk profiles show)"),
     ]
 
     def __init__(self, run_id: int):
@@ -235,6 +238,13 @@ class MonitorScreen(DataScreen):
         row = self._row()
         if row:
             self.app.request_resume(row)
+
+    def action_config(self) -> None:
+        from moedesk.tui.screens.run_config import RunConfig
+
+        row = self._row()
+        if row:
+            self.app.push_screen(RunConfig(row))
 
     def action_toggle_timeline(self) -> None:
         self.toggle_class("-timeline-toggled")

@@ -1,4 +1,5 @@
-"""RunsScreen: the front door. Every run; filter, sort, select; open, stop, resume, compare."""
+"""RunsScreen: the front door. Every run; filter, sort, select; open, stop, resume, compare,
+delete."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class RunsScreen(DataScreen):
         Binding("space", "toggle_select", "Select", id="select",
                 tooltip="Select or unselect the run under the cursor (for compare)"),
         Binding("slash", "filter", "Filter", key_display="/", id="filter",
-                tooltip="Filter runs by name, kind or status"),
+                tooltip="Filter runs: words, tag:T, status:S, kind:K, name:N, -TERM negates"),
         Binding("o", "cycle_sort", "Sort", id="sort",
                 tooltip="Cycle the sort: newest, name, status, loss, health"),
         Binding("s", "stop", "Stop", id="stop",
@@ -31,13 +32,18 @@ class RunsScreen(DataScreen):
                 tooltip="Continue a stopped run from a checkpoint"),
         Binding("c", "compare", "Compare", id="compare",
                 tooltip="Compare the selected runs side by side"),
+        # in the palette (ctrl+p), not the footer: a destructive key is not advertised
+        Binding("d", "delete", "Delete", show=False, id="delete",
+                tooltip="Delete the selected runs (or the one under the cursor), after a"
+                        " confirm: rows, checkpoints and folder, like moedesk rm"),
         Binding("escape", "clear_filter", "Clear filter", show=False, id="clear-filter",
                 tooltip="Clear the filter"),
     ]
 
     def compose(self) -> ComposeResult:
         yield TitleHeader()
-        yield Input(placeholder="filter runs by name, kind or status", id="runs-filter")
+        yield Input(placeholder="filter: words, tag:lab, status:failed,crashed, -kind:dense",
+                    id="runs-filter")
         yield RunTable(self.app.clock, id="runs-table")
         yield Static(id="runs-status")
         yield KeyFooter(compact=True)
@@ -135,6 +141,9 @@ class RunsScreen(DataScreen):
         row = self.table.current_row()
         if row:
             self.app.request_resume(row)
+
+    def action_delete(self) -> None:
+        self.app.request_delete(self.table.chosen())
 
     def action_compare(self) -> None:
         rows = self.table.chosen()

@@ -1,9 +1,10 @@
 """RunTable: every run with its status, progress, latest loss, health and age.
 
-Filtering (substring over name, kind and status), sorting and the multi-selection live
-here; the screen pushes new `RunRow`s with `show_runs`. When the visible rows keep
-their order only changed cells are rewritten, so the cursor and scroll stay put while
-runs train.
+Filtering (`store/filters.py`, the CLI's syntax: `tag:lab status:failed -kind:dense`, any
+other word a substring of name, kind, status or tags), sorting and the multi-selection live
+here; a run's tags follow its name (`#lab`). The screen pushes new `RunRow`s with
+`show_runs`. When the visible rows keep their order only changed cells are rewritten, so
+the cursor and scroll stay put while runs train.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import DataTable
 
+from moedesk.store.filters import parse_filter
 from moedesk.tui import format as fmt
 from moedesk.tui.model import RunRow
 
@@ -52,7 +54,7 @@ class RunTable(DataTable):
         self._render()
 
     def set_filter(self, text: str) -> None:
-        self.filter_text = text.strip().lower()
+        self.filter_text = text.strip()
         self._render()
 
     def cycle_sort(self) -> str:
@@ -102,7 +104,10 @@ class RunTable(DataTable):
     def _visible(self) -> list[RunRow]:
         rows = list(self.rows_by_id.values())
         if self.filter_text:
-            rows = [r for r in rows if self.filter_text in f"{r.name} {r.kind} {r.status}".lower()]
+            # partial: a term still being typed (`tag:`) filters nothing yet, never an error
+            wanted = parse_filter(self.filter_text, partial=True)
+            rows = [r for r in rows if wanted.matches(name=r.name, kind=r.kind,
+                                                      status=r.status, tags=r.tags)]
         keys = {
             "newest": lambda r: -r.id,
             "name": lambda r: (r.name.lower(), -r.id),
@@ -119,7 +124,7 @@ class RunTable(DataTable):
         return (
             Text("✓", style="bold #5fd75f") if row.id in self.selected else Text(" "),
             str(row.id),
-            Text(row.name),  # data is never markup: a run named "[/]" shows as typed
+            self._name_cell(row),
             Text(row.kind),
             fmt.status_text(row.status),
             fmt.step_text(row.step, row.total_steps),
@@ -127,6 +132,14 @@ class RunTable(DataTable):
             fmt.health_text(row.health),
             fmt.age(now - row.created_at) if row.created_at is not None else "-",
         )
+
+    @staticmethod
+    def _name_cell(row: RunRow) -> Text:
+        # data is never markup: a run named "[/]" (or tagged so) shows as typed
+        cell = Text(row.name)
+        for tag in row.tags:
+            cell.append(f" #{tag}", style="dim")
+        return cell
 
     def _render(self) -> None:
         now = self.clock()
