@@ -282,7 +282,10 @@ def request_stop(info: RunInfo, kill: bool) -> dict:
         raise RunError(f"run {info.id} ({info.name}) is {info.status}; only queued, running or"
                        " unresponsive runs can be stopped")
     request = write_stop_request(Path(info.row["run_dir"]), "kill" if kill else "graceful")
-    signal_trainer(info.row["trainer_pid"], stop_signal(kill))
+    if info.kind != store_external.EXTERNAL_KIND:
+        # an external run's supervisor passes the stop on itself: only it knows whether
+        # the process stops on its own (graceful_stop) and whether it leads a group
+        signal_trainer(info.row["trainer_pid"], stop_signal(kill))
     return request
 
 
