@@ -68,7 +68,9 @@ class Batch:
         if other.best_step is not None:
             self.best_step = other.best_step
         self.started = other.started or self.started
-        self.settings = other.settings or self.settings
+        if other.settings is not None:  # the newest config; tags add up
+            tags = [*(self.settings or {}).get("tags", ()), *other.settings.get("tags", ())]
+            self.settings = {**other.settings, "tags": tags}
 
     def __len__(self) -> int:
         return (len(self.metrics) + len(self.expert_load) + len(self.checkpoints)
