@@ -112,6 +112,11 @@ def _connect(home: Path, busy_ms: int = SUPERVISOR_BUSY_MS):
 
 def _end(run: ExternalRun, watch: Watch, log_path: Path, status: str, error: str | None,
          exit_code: int | None) -> None:
+    # a stop the process answered itself (graceful_stop) before our last look is still
+    # acknowledged before the end is recorded; the process is gone, nothing to pass on
+    watch.deliver = lambda request: None
+    watch.last_check = 0.0
+    watch.tick(run.ingestor.last_step)
     run.write_notes(log_path)
     run.committer.finish(status, exit_code, error)
     watch.close()

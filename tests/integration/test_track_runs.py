@@ -162,8 +162,8 @@ def test_moedesk_stop_on_an_attached_run(home, tmp_path, graceful, honours, args
     run_id = int(proc.stdout.readline())
     wait_for(lambda: info_of(home, run_id).last_step >= 5, what="a few steps")
     stopped = moedesk_cli("stop", str(run_id), *args, home=home, check=True)
-    # the run's supervisor acknowledged the stop (runner/watch.py), at the step it had seen
-    assert "requested at step" in stopped.stdout, stopped.stdout
+    if not honours:  # the supervisor passed the signal on and acknowledged it first
+        assert "requested at step" in stopped.stdout, stopped.stdout
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == exit_code
     assert ("clean exit" in out) == (exit_code == 0)
