@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import moedesk  # noqa: E402
 from moedesk.paths import events_file  # noqa: E402
 from moedesk.profiles import profile_to_dict, validate_data  # noqa: E402
+from moedesk.runner.commit import Committer  # noqa: E402
 from moedesk.runner.external_run import ExternalRun, settings  # noqa: E402
 from moedesk.runner.ingest import Ingestor  # noqa: E402
 from moedesk.runner.loadmetrics import LoadMetrics  # noqa: E402
 from moedesk.runner.protocol import encode  # noqa: E402
-from moedesk.runner.supervise import _reader, make_engine  # noqa: E402
+from moedesk.runner.supervise import TICK_S, _drain, _reader, make_engine  # noqa: E402
 from moedesk.store import connect_writer  # noqa: E402
 from moedesk.store import external as store_external  # noqa: E402
 from moedesk.store import runs as store_runs  # noqa: E402
@@ -142,24 +143,28 @@ def ingest_own(home: Path, stream: Path) -> tuple[float, float, int]:
         "train": {"steps": LOG_CALLS, "warmup_steps": 0}}))
     run_id, _ = store_runs.create_run(db.conn, config=config, profile_path="", home=home,
                                       stop_on="never")
+    folder = home / str(run_id)
+    folder.mkdir()
     start, cpu = time.perf_counter(), time.process_time()
     # supervise.py's path: the trainer's stdout pipe, a reader thread, a queue, the Ingestor
     trainer = subprocess.Popen(["cat", str(stream)], stdout=subprocess.PIPE, text=True, bufsize=1)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(trainer.stdout, lines), daemon=True).start()
-    ingestor = Ingestor(db.conn, run_id, make_engine(config, "never"))
-    while True:
+    ingestor = Ingestor(Committer(db.conn, run_id, folder, keep=0), make_engine(config, "never"))
+    eof = False
+    while not eof:  # supervise.py's `_follow` loop, less the watch and the outage
         try:
-            line = lines.get(timeout=ingestor.flush_interval)
+            line = lines.get(timeout=TICK_S)
         except queue.Empty:
-            ingestor.tick()
-            continue
-        if line is None:
-            break
-        ingestor.feed_line(line)
+            line = ""  # a quiet moment: tick and commit
+        eof = line is None
+        if line:
+            ingestor.feed_line(line)
+            eof = _drain(lines, ingestor)
         ingestor.tick()
+        ingestor.commit()
     trainer.wait()
-    ingestor.flush()
+    ingestor.commit()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     rows = rows_of(db.conn, run_id)
     db.close()

@@ -14,7 +14,9 @@ what was stored). `settings` builds the run's `config_json` (docs/tracking.md).
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
@@ -30,6 +32,7 @@ from moedesk.store import external as store_external
 from moedesk.store import runs as store_runs
 
 USER_ALERT_RULE = "user"
+STORE_STOP = "store"  # the rule of a stop for an unwritable store (runner/supervise.py's too)
 
 
 def settings(*, name: str | None = None, config: dict | None = None, stop_on: str = "critical",
@@ -103,20 +106,33 @@ def run_context(config: dict) -> RunContext:
 
 
 class ExternalRun:
-    """Events file in, rows out: one external run's ingest, load metrics and health."""
+    """Events file in, rows out: one external run's ingest, load metrics and health.
 
-    def __init__(self, conn, run_id: int, config: dict, folder: Path):
+    Every write goes through the `Committer` (runner/commit.py): the run's settings too
+    (`Batch.settings`), so an unwritable store spools them with the rows and never takes
+    the supervisor down. `stops` says why moedesk itself asked the process to stop (a
+    health rule at `stop_on`, the store unwritable for too long), first one first."""
+
+    def __init__(self, conn, run_id: int, config: dict, folder: Path,
+                 committer: Committer | None = None):
         self.conn, self.run_id, self.config, self.run_dir = conn, run_id, config, folder
-        self.ingestor = Ingestor(Committer(conn, run_id, folder, keep=0), None, self._on_alert)
+        self.committer = committer or Committer(conn, run_id, folder, keep=0)
+        self.ingestor = Ingestor(self.committer, None, self._on_alert)
         self.loads = LoadMetrics()
         self.tail = EventTail(events_file(folder))
-        self.health_stop: list[dict] = []
+        self.stops: list[dict] = []  # {"rule", "message", "step"}
         self.notes: list[str] = []
+        # set by the supervisor: passes a stop on when not even the request file is written
+        self.deliver_now: Callable[[dict], None] | None = None
         self._build_engine(replay=False)
 
     @property
     def finished(self) -> dict | None:
         return self.ingestor.finished
+
+    @property
+    def health_stop(self) -> list[dict]:
+        return [s for s in self.stops if s["rule"] != STORE_STOP]
 
     def _build_engine(self, replay: bool = True) -> None:
         health = self.config["health"]
@@ -124,41 +140,73 @@ class ExternalRun:
                                       health["stop_on"])
         if replay:  # the rows stored so far, so windows and open alerts carry over
             self.ingestor.commit()
-            history, open_rules = store_runs.health_history(self.conn, self.run_id, RULE_METRICS)
-            engine.replay(history, time.time(), open_rules)
+            try:
+                history, open_rules = store_runs.health_history(self.conn, self.run_id,
+                                                                RULE_METRICS)
+                engine.replay(history, time.time(), open_rules)
+            except sqlite3.Error as exc:  # the store is down: the rules start afresh
+                self.notes.append(f"health rules restarted without their history ({exc})")
         self.ingestor.engine = engine
 
     def _update(self, config: dict, tags=()) -> None:
         shape_changed = (run_context(config) != run_context(self.config)
                          or config["health"] != self.config["health"])
         self.config = config
+        self.ingestor.batch.settings = {"config": config, "tags": list(tags)}
         self.ingestor.commit()
-        store_external.update_external(self.conn, self.run_id, config, tags)
         if shape_changed:
             self._build_engine()
 
     def _on_alert(self, alert: dict) -> None:
-        if alert.get("stops") and not self.health_stop:
-            self.health_stop.append(alert)
-            write_stop_request(self.run_dir, "graceful")
+        if alert.get("stops") and not self.stops:
+            self.request_stop(alert["rule"], alert["message"], alert.get("step"))
 
-    def pump(self, final: bool = False) -> int:
-        """Ingest what was appended since the last call; returns the number of lines."""
+    def request_stop(self, rule: str, message: str, step: int | None = None) -> None:
+        """moedesk stops the run itself: the stop request the supervisor's `Watch` passes
+        on (a full disk that refuses even that file: `deliver_now` is called with it)."""
+        self.stops.append({"rule": rule, "message": message,
+                           "step": self.ingestor.last_step if step is None else step})
+        try:
+            write_stop_request(self.run_dir, "graceful")
+        except OSError:
+            if self.deliver_now is not None:
+                self.deliver_now({"mode": "graceful", "time": time.time()})
+
+    def pump(self, final: bool = False, tick: bool = True) -> int:
+        """Ingest what was appended since the last call; returns the number of lines.
+        `tick=False` while a stop is under way (a process checkpointing is no stall)."""
         lines = self.tail.read_lines(final)
         for line in lines:
             self.feed_line(line)
-        self.ingestor.tick()
+            if self.ingestor.full:
+                self.ingestor.commit()
+        if tick:
+            self.ingestor.tick()
         # what one read found is one commit: a quiet writer's line is readable at once, a
-        # flood goes in one transaction per read
+        # flood goes in one transaction per read (MAX_BATCH_ROWS at most)
         self.ingestor.commit()
         return len(lines)
 
     def feed_line(self, line: str) -> None:
+        """One line of the events file; a malformed event (anyone may append to the file)
+        is kept as a log line with a note, never an error."""
         decoded = decode(line)
         event = decoded.event
         if event is None:
             self.ingestor.feed_line(line)  # kept as a log line
             return
+        try:
+            self._feed(event)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            self.ingestor.log_lines.append(decoded.text)
+            self._note_once(f"a {event['type']} event was not stored ({type(exc).__name__}:"
+                            f" {exc}); it is kept in train.log")
+
+    def _note_once(self, note: str) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
+
+    def _feed(self, event: dict) -> None:
         kind = event["type"]
         if kind == "started":
             self._started(event)
@@ -182,9 +230,14 @@ class ExternalRun:
         loads = event.get("loads") or {}
         if not isinstance(loads, dict) or not loads:
             return
-        self.ingestor.feed(event)
+        if not all(isinstance(c, list) and c and all(type(v) is int and v >= 0 for v in c)
+                   for c in loads.values()):
+            raise ValueError("loads must map each layer to a list of whole counts >= 0")
+        loads = {str(int(k)): v for k, v in loads.items()}
+        event = {**event, "loads": loads}
         moe = self.config["moe"]
         top_k = int(event.get("top_k") or moe["top_k"] or 0)
+        self.ingestor.feed(event)
         experts = max(len(c) for c in loads.values())
         if (experts, top_k) != (moe["num_experts"], moe["top_k"]) and top_k:
             new = json.loads(json.dumps(self.config))
@@ -226,9 +279,11 @@ class ExternalRun:
                 log.write("\n".join(lines) + "\n")
 
     def stopped_text(self, request: dict | None) -> str | None:
-        if self.health_stop:
-            alert = self.health_stop[0]
-            return f"stopped by health rule {alert['rule']}: {alert['message']}"
+        if self.stops:
+            stop = self.stops[0]
+            if stop["rule"] == STORE_STOP:
+                return f"stopped by moedesk: {stop['message']}"
+            return f"stopped by health rule {stop['rule']}: {stop['message']}"
         if request is not None:
             return ("killed" if request.get("mode") == "kill" else "stopped") + " by request"
         return None

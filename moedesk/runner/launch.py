@@ -291,20 +291,19 @@ def request_stop(info: RunInfo, kill: bool) -> dict:
         raise RunError(f"run {info.id} ({info.name}) is {info.status}; only queued, running or"
                        " unresponsive runs can be stopped")
     request = write_stop_request(Path(info.row["run_dir"]), "kill" if kill else "graceful")
-    signal_trainer(info.row["trainer_pid"], stop_signal(kill))
+    if info.kind != store_external.EXTERNAL_KIND:
+        # an external run's supervisor passes the stop on itself: only it knows whether
+        # the process stops on its own (graceful_stop) and whether it leads a group
+        signal_trainer(info.row["trainer_pid"], stop_signal(kill))
     return request
 
 
 
-# ---- watched commands (issue 13): a hook kept apart for the merge with the runner work ----
+# ---- watched commands: `moedesk watch -- CMD` and the TUI's watch dialog ------------------
 
-def start_watch(home: Path, argv: list[str], cwd: str | Path | None = None, *,
-                name: str | None = None, tags: list[str] | tuple = (),
-                stop_on: str | None = None) -> Launched:
-    """`moedesk watch -- CMD ARGS...` (and the TUI's dialog): run any command as a detached,
-    supervised external run (runner/external.py `watch`); RunError on a bad command."""
-    from moedesk.runner import external
-
+def check_watch(argv: list[str], cwd: str | Path | None = None) -> tuple[list[str], Path]:
+    """The command and the folder it runs in, or a RunError saying what is wrong (no
+    command, a folder that does not exist, a program that is not an executable)."""
     argv = [str(a) for a in argv or []]
     if not argv:
         raise RunError("watch: give the command after --, e.g. moedesk watch -- python train.py")
@@ -316,22 +315,38 @@ def start_watch(home: Path, argv: list[str], cwd: str | Path | None = None, *,
     if not found or not os.access(found, os.X_OK) or Path(found).is_dir():
         raise RunError(f"watch: {program!r} is not an executable command"
                        + ("" if os.sep in program else " on PATH"))
+    return argv, folder
+
+
+def start_watch(home: Path, argv: list[str], cwd: str | Path | None = None, *,
+                name: str | None = None, tags: list[str] | tuple = (),
+                stop_on: str | None = None) -> Launched:
+    """`moedesk watch -- CMD ARGS...` (and the TUI's dialog): run any command as a detached,
+    supervised external run (runner/external.py `watch`); RunError on a bad command."""
+    from moedesk.runner import external
+
+    argv, folder = check_watch(argv, cwd)
     if stop_on is not None and stop_on not in STOP_ON:
         raise RunError(f"watch: stop_on got {stop_on!r}; allowed values: {', '.join(STOP_ON)}")
     config = external.settings(name=name, stop_on=stop_on or "critical", command=argv,
                                cwd=str(folder), program=external.command_stem(argv))
-    db = connect_writer(db_path(home))
+    db = _writer(home)
     try:
         run_id, final_name = store_external.create_external_run(
             db.conn, home=home, config=config, default_stem=config["external"]["program"],
             stop_on=config["health"]["stop_on"], tags=list(tags))
     finally:
         db.close()
-    return Launched(run_id, final_name, external.spawn(home, run_id))
-
+    try:
+        pid = external.spawn(home, run_id)
+    except (OSError, StoreError) as exc:
+        _record_failed_start(home, run_id, exc)
+        raise RunError(f"run {run_id} ({final_name}) could not start its supervisor: {exc}"
+                       " (recorded as failed)") from None
+    return Launched(run_id, final_name, pid)
 
 
 __all__ = ["RunError", "Launched", "Resumed", "start_run", "stop_run", "request_stop",
            "resume", "resume_run", "plan_resume", "fork_run", "get_run", "checkpoint_for",
-           "checkpoint_of", "spawn_supervisor", "start_watch",
+           "checkpoint_of", "spawn_supervisor", "check_watch", "start_watch",
            "reconcile", "StoreError"]

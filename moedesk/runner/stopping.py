@@ -104,7 +104,11 @@ def _kill_frozen(home: Path, info: RunInfo) -> bool:
             killed = True
         except OSError:
             pass
-    signal_trainer(info.row["trainer_pid"], signal.SIGKILL)
+    if not signal_trainer(info.row["trainer_pid"], signal.SIGKILL) and info.row["trainer_pid"]:
+        try:  # an attached external process need not lead a process group
+            os.kill(info.row["trainer_pid"], signal.SIGKILL)
+        except OSError:
+            pass
     deadline = time.monotonic() + 5.0
     while process_alive(pid, started) and time.monotonic() < deadline:
         time.sleep(POLL_S)

@@ -4,7 +4,9 @@
 it touches `RUN_DIR/heartbeat` every `HEARTBEAT_S` (readers call a live supervisor with
 an old heartbeat `unresponsive`), and when `RUN_DIR/stop_request.json` changes it passes
 the stop on to the trainer's process group itself and acknowledges it in
-`RUN_DIR/stop_ack.json` with the step it saw, which `moedesk stop` waits for.
+`RUN_DIR/stop_ack.json` with the step it saw, which `moedesk stop` waits for. An external
+run's supervisor passes `deliver` instead (runner/external.py): it knows whether the process
+stops itself (`graceful_stop`) and whether it leads a process group.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from moedesk.paths import heartbeat_file, stop_request_file
@@ -22,8 +25,9 @@ REQUEST_CHECK_S = 0.2
 
 
 class Watch:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, deliver: Callable[[dict], None] | None = None):
         self.run_dir = Path(run_dir)
+        self.deliver = deliver  # passes a stop request on; default: signal the trainer's group
         self.trainer_pid: int | None = None
         self.last_beat = 0.0
         self.last_check = 0.0
@@ -57,7 +61,10 @@ class Watch:
             return
         self.acked.add(request.get("time"))
         kill = request.get("mode") == "kill"
-        signal_trainer(self.trainer_pid, signal.SIGKILL if kill else signal.SIGTERM)
+        if self.deliver is not None:
+            self.deliver(request)
+        else:
+            signal_trainer(self.trainer_pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
             acknowledge_stop(self.run_dir, request, step)
         except OSError:

@@ -1,11 +1,12 @@
 """Writes of external runs (kind `external`: a process moedesk did not start as a trainer).
 
 Their `config_json` is moedesk's settings of the run (name, kind, MoE shape, health,
-command) with the user's own config under `config` (built by `runner/external.py`,
+command) with the user's own config under `config` (built by `runner/external_run.py`,
 documented in docs/tracking.md); it changes when the training process says more about
-itself (`update_external`). Tags live in `run_tags` (`names.TAG_RULE`; tags that break it are
-left out). Names are never refused: a taken or
-invalid one becomes NAME-ID (`names.free_name`).
+itself: the supervisor sends the change in its batches (`Batch.settings`, written by
+store/ingest.py, so an unwritable store spools it), `update_external` writes it at once.
+Tags live in `run_tags` (`names.TAG_RULE`; tags that break it are left out). Names are
+never refused: a taken or invalid one becomes NAME-ID (`names.free_name`).
 Each function is one short transaction on the supervisor's (or the CLI's) connection.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from moedesk.paths import run_dir
 from moedesk.store import names
 from moedesk.store.db import transaction
+from moedesk.store.ingest import Batch, insert_tags, write_batch
 from moedesk.store.runs import CreatedRun
 
 EXTERNAL_KIND = "external"
@@ -40,29 +42,16 @@ def create_external_run(conn: sqlite3.Connection, *, home: Path, config: dict,
             " VALUES (?, ?, ?, '', ?, 'queued', ?, ?, 0, ?, ?, ?, ?)",
             (run_id, name, EXTERNAL_KIND, json.dumps(config), config.get("seed"), steps,
              now := time.time(), now, stop_on, str(run_dir(home, run_id))))
-        _insert_tags(conn, run_id, tags)
+        insert_tags(conn, run_id, tags)
     return CreatedRun(run_id, name)
 
 
 def update_external(conn: sqlite3.Connection, run_id: int, config: dict,
                     tags: list[str] | tuple = ()) -> None:
-    """Store a run's new settings (name, total steps, stop_on follow the config) and tags."""
-    steps = (config.get("train") or {}).get("steps") or None
-    stop_on = (config.get("health") or {}).get("stop_on")
-    with transaction(conn):
-        config = {**config, "name": names.free_name(conn, config["name"], run_id, "external")}
-        conn.execute("UPDATE runs SET name = ?, config_json = ?, seed = ?,"
-                     " total_steps = COALESCE(?, total_steps), stop_on = COALESCE(?, stop_on)"
-                     " WHERE id = ?", (config["name"], json.dumps(config), config.get("seed"),
-                                       steps, stop_on, run_id))
-        _insert_tags(conn, run_id, tags)
-
-
-def _insert_tags(conn: sqlite3.Connection, run_id: int, tags) -> None:
-    now = time.time()
-    valid = [str(t) for t in tags if names.TAG_RE.fullmatch(str(t))]
-    conn.executemany("INSERT OR IGNORE INTO run_tags (run_id, tag, created_at) VALUES (?, ?, ?)",
-                     [(run_id, tag, now) for tag in dict.fromkeys(valid)])
+    """Store a run's new settings (name, total steps, stop_on follow the config) and tags
+    now. The supervisor sends the same change in its batches (`Batch.settings`), so an
+    unwritable store spools it."""
+    write_batch(conn, run_id, Batch(settings={"config": config, "tags": list(tags)}))
 
 
 def run_tags(conn: sqlite3.Connection, run_id: int) -> list[str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from dataclasses import dataclass, field
 
+from moedesk.store import names
 from moedesk.store.analysis import insert_rows as insert_analysis_rows
 from moedesk.store.db import transaction
 
@@ -36,32 +38,44 @@ class Batch:
     cleared: list[tuple] = field(default_factory=list)  # (alert_rule, cleared_step)
     last_step: int | None = None
     started: dict | None = None  # the trainer's `started` event (total steps, params, device)
+    # an external run's new settings, {"config": config_json, "tags": [...]} (runner/
+    # external_run.py): in the batch, so a store outage spools them like any row
+    settings: dict | None = None
 
     def to_json(self) -> dict:
         return {"metrics": self.metrics, "expert_load": self.expert_load,
                 "checkpoints": self.checkpoints, "analysis": self.analysis,
+                "samples": self.samples, "best_step": self.best_step,
                 "alerts": self.alerts, "cleared": self.cleared, "last_step": self.last_step,
-                "started": self.started}
+                "started": self.started, "settings": self.settings}
 
     @classmethod
     def from_json(cls, data: dict) -> Batch:
         return cls(*([tuple(r) for r in data.get(k) or []]
                      for k in ("metrics", "expert_load", "checkpoints", "analysis")),
-                   alerts=list(data.get("alerts") or []),
+                   samples=[tuple(r) for r in data.get("samples") or []],
+                   best_step=data.get("best_step"), alerts=list(data.get("alerts") or []),
                    cleared=[tuple(r) for r in data.get("cleared") or []],
-                   last_step=data.get("last_step"), started=data.get("started"))
+                   last_step=data.get("last_step"), started=data.get("started"),
+                   settings=data.get("settings"))
 
     def extend(self, other: Batch) -> None:
-        for name in ("metrics", "expert_load", "checkpoints", "analysis", "alerts", "cleared"):
+        for name in ("metrics", "expert_load", "checkpoints", "analysis", "samples", "alerts",
+                     "cleared"):
             getattr(self, name).extend(getattr(other, name))
         if other.last_step is not None:
             self.last_step = max(self.last_step or 0, other.last_step)
+        if other.best_step is not None:
+            self.best_step = other.best_step
         self.started = other.started or self.started
+        if other.settings is not None:  # the newest config; tags add up
+            tags = [*(self.settings or {}).get("tags", ()), *other.settings.get("tags", ())]
+            self.settings = {**other.settings, "tags": tags}
 
     def __len__(self) -> int:
         return (len(self.metrics) + len(self.expert_load) + len(self.checkpoints)
                 + len(self.alerts) + len(self.cleared) + len(self.analysis) + len(self.samples)
-                + (self.started is not None))
+                + (self.started is not None) + (self.settings is not None))
 
     def add_metrics(self, step: int, values: dict[str, float], wall: float) -> None:
         for name, value in values.items():
@@ -81,6 +95,8 @@ def write_batch(conn: sqlite3.Connection, run_id: int, batch: Batch) -> None:
     with transaction(conn):
         if batch.started is not None:
             _record_started(conn, run_id, batch.started)
+        if batch.settings is not None:
+            _record_settings(conn, run_id, batch.settings)
         if batch.metrics:
             conn.executemany("INSERT OR IGNORE INTO metrics (run_id, step, name, value, wall)"
                              " VALUES (?, ?, ?, ?, ?)",
@@ -129,3 +145,26 @@ def _record_started(conn: sqlite3.Connection, run_id: int, event: dict) -> None:
                  " params_active = ?, device = ? WHERE id = ?",
                  (event.get("total_steps"), params.get("total"), params.get("active"),
                   event.get("device"), run_id))
+
+
+def _record_settings(conn: sqlite3.Connection, run_id: int, settings: dict) -> None:
+    """An external run's new config_json (its name, total steps and stop_on follow it;
+    a taken or invalid name becomes NAME-ID, `names.free_name`) and its tags (those that
+    break `names.TAG_RULE` left out)."""
+    config = settings["config"]
+    config = {**config, "name": names.free_name(conn, config["name"], run_id, "external")}
+    steps = (config.get("train") or {}).get("steps") or None
+    stop_on = (config.get("health") or {}).get("stop_on")
+    conn.execute("UPDATE runs SET name = ?, config_json = ?, seed = ?,"
+                 " total_steps = COALESCE(?, total_steps), stop_on = COALESCE(?, stop_on)"
+                 " WHERE id = ?", (config["name"], json.dumps(config), config.get("seed"),
+                                   steps, stop_on, run_id))
+    insert_tags(conn, run_id, settings.get("tags") or ())
+
+
+def insert_tags(conn: sqlite3.Connection, run_id: int, tags) -> None:
+    """Add the tags that follow `names.TAG_RULE` to `run_tags` (others are left out)."""
+    now = time.time()
+    valid = [str(t) for t in tags if names.TAG_RE.fullmatch(str(t))]
+    conn.executemany("INSERT OR IGNORE INTO run_tags (run_id, tag, created_at) VALUES (?, ?, ?)",
+                     [(run_id, tag, now) for tag in dict.fromkeys(valid)])

@@ -32,7 +32,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from moedesk.paths import profiles_dir as default_profiles_dir
 from moedesk.profiles import ProfileError, load_profile
-from moedesk.runner.launch import RunError, resume_run, start_run, stop_run
+from moedesk.runner.launch import RunError, resume_run, start_run, start_watch, stop_run
 from moedesk.store import StoreError
 from moedesk.tui.messages import (
     ActionFailed,
@@ -64,6 +64,9 @@ class MoedeskApp(App):
                 tooltip="Edit, validate and launch profiles"),
         Binding("q", "quit", "Quit", id="quit",
                 tooltip="Quit moedesk; runs keep running"),
+        # not in the footer (it is full at 80 columns); in the palette like every key
+        Binding("x", "watch_command", "Watch command", show=False, id="watch-command",
+                tooltip="Run any command as a supervised run (moedesk watch -- CMD)"),
     ]
 
     def __init__(self, home: Path, *, profiles: Path | None = None,
@@ -238,6 +241,15 @@ class MoedeskApp(App):
 
         self.push_screen(ProfilePicker(self.profiles_folder), chosen)
 
+    def action_watch_command(self) -> None:
+        from moedesk.tui.screens.watch_dialog import WatchDialog
+
+        def chosen(request) -> None:
+            if request is not None:
+                self._watch(*request)
+
+        self.push_screen(WatchDialog(), chosen)
+
     # run operations: the runner's API (the CLI's semantics), off the UI thread
 
     def request_launch(self, path: Path) -> None:
@@ -253,6 +265,15 @@ class MoedeskApp(App):
             return
         except (RunError, StoreError, OSError) as exc:
             self.post_message(ActionFailed(f"cannot launch {path.name}", [str(exc)]))
+            return
+        self.post_message(RunLaunched(launched.run_id, launched.name, launched.supervisor_pid))
+
+    @work(thread=True, group="run-ops", exit_on_error=False, description="starting a command")
+    def _watch(self, argv: list[str], folder: Path) -> None:
+        try:
+            launched = start_watch(self.home, argv, folder)
+        except (RunError, StoreError, OSError) as exc:
+            self.post_message(ActionFailed(f"cannot start {argv[0]}", [str(exc)]))
             return
         self.post_message(RunLaunched(launched.run_id, launched.name, launched.supervisor_pid))
 

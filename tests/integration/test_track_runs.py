@@ -3,13 +3,17 @@ PyTorch loop with watch_router on an MoE layer that knows nothing of moedesk."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from torch import nn
@@ -157,12 +161,167 @@ def test_moedesk_stop_on_an_attached_run(home, tmp_path, graceful, honours, args
                       wait=False)
     run_id = int(proc.stdout.readline())
     wait_for(lambda: info_of(home, run_id).last_step >= 5, what="a few steps")
-    moedesk_cli("stop", str(run_id), *args, home=home, check=True)
+    stopped = moedesk_cli("stop", str(run_id), *args, home=home, check=True)
+    if not honours:  # the supervisor passed the signal on and acknowledged it first
+        assert "requested at step" in stopped.stdout, stopped.stdout
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == exit_code
     assert ("clean exit" in out) == (exit_code == 0)
     info = ended(home, run_id)
     assert info.status == "stopped" and error in info.row["error"]
+
+
+# ---- the external supervisor on the reliability layer (one writer, heartbeat, spool) ---------
+
+SLOW = """
+run = moedesk.init(name="slow", home={home!r}, stop_on="never")
+print(run.id, flush=True)
+for step in range(1, {steps} + 1):
+    run.log({{"train/loss": 1.0 / step}}, step=step)
+    run.log_expert_load({{0: [step, 1, 2, 3]}}, top_k=1)
+    time.sleep({sleep})
+run.finish()
+print("finished", flush=True)
+"""
+
+
+def start_slow(home: Path, tmp_path: Path, steps: int, sleep: float, env: dict | None = None):
+    script = tmp_path / "slow.py"
+    script.write_text("import os, sys, time\nimport moedesk\n"
+                      + SLOW.format(home=str(home), steps=steps, sleep=sleep))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return proc, int(proc.stdout.readline())
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stored_steps(home: Path, run_id: int) -> list[int]:
+    with reader(home) as r:
+        return [s for s, _ in r.series(run_id, "train/loss")]
+
+
+def test_an_attached_run_is_claimed_and_beats(home, tmp_path):
+    proc, run_id = start_slow(home, tmp_path, 400, 0.02)
+    try:
+        info = wait_for(lambda: (i := info_of(home, run_id)).last_step >= 2 and i,
+                        what="a few steps")
+        row = info.row
+        assert info.status == "running" and row["trainer_pid"] == proc.pid
+        assert row["supervisor_pid"] and row["supervisor_pid"] != proc.pid
+        assert (Path(row["run_dir"]) / "heartbeat").exists()
+        # one writer: a second supervisor for the same run is refused and changes nothing
+        second = subprocess.run([sys.executable, "-m", "moedesk.runner.external", "watch",
+                                 "--home", str(home), "--run-id", str(run_id)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and f"run {run_id} is running, not queued" in second.stdout
+        assert info_of(home, run_id).row["supervisor_pid"] == row["supervisor_pid"]
+    finally:
+        proc.communicate(timeout=120)
+    info = ended(home, run_id)
+    assert info.status == "completed" and stored_steps(home, run_id) == list(range(1, 401))
+    assert not (Path(info.row["run_dir"]) / "heartbeat").exists()  # removed at the end
+
+
+def test_a_dead_attach_supervisor_is_recorded_crashed_by_the_next_command(home, tmp_path):
+    proc, run_id = start_slow(home, tmp_path, 100_000, 0.02)
+    try:
+        row = wait_for(lambda: (i := info_of(home, run_id)).last_step >= 3 and i.row,
+                       what="a few steps")
+        os.kill(row["supervisor_pid"], signal.SIGKILL)
+        wait_for(lambda: not alive(row["supervisor_pid"]), what="the supervisor to die")
+        assert count(home, "SELECT COUNT(*) FROM runs WHERE status = 'running'") == 1
+        shown = moedesk_cli("show", str(run_id), home=home, check=True).stdout
+        assert "crashed" in shown, shown
+        status, error = sql_row(home, "SELECT status, error FROM runs WHERE id = ?", run_id)
+        assert status == "crashed" and f"supervisor (pid {row['supervisor_pid']})" in error
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+
+
+def sql_row(home: Path, query: str, *args):
+    with reader(home) as r:
+        return tuple(r.conn.execute(query, args).fetchone())
+
+
+def test_a_frozen_attach_supervisor_is_unresponsive_and_kill_ends_both(home, tmp_path):
+    proc, run_id = start_slow(home, tmp_path, 100_000, 0.02)
+    row = wait_for(lambda: (i := info_of(home, run_id)).last_step >= 3 and i.row,
+                   what="a few steps")
+    os.kill(row["supervisor_pid"], signal.SIGSTOP)
+    try:
+        wait_for(lambda: "unresponsive" in moedesk_cli("runs", home=home).stdout, timeout=40,
+                 interval=1, what="runs to show unresponsive")
+        asked = moedesk_cli("stop", str(run_id), home=home)
+        assert asked.returncode == 1 and "did not acknowledge" in asked.stderr, asked
+        assert proc.poll() is None  # a graceful stop waits for the supervisor
+        killed = moedesk_cli("stop", str(run_id), "--kill", home=home, check=True)
+        assert "unresponsive" in killed.stdout and "recorded as stopped" in killed.stdout
+        # the attached process leads no process group of its own: it is killed by pid
+        proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        assert not alive(row["supervisor_pid"])
+    finally:
+        if alive(row["supervisor_pid"]):
+            os.kill(row["supervisor_pid"], signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    info = info_of(home, run_id)
+    assert info.status == "stopped" and "unresponsive" in info.row["error"]
+
+
+def hold_lock(path: Path, seconds: float) -> threading.Thread:
+    ready = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        conn.execute("BEGIN IMMEDIATE")
+        ready.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    ready.wait()
+    return thread
+
+
+def test_a_lock_past_the_busy_timeout_is_spooled_and_replayed(home, tmp_path):
+    proc, run_id = start_slow(home, tmp_path, 300, 0.03)
+    wait_for(lambda: info_of(home, run_id).last_step >= 3, what="a few steps")
+    hold_lock(home / "moedesk.db", 8.0).join()  # the supervisor's busy timeout is 5 s
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "finished" in out, err
+    info = ended(home, run_id)
+    assert info.status == "completed", info.row["error"]
+    assert stored_steps(home, run_id) == list(range(1, 301))
+    assert count(home, "SELECT COUNT(*) FROM expert_load WHERE run_id = ?", run_id) == 300
+    with reader(home) as r:
+        outage = [a for a in r.alerts(run_id) if a["rule"] == "store_unwritable"]
+    assert outage and "database is locked" in outage[0]["message"]
+    assert outage[0]["cleared_step"] is not None
+    assert not (Path(info.row["run_dir"]) / "spool.jsonl").exists()
+
+
+def test_a_store_unwritable_past_the_limit_stops_the_process(home, tmp_path):
+    proc, run_id = start_slow(home, tmp_path, 100_000, 0.02,
+                              env={"MOEDESK_STORE_OUTAGE_LIMIT_S": "3"})
+    wait_for(lambda: info_of(home, run_id).last_step >= 3, what="a few steps")
+    hold_lock(home / "moedesk.db", 16.0).join()
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM  # sent by its supervisor (no graceful_stop)
+    info = ended(home, run_id)
+    assert info.status == "stopped", info.row["error"]
+    assert "stopped by moedesk: the store was unwritable for more than 3 s" in info.row["error"]
+    # every step the process logged before its SIGTERM was spooled, then replayed
+    assert stored_steps(home, run_id) == list(range(1, info.last_step + 1))
 
 
 # ---- a plain PyTorch loop on an MoE layer that knows nothing of moedesk ----------------------

@@ -135,9 +135,11 @@ def test_kill_sends_sigkill_when_sigterm_is_ignored(home, tmp_path):
     run_id = watched_id(moedesk("watch", "--home", str(home), "--detach", "--", sys.executable,
                                 str(job), "--ignore-term", check=True))
     child = _child_pid(home, run_id)
-    moedesk("stop", str(run_id), home=home, check=True)
+    # the supervisor acknowledges the stop (it passed SIGTERM on), which the command ignores
+    asked = moedesk("stop", str(run_id), "--no-wait", home=home, check=True)
+    assert f"stopping run {run_id}" in asked.stdout and "requested at step" in asked.stdout
     time.sleep(1.0)
-    assert info_of(home, run_id).status == "running"  # it ignores SIGTERM
+    assert info_of(home, run_id).status == "running"
     moedesk("stop", str(run_id), "--kill", home=home, check=True)
     info = ended(home, run_id)
     assert info.status == "stopped" and info.row["exit_code"] == -signal.SIGKILL

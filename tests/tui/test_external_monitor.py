@@ -1,11 +1,17 @@
-"""The monitor on an external run (moedesk.init, a real supervisor): curves, heatmap, gauges."""
+"""External runs in the TUI (real supervisors): the monitor on a moedesk.init run (curves,
+heatmap, gauges), and the watch dialog starting a command as a run."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
+from textual.widgets import Input, Static
 
 import moedesk
+from moedesk.store import Reader
 from moedesk.tui.screens.monitor import MonitorScreen
+from moedesk.tui.screens.watch_dialog import WatchDialog
 from moedesk.tui.widgets.expert_heatmap import ExpertHeatmap
 from tests.tui.conftest import loaded, make_app, screen_text, until
 
@@ -44,3 +50,49 @@ async def test_monitor_shows_an_external_runs_heatmap(home):
         assert "━ train 2.5" in text  # the curve of run.log
         assert "imbalance 0.23" in text  # the supervisor's moe/imbalance
         assert "dead experts 0" in text
+
+
+JOB = """
+import moedesk
+run = moedesk.init(config={"lr": 0.1})
+for step in range(1, 6):
+    run.log({"train/loss": 2.0 / step}, step=step)
+print("job done", flush=True)
+"""
+
+
+async def test_the_watch_dialog_starts_a_command_as_a_run(home, tmp_path):
+    (tmp_path / "job.py").write_text(JOB)
+    app = make_app(home, fixed_clock=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.polls > 0, what="a poll of the empty home")
+        await pilot.press("x")
+        dialog = await until(pilot, lambda: isinstance(app.screen, WatchDialog) and app.screen)
+        command = dialog.query_one("#watch-command", Input)
+        cwd = dialog.query_one("#watch-cwd", Input)
+        # a bad command is said in the dialog; nothing is started
+        command.value = "no-such-program-xyz --flag"
+        await pilot.press("enter")
+        error = dialog.query_one("#watch-error", Static)
+        await until(pilot, lambda: "not an executable" in str(error.render()), what="the error")
+        command.value = "python 'unclosed"
+        await pilot.press("enter")
+        await until(pilot, lambda: "No closing quotation" in str(error.render()),
+                    what="the quoting error")
+        assert app.screen is dialog and not (home / "moedesk.db").exists()
+        command.value = f"{sys.executable} job.py"
+        cwd.value = str(tmp_path)
+        await pilot.press("enter")
+        monitor = await until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen,
+                              what="the new run's monitor")
+        await until(pilot, lambda: monitor.caught_up and monitor.data.row.status == "completed"
+                    and "job done" in "\n".join(monitor.data.log_lines),
+                    timeout=120, what="the watched command to complete, its log on screen")
+        assert "job done" in screen_text(app)  # the log panel
+    with Reader(home / "moedesk.db") as reader:
+        (info,) = reader.runs()
+        series = reader.series(info.id, "train/loss")
+    assert (info.kind, info.name, info.status) == ("external", f"job-{info.id}", "completed")
+    assert info.config["external"]["command"] == [sys.executable, "job.py"]
+    assert info.config["external"]["cwd"] == str(tmp_path) and info.config["config"] == {"lr": 0.1}
+    assert [s for s, _ in series] == [1, 2, 3, 4, 5]

@@ -33,7 +33,7 @@ async def test_every_key_of_every_screen_is_in_the_palette(canned):
         await loaded(pilot)
         titles = check_palette(app)
         assert {"Open", "Select", "Filter", "Sort", "Stop", "Resume", "Compare", "New run",
-                "Alerts", "Profiles", "Clear filter"} <= set(titles)
+                "Alerts", "Profiles", "Clear filter", "Watch command"} <= set(titles)
         app.open_monitor(canned.topk)
         await until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.caught_up,
                     what="the topk monitor")

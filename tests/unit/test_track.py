@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from moedesk.runner.tail import EventTail
 from moedesk.stats.load import SCALAR_KEYS, load_stats
 from moedesk.store import Reader, connect_writer
 from moedesk.store import external as store_external
+from moedesk.store.ingest import Batch
 from moedesk.track.channel import EventWriter
 from moedesk.track.router import RouterSet, chosen_experts, watch
 from moedesk.track.run import Run, TrackError
@@ -277,6 +279,67 @@ def test_bad_settings_in_a_started_event_are_ignored_with_a_note(ext):
     feed(run, {"type": "started", "step": 0, "stop_on": "often", "health": {"x": 1}})
     assert run.config["health"] == {"stop_on": "critical", "rules": {}}
     assert "stop_on" in run.notes[-1] and "health.x" in run.notes[-1]
+
+
+def test_settings_and_rows_are_spooled_while_the_store_is_locked(tmp_path):
+    """A store that refuses writes never takes the supervisor down: the run's new settings
+    travel in the batch (Batch.settings) and are spooled and replayed with its rows."""
+    home = tmp_path / "home"
+    home.mkdir()
+    db = connect_writer(home / "moedesk.db", busy_timeout_ms=50)
+    config = settings(stop_on="critical")
+    run_id, name = store_external.create_external_run(db.conn, home=home, config=config,
+                                                      default_stem="job", stop_on="critical")
+    folder = home / str(run_id)
+    folder.mkdir()
+    run = ExternalRun(db.conn, run_id, {**config, "name": name}, folder)
+    blocker = sqlite3.connect(home / "moedesk.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        feed(run, {"type": "started", "step": 0, "name": "renamed", "tags": ["t1", "bad tag"],
+                   "config": {"lr": 0.5}},
+             {"type": "metrics", "step": 1, "wall": 1.0, "values": {"train/loss": 2.0}},
+             {"type": "expert_load", "step": 1, "wall": 1.0, "loads": {"0": [3, 1]}, "top_k": 1})
+        assert run.committer.down and (folder / "spool.jsonl").exists()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    run.committer.retry_at = 0.0
+    run.committer.retry_if_due()
+    assert not run.committer.down and not (folder / "spool.jsonl").exists()
+    with Reader(home / "moedesk.db") as reader:
+        info = reader.run(run_id)
+        rows, _ = reader.metrics_since(run_id, 0)
+        alerts = reader.alerts(run_id)
+    assert info.name == "renamed" and info.config["config"] == {"lr": 0.5}
+    assert info.config["moe"] == {"num_experts": 2, "top_k": 1}
+    assert store_external.run_tags(db.conn, run_id) == ["t1"]  # the invalid tag left out
+    assert {name for _, _, name, _ in rows} >= {"train/loss", "moe/L0/cv"}
+    assert [a["rule"] for a in alerts] == ["store_unwritable"]
+    db.close()
+
+
+def test_a_batch_survives_the_spool_whole():
+    batch = Batch(samples=[(3, "p", "t", 0.8, 1, 16, 1.0)], best_step=3,
+                  settings={"config": {"name": "x"}, "tags": ["a"]})
+    batch.add_metrics(3, {"a": 1.0}, 1.0)
+    again = Batch.from_json(json.loads(json.dumps(batch.to_json())))
+    assert again == batch and len(again) == len(batch) == 3
+
+
+def test_malformed_events_are_logged_not_stored_and_never_raise(ext):
+    run, home = ext
+    feed(run, {"type": "metrics", "step": "x", "values": {"a": 1}},
+         {"type": "expert_load", "step": 2, "loads": {"0": [1, -4]}, "top_k": 1},
+         {"type": "expert_load", "step": 2, "loads": {"0": "many"}, "top_k": 1},
+         {"type": "alert", "step": "soon", "title": "t"},
+         {"type": "metrics", "step": 3, "wall": 1.0, "values": {"a": 1}})
+    with Reader(home / "moedesk.db") as reader:
+        rows, _ = reader.metrics_since(run.run_id, 0)
+        loads, _ = reader.expert_load_since(run.run_id, 0)
+    assert [(step, name) for _, step, name, _ in rows] == [(3, "a")] and loads == []
+    assert len(run.ingestor.log_lines) == 4
+    assert any("was not stored" in n for n in run.notes)
 
 
 def test_merge_started_keeps_a_watch_name():
