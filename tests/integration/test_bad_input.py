@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from moedesk.cli.query import EXIT_INTERRUPTED
 from moedesk.profiles import profile_to_dict, validate_data
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
@@ -210,9 +211,13 @@ def test_a_runaway_query_stops_at_ctrl_c(home):
         if proc.poll() is None:
             proc.kill()
     assert time.monotonic() - sent < 5
-    assert proc.returncode == 2 and "interrupted" in err and "Traceback" not in err
+    # 130, the shell's code for Ctrl-C (cli/query.py; tests/cli/test_query_cli.py agrees)
+    assert proc.returncode == EXIT_INTERRUPTED and "interrupted" in err, (proc.returncode, err)
+    assert "Traceback" not in err
     limit = moedesk("query", "SELECT 1", "--limit", "99999999999999999999", home=home)
-    assert limit.returncode == 0 and "Traceback" not in limit.stderr
+    # out of range: refused with the range (cli/query.py), never an OverflowError
+    assert limit.returncode == 2 and "must be between 1 and" in limit.stderr, limit.stderr
+    assert "Traceback" not in limit.stderr
 
 
 def test_negative_token_ids_fail_the_run_clearly(home, tmp_path):
