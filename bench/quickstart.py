@@ -27,11 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from moedesk.stats.routing import specialization  # noqa: E402
-
 from moedesk.compare.finals import run_finals  # noqa: E402
 from moedesk.paths import config_file  # noqa: E402
 from moedesk.profiles import load_profile, parse_overrides, profile_to_dict  # noqa: E402
+from moedesk.stats.routing import specialization  # noqa: E402
 from moedesk.store import open_reader  # noqa: E402
 
 
