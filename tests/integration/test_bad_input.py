@@ -231,8 +231,8 @@ def test_negative_token_ids_fail_the_run_clearly(home, tmp_path):
                      "--set", "train.threads=1", home=home)
     assert result.returncode == 1, result.stdout + result.stderr
     log = (home / "1" / "train.log").read_text()
-    assert "token id -3 is negative" in log and "Traceback" not in log
-    assert "token id -3 is negative" in result.stderr
+    assert "holds a negative id (-3)" in log and "Traceback" not in log
+    assert "holds a negative id (-3)" in result.stderr
 
 
 def test_a_run_named_with_markup_works_everywhere(home):

@@ -286,7 +286,8 @@ def test_a_full_disk_while_running_loses_nothing(tmp_path):
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
     try:
-        moedesk("run", TINY, "--set", "train.steps=150", *FAST, "--set", "checkpoint.every=0",
+        # long enough that the run cannot reach its final checkpoint while the disk is full
+        moedesk("run", TINY, "--set", "train.steps=600", *FAST, "--set", "checkpoint.every=0",
                 "--detach", home=home, check=True)
         wait_for(lambda: reader(home).run(1).last_step >= 3, what="steps")
         filler = home / "filler"
@@ -296,7 +297,7 @@ def test_a_full_disk_while_running_loses_nothing(tmp_path):
         filler.unlink()
         info = ended(home)
         assert info.status == "completed", info.row["error"]
-        assert steps_of(home) == list(range(1, 151))
+        assert steps_of(home) == list(range(1, 601))
         assert any(a["rule"] == "store_unwritable" for a in reader(home).alerts(1))
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
