@@ -61,7 +61,7 @@ async def generate(pilot, screen: SampleScreen, prompt: str, tokens: int) -> Non
     await pilot.click("#sample-prompt")
     screen.query_one("#sample-prompt").value = prompt
     await pilot.press("enter")
-    await until(pilot, lambda: screen.busy, timeout=10, what="the request")
+    await until(pilot, lambda: screen.busy, timeout=60, what="the request")
 
 
 async def test_a_prompt_streams_in_with_routing_and_equals_the_cli(runs):
