@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -66,6 +67,14 @@ def _trainer(kind: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    # the run has ended with its own status: a late SIGTERM (the supervisor passes a stop
+    # request on as well as `moedesk stop`) must not turn that exit into a kill
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moedesk.train",
                                      description="Run one training job; events go to stdout.")
     parser.add_argument("run_dir", type=Path, help="run folder holding config.json")
