@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from moedesk.profiles.rules import world_size
+from moedesk.profiles.dist_rules import world_size
 from moedesk.profiles.schema import Profile
 
 # exit code of a rank that lost contact with the others (a peer died, a collective timed
