@@ -350,20 +350,9 @@ def spawn(home: Path, run_id: int) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "moedesk.runner.external", "watch", "--home", str(home),
            "--run-id", str(run_id)]
-    with open(supervisor_log(folder), "a") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        started = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        started = None  # already gone: the reader sees a dead pid and calls the run failed
-    db = connect_writer(db_path(home))
-    try:
-        store_runs.record_spawned(db.conn, run_id, proc.pid, started)
-    finally:
-        db.close()
-    return proc.pid
+    from moedesk.runner.launch import spawn_detached  # launch imports this module lazily
+
+    return spawn_detached(home, run_id, cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,13 @@ def spawn_supervisor(home: Path, run_id: int, resume: str | None = None,
         cmd += ["--resume", resume]
     if stop_at is not None:
         cmd += ["--stop-at", str(stop_at)]
+    return spawn_detached(home, run_id, cmd)
+
+
+def spawn_detached(home: Path, run_id: int, cmd: list[str]) -> int:
+    """Start `cmd` as the run's detached supervisor (its own session, output to
+    supervisor.log) and record its pid and start time."""
+    folder = run_dir(home, run_id)
     with open(supervisor_log(folder), "a") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True,
