@@ -7,7 +7,7 @@ matrix per (token, expert) slot, 4096 x 704 x 256 floats = 2.9 GB per layer here
 left out). Both models get
 the same weights (`copy_weights`; transformers' RoPE rotates channel halves, moedesk rotates
 (even, odd) pairs, so query/key rows are permuted per head) and the script asserts equal
-parameter counts and fp32 logits equal to 1e-6 before timing anything.
+parameter counts and fp32 logits equal to 1e-6 of the largest logit before timing anything.
 
 A step is the training loop's: forward, loss (moedesk adds its router z-loss), backward,
 gradient clip, fused AdamW, zero_grad (and moedesk's bias update): 16x128 byte tokens of
@@ -121,7 +121,9 @@ def make_pair(name: str, seed: int = 0, experts: str = "grouped_mm", batch: int 
 
 
 def check_equal(name: str, tol: float = 1e-6) -> float:
-    """Assert equal parameter counts and fp32 logits within `tol`; returns the max difference."""
+    """Assert equal parameter counts and fp32 logits within `tol` of the largest logit
+    (a few ulps: the CPU's matmul kernels decide the rounding, 1.2e-6 and 1.4e-6 absolute
+    at logits up to 3.4 on an AVX-512 Xeon); returns the max difference relative to it."""
     profile, md, hf = make_pair(name)
     n_md, n_hf = md.num_params(), sum(p.numel() for p in hf.parameters())
     assert n_md == n_hf, f"{name}: moedesk has {n_md:,} parameters, transformers {n_hf:,}"
@@ -129,8 +131,10 @@ def check_equal(name: str, tol: float = 1e-6) -> float:
     idx_BT = torch.randint(0, profile.model.vocab_size, (2, profile.data.seq_len),
                            generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        diff = (md(idx_BT)[0] - hf(input_ids=idx_BT).logits).abs().max().item()
-    assert diff <= tol, f"{name}: logits differ by {diff:.3g} (> {tol})"
+        logits_BTV = md(idx_BT)[0]
+        diff = (logits_BTV - hf(input_ids=idx_BT).logits).abs().max().item()
+    diff /= max(1.0, logits_BTV.abs().max().item())
+    assert diff <= tol, f"{name}: logits differ by {diff:.3g} of the largest (> {tol})"
     return diff
 
 
@@ -256,7 +260,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"cpu {torch.backends.cpu.get_cpu_capability()}")
     for name in kinds:
-        print(f"{name}: parameters equal, fp32 logits max |diff| {check_equal(name):.2e}")
+        print(f"{name}: parameters equal, fp32 logits max |diff| / max |logit| "
+              f"{check_equal(name):.2e}")
     if args.check:
         return
     if args.curves:

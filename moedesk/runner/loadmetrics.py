@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from moedesk.profiles.schema import MoESection
-from moedesk.stats.load import SCALAR_KEYS, DeadExpertTracker, load_stats, metric_values
+from moedesk.stats.load import DeadExpertTracker, metric_values, scalar_stats
 
 # runs that have no profile take the profile schema's default window (moe.dead_window)
 DEFAULT_DEAD_WINDOW = MoESection().dead_window
@@ -29,8 +29,7 @@ class LoadMetrics:
         that are no expert load (negative, empty, top_k out of range)."""
         per_layer: dict[int, dict[str, float]] = {}
         for layer, counts in loads.items():
-            stats = load_stats(counts, min(top_k, len(counts)) if counts else top_k)
-            row = {key: float(stats[key]) for key in SCALAR_KEYS}
+            row = scalar_stats(counts, min(top_k, len(counts)) if counts else top_k)
             tracker = self.trackers.get(layer)
             if tracker is None:
                 tracker = self.trackers[layer] = DeadExpertTracker(self.dead_window)

@@ -3,6 +3,9 @@
 Event types (every event has "type"; "step" where it applies):
   started      {step, total_steps, pid, device, params: {total, active}, resumed_from?}
   metrics      {step, wall, values: {name: float}}        non-finite values travel as strings
+               or packed: {step, wall, names: [name, ...], f64: base64 of the values as
+               little-endian float64, in the names' order} (MetricsPacker; decode gives
+               both forms as `values`)
   expert_load  {step, wall, loads: {layer: [count, ...]}}  one vector per MoE layer
   checkpoint   {step, wall, path, size, sha256, best_step?, metric?, score?}
                with [checkpoint] keep_best: the step now marked best, the keep_best metric
@@ -21,8 +24,11 @@ Pure stdlib: both sides (train, runner) import it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,35 @@ def encode(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"), allow_nan=False)
 
 
+class MetricsPacker:
+    """Packed metrics lines for one set of names (moedesk.track's `log`): the values go as
+    raw float64 bytes in base64, which is about ten times cheaper for the caller than
+    formatting each as decimal text, and keeps NaN and inf exactly as they are."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = names
+        self._pack = struct.Struct(f"<{len(names)}d").pack
+        self._names_json = json.dumps(list(names), separators=(",", ":"))
+
+    def line(self, step: int, wall: float, values: list[float]) -> str:
+        packed = base64.b64encode(self._pack(*values)).decode("ascii")
+        return (f'{{"type":"metrics","step":{step},"wall":{wall!r},'
+                f'"names":{self._names_json},"f64":"{packed}"}}')
+
+
+def _unpacked(event: dict[str, Any]) -> dict[str, float] | None:
+    names, packed = event.pop("names", None), event.pop("f64")
+    if not isinstance(names, list) or not isinstance(packed, str):
+        return None
+    try:
+        raw = base64.b64decode(packed, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 8 * len(names):
+        return None
+    return dict(zip(map(str, names), struct.unpack(f"<{len(names)}d", raw), strict=True))
+
+
 @dataclass
 class Decoded:
     event: dict[str, Any] | None  # None when the line was not an event
@@ -62,6 +97,12 @@ def decode(line: str) -> Decoded:
     if not isinstance(event, dict) or event.get("type") not in EVENT_TYPES:
         return Decoded(None, text)
     if event["type"] == "metrics":
+        if "f64" in event:
+            values = _unpacked(event)
+            if values is None:
+                return Decoded(None, text)
+            event["values"] = values
+            return Decoded(event, text)
         values = event.get("values")
         if not isinstance(values, dict):
             return Decoded(None, text)

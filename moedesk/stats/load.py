@@ -12,7 +12,10 @@ the TUI can import it. docs/loadstats.md states every formula.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from itertools import repeat
 
 from moedesk.stats.names import MOE, layer_metric, metric
 
@@ -21,9 +24,51 @@ SCALAR_KEYS = ("imbalance", "cv", "max_vio", "entropy_norm", "usage_std", "min_s
                "max_share", "max_token_fraction", "zero_experts")
 
 
-def _population_std(values: Sequence[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+def _std(values: Sequence[float], mean: float) -> float:
+    deviations = [v - mean for v in values]
+    return math.sqrt(sum(map(operator.mul, deviations, deviations)) / len(values))
+
+
+def _checked(counts: Sequence[float], top_k: int) -> list[float]:
+    if len(counts) == 0:
+        raise ValueError("load_stats needs at least one expert count")
+    if not 1 <= top_k <= len(counts):
+        raise ValueError(f"top_k must be in 1..{len(counts)}, got {top_k}")
+    counts = list(map(float, counts))
+    if min(counts) < 0:
+        raise ValueError("expert counts must be >= 0")
+    return counts
+
+
+def _scalars(counts: list[float], top_k: int) -> dict[str, float]:
+    # every pass is one C-level map or builtin: an external run's supervisor computes this
+    # for every layer of every logged step (bench/track.py), the trainers once per layer
+    num_experts = len(counts)
+    total = sum(counts)
+    zero_experts = counts.count(0.0)
+    if total == 0:
+        return dict.fromkeys(SCALAR_KEYS[:-1], math.nan) | {"zero_experts": zero_experts}
+    mean_count = total / num_experts
+    cv = _std(counts, mean_count) / mean_count
+    # CV of "every token on the same K experts" is sqrt(E/K - 1); E == K routes every token
+    # to every expert, which is uniform by construction
+    collapsed_cv = math.sqrt(num_experts / top_k - 1)
+    used = counts if zero_experts == 0 else [c for c in counts if c > 0]
+    # H = -sum f log f with f = c / S, as log S - sum(c log c) / S (no list of shares)
+    entropy = math.log(total) - sum(map(operator.mul, used, map(math.log, used))) / total
+    highest = max(counts)
+    return {
+        "imbalance": cv / collapsed_cv if collapsed_cv > 0 else 0.0,
+        "cv": cv,
+        "max_vio": highest / mean_count - 1.0,
+        "entropy_norm": max(entropy, 0.0) / math.log(num_experts) if num_experts > 1 else 1.0,
+        "usage_std": cv / num_experts,  # std of shares = std of counts / S = CV / E
+        "min_share": min(counts) / total,
+        "max_share": highest / total,
+        # each token picks an expert at most once, so c_i <= T and this is at most 1
+        "max_token_fraction": highest / total * top_k,
+        "zero_experts": zero_experts,
+    }
 
 
 def load_stats(counts: Sequence[float], top_k: int) -> dict:
@@ -33,54 +78,20 @@ def load_stats(counts: Sequence[float], top_k: int) -> dict:
     `tokens` (S / K). With S = 0 there is no evidence: shares and loads are zeros, every
     ratio is NaN (so no threshold comparison fires) and `zero_experts` = E.
     """
-    num_experts = len(counts)
-    if num_experts == 0:
-        raise ValueError("load_stats needs at least one expert count")
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(f"top_k must be in 1..{num_experts}, got {top_k}")
-    if any(c < 0 for c in counts):
-        raise ValueError("expert counts must be >= 0")
-    counts = [float(c) for c in counts]
-    total = sum(counts)
-    zero_experts = sum(1 for c in counts if c == 0)
+    counts = _checked(counts, top_k)
+    num_experts, total = len(counts), sum(counts)
     if total == 0:
-        nan = math.nan
-        return {"shares": [0.0] * num_experts, "loads": [0.0] * num_experts, "tokens": 0.0,
-                "imbalance": nan, "cv": nan, "max_vio": nan, "entropy_norm": nan,
-                "usage_std": nan, "min_share": nan, "max_share": nan,
-                "max_token_fraction": nan, "zero_experts": zero_experts}
-    mean_count = total / num_experts
-    shares = [c / total for c in counts]
-    loads = [c / mean_count for c in counts]
-    cv = _population_std(counts) / mean_count
-    # CV of "every token on the same K experts" is sqrt(E/K - 1); E == K routes every token
-    # to every expert, which is uniform by construction
-    collapsed_cv = math.sqrt(num_experts / top_k - 1)
-    imbalance = cv / collapsed_cv if collapsed_cv > 0 else 0.0
-    entropy = -sum(f * math.log(f) for f in shares if f > 0)
-    entropy_norm = entropy / math.log(num_experts) if num_experts > 1 else 1.0
-    max_share = max(shares)
-    return {
-        "shares": shares,
-        "loads": loads,
-        "tokens": total / top_k,
-        "imbalance": imbalance,
-        "cv": cv,
-        "max_vio": max(loads) - 1.0,
-        "entropy_norm": entropy_norm,
-        "usage_std": _population_std(shares),
-        "min_share": min(shares),
-        "max_share": max_share,
-        # each token picks an expert at most once, so c_i <= T and this is at most 1
-        "max_token_fraction": max_share * top_k,
-        "zero_experts": zero_experts,
-    }
+        shares = loads = [0.0] * num_experts
+    else:
+        shares = list(map(operator.truediv, counts, repeat(total, num_experts)))
+        loads = list(map(operator.truediv, counts, repeat(total / num_experts, num_experts)))
+    return {"shares": shares, "loads": loads, "tokens": total / top_k,
+            **_scalars(counts, top_k)}
 
 
 def scalar_stats(counts: Sequence[float], top_k: int) -> dict[str, float]:
     """The `SCALAR_KEYS` of `load_stats` as floats: one layer's row of metrics."""
-    stats = load_stats(counts, top_k)
-    return {key: float(stats[key]) for key in SCALAR_KEYS}
+    return {key: float(value) for key, value in _scalars(_checked(counts, top_k), top_k).items()}
 
 
 def groups(values: Sequence, size: int) -> list[list]:
@@ -105,13 +116,10 @@ def aggregate(per_layer: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
 
     NaN layers (no tokens) are left out of the means; a key is NaN when no layer has it.
     """
+    rows = list(per_layer.values())
     out: dict[str, float] = {}
-    keys: list[str] = []
-    for stats in per_layer.values():
-        keys.extend(k for k in stats if k not in keys)
-    for key in keys:
-        values = [float(s[key]) for s in per_layer.values()
-                  if key in s and not math.isnan(float(s[key]))]
+    for key in dict.fromkeys(k for row in rows for k in row):
+        values = [v for v in (float(row[key]) for row in rows if key in row) if v == v]
         if key in ("dead_experts", "zero_experts"):
             out[key] = float(sum(values))
         else:
@@ -119,12 +127,18 @@ def aggregate(per_layer: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _name(family: str, layer: int | None, key: str) -> str:
+    # names repeat every logged step (8 layers x 10 keys); build each once
+    return metric(family, key) if layer is None else layer_metric(family, layer, key)
+
+
 def metric_values(per_layer: Mapping[int, Mapping[str, float]], family: str = MOE
                   ) -> dict[str, float]:
     """Flat metric names (stats/names.py): `family/key` overall, `family/L{i}/key` per layer."""
-    values = {metric(family, k): v for k, v in aggregate(per_layer).items()}
+    values = {_name(family, None, k): v for k, v in aggregate(per_layer).items()}
     for layer, stats in sorted(per_layer.items()):
-        values.update({layer_metric(family, layer, k): float(v) for k, v in stats.items()})
+        values.update({_name(family, layer, k): float(v) for k, v in stats.items()})
     return values
 
 

@@ -12,22 +12,15 @@ logging never takes a training run down.
 from __future__ import annotations
 
 import json
-import math
-import operator
 import os
 import sys
 from pathlib import Path
 
-from moedesk.runner.protocol import encode
+from moedesk.runner.protocol import MetricsPacker, encode
 
-# the wire format of runner/protocol.py `encode` for events without non-finite values,
-# through one reused C encoder (json.dumps builds a new encoder when given options)
+# the wire format of runner/protocol.py `encode`, through one reused C encoder
+# (json.dumps builds a new encoder when given options)
 _fast_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-
-
-def metric_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
-    """`"name":` for each metric name, JSON-escaped exactly as `encode` escapes it."""
-    return tuple(json.dumps(name) + ":" for name in names)
 
 
 class EventWriter:
@@ -43,17 +36,11 @@ class EventWriter:
             line = encode(event)
         self.write_line(line)
 
-    def write_metrics(self, step: int, wall: float, prefixes: tuple[str, ...],
+    def write_metrics(self, step: int, wall: float, packer: MetricsPacker,
                       values: list[float]) -> None:
-        """A metrics event, byte for byte what `encode` makes of it, built from cached
-        name prefixes: float formatting is most of a `log` call, names need none."""
-        if not math.isfinite(sum(values)):  # a NaN or inf (or an overflowing sum): slow path
-            names = [json.loads(p[:-1]) for p in prefixes]
-            self.write({"type": "metrics", "step": step, "wall": wall,
-                        "values": dict(zip(names, values, strict=True))})
-            return
-        body = ",".join(map(operator.add, prefixes, map(repr, values)))
-        self.write_line(f'{{"type":"metrics","step":{step},"wall":{wall!r},"values":{{{body}}}}}')
+        """A metrics event in the protocol's packed form (raw float64 values): formatting
+        floats as text was three quarters of a `log` call."""
+        self.write_line(packer.line(step, wall, values))
 
     def write_line(self, line: str) -> None:
         if self.fd is None:

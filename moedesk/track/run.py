@@ -24,11 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from moedesk.paths import stop_request_file
-from moedesk.track.channel import EventWriter, metric_prefixes
+from moedesk.runner.protocol import MetricsPacker
+from moedesk.track.channel import EventWriter
 
 LEVELS = ("info", "warning", "critical")
 FINISH_WAIT_S = 60.0  # how long finish waits for the supervisor to store everything
-PREFIX_CACHE = 64  # sets of metric names whose encoded prefixes a run keeps
+PACKER_CACHE = 64  # sets of metric names whose packers (encoded names) a run keeps
 
 _uncaught: list[BaseException] = []
 
@@ -83,7 +84,7 @@ class Run:
         self.id, self.name, self.run_dir = run_id, name, Path(run_dir)
         self.step = 0
         self._writer = EventWriter(events)
-        self._prefixes: dict[tuple, tuple[str, ...]] = {}
+        self._packers: dict[tuple, MetricsPacker] = {}
         self._supervisor = supervisor
         self._top_k = top_k
         self._routers = None  # track.router.RouterSet, made by the first watch_router
@@ -118,19 +119,19 @@ class Run:
                             f"{type(values).__name__}") from None
         except (TypeError, ValueError):
             raise TypeError(self._bad_value(values)) from None
-        prefixes = self._prefixes.get(names)
-        if prefixes is None:  # a new set of names: check them once
+        packer = self._packers.get(names)
+        if packer is None:  # a new set of names: check them once
             bad = [k for k in names if type(k) is not str or not k]
             if bad:
                 raise TypeError(f"log: metric names must be non-empty strings, got {bad[0]!r}")
-            if len(self._prefixes) >= PREFIX_CACHE:
-                self._prefixes.clear()
-            prefixes = self._prefixes[names] = metric_prefixes(names)
+            if len(self._packers) >= PACKER_CACHE:
+                self._packers.clear()
+            packer = self._packers[names] = MetricsPacker(names)
         step = self.step + 1 if step is None else self._valid_step(step, "log")
         self.step = step
         if self._routers is not None:
             self.log_router_load(step)
-        self._writer.write_metrics(step, time.time(), prefixes, numbers)
+        self._writer.write_metrics(step, time.time(), packer, numbers)
 
     @staticmethod
     def _bad_value(values: Mapping) -> str:

@@ -102,7 +102,10 @@ def test_data_parallel_dense_equals_one_process_and_resumes_bit_for_bit(tmp_path
     ones, twos = final_model(tmp_path / "one"), final_model(tmp_path / "two")
     assert ones.keys() == twos.keys()
     for name in ones:
-        torch.testing.assert_close(twos[name], ones[name], rtol=1e-4, atol=1e-6)
+        # AdamW turns the rounding noise of a near-zero gradient (summed in another order
+        # by the all-reduce) into a step of order lr: 1 of 16,384 weights of an embedding
+        # was 4.9e-6 apart after 6 steps on an AVX-512 Xeon
+        torch.testing.assert_close(twos[name], ones[name], rtol=1e-4, atol=1e-5)
     # only rank 0 sent events: one of each per step
     assert sorted(metric(two, "train/loss")) == list(range(1, 7))
     # resume at the same world size from step 3: bit-identical from there on

@@ -73,7 +73,11 @@ def test_incremental_logits_equal_a_full_forward(kind, chunks, device):
     assert cache.length == len(ids)
     got_TV = torch.cat(got)
     assert got_TV.dtype == torch.float32
-    assert torch.allclose(got_TV, expected_TV, atol=1e-5, rtol=0), \
+    # 1e-5 at the logits' scale: one token at a time runs other matmul kernels (M = 1)
+    # than the full forward, so the two round differently (measured on an AVX-512 Xeon:
+    # 3.5e-6 dense, 1.5e-5 topk with logits up to 4-5; 0 with one chunk of 20)
+    scale = max(1.0, expected_TV.abs().max().item())
+    assert torch.allclose(got_TV, expected_TV, atol=1e-5 * scale, rtol=0), \
         (got_TV - expected_TV).abs().max()
 
 

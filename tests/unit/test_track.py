@@ -44,19 +44,38 @@ def test_writer_lines_are_protocol_events_and_nonfinite_survives(tmp_path):
     assert math.isnan(second["a"]) and second["b"] == math.inf
 
 
-def test_fast_metrics_lines_are_byte_for_byte_what_encode_makes(tmp_path):
-    from moedesk.runner.protocol import encode
-    from moedesk.track.channel import metric_prefixes
+def test_packed_metrics_lines_decode_to_exactly_the_values_logged(tmp_path):
+    from moedesk.runner.protocol import MetricsPacker
 
     writer = EventWriter(tmp_path / "e.jsonl")
     cases = [{"train/loss": 2.0000000000000004, 'we"ird\\name': -1e-300, "ünï": 3.0},
-             {"a": math.nan, "b": 1.0}, {"big": 1e308, "bigger": 1e308}]
+             {"a": math.nan, "b": -math.inf, "c": -0.0}, {"big": 1e308, "bigger": 1e308}]
     for values in cases:
-        writer.write_metrics(5, 1.25, metric_prefixes(tuple(values)), list(values.values()))
+        writer.write_metrics(5, 1.25, MetricsPacker(tuple(values)), list(values.values()))
     writer.close()
     lines = (tmp_path / "e.jsonl").read_text().splitlines()
     for line, values in zip(lines, cases, strict=True):
-        assert line == encode({"type": "metrics", "step": 5, "wall": 1.25, "values": values})
+        event = decode(line).event
+        assert (event["type"], event["step"], event["wall"]) == ("metrics", 5, 1.25)
+        assert list(event["values"]) == list(values)  # names and their order
+        for name, value in values.items():
+            got = event["values"][name]
+            assert (math.isnan(got) if math.isnan(value)
+                    else got == value and math.copysign(1, got) == math.copysign(1, value))
+        assert "names" not in event and "f64" not in event  # one form for every consumer
+
+
+@pytest.mark.parametrize("broken", [
+    '{"type":"metrics","step":1,"wall":1.0,"names":["a","b"],"f64":"AAAAAAAA8D8="}',  # 1 of 2
+    '{"type":"metrics","step":1,"wall":1.0,"names":["a"],"f64":"not base64!"}',
+    '{"type":"metrics","step":1,"wall":1.0,"names":"a","f64":"AAAAAAAA8D8="}',
+])
+def test_a_packed_line_that_does_not_add_up_is_a_log_line(broken):
+    decoded = decode(broken)
+    assert decoded.event is None and decoded.text == broken
+    good = broken.replace('["a","b"]', '["a"]').replace('"names":"a"', '"names":["a"]')
+    if "not base64" not in good:
+        assert decode(good).event["values"] == {"a": 1.0}
 
 
 def test_tail_returns_complete_lines_and_the_unterminated_one_only_at_the_end(tmp_path):
