@@ -90,11 +90,28 @@ def _runs_the_app(item) -> bool:
             or "snap_compare" in fixtures or Path(str(item.fspath)).name == "test_tmux.py")
 
 
+# the longest tests (`pytest --durations=20` on 2 idle cores: 20-80 s each) start first,
+# then the rest of the slow tier, then the fast one: with pytest-xdist's workers taking
+# tests in this order, no 80 s test starts last and keeps one worker busy alone
+LONGEST = ("test_random_sigkills", "test_compiled_loss_curve", "test_the_view_samples_a_run",
+           "test_eight_runs_and_a_polling_reader", "test_a_frozen_attach_supervisor",
+           "test_a_frozen_supervisor_is_unresponsive", "test_collapsing_router_fires",
+           "test_a_store_unwritable_past_the_limit", "test_a_killed_rank_ends_every_rank",
+           "test_expert_parallel_equals_one_process", "test_samples_best_checkpoint")
+
+
+def _start_order(item) -> int:
+    if any(name in item.name for name in LONGEST):
+        return 0
+    return 1 if item.get_closest_marker("slow") is not None else 2
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         where = Path(str(item.fspath)).resolve().parents
         if INTEGRATION in where or (TUI in where and _runs_the_app(item)):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_start_order)  # stable: file order within each group
 
 
 class UnmarkedProcess(AssertionError):

@@ -99,7 +99,7 @@ def test_random_sigkills_leave_a_consistent_store_and_an_exact_resume(home):
     rng = random.Random(1234)
     moedesk("run", TINY, *LONG, "--detach", home=home, check=True)
     wait_for(lambda: list_checkpoints(home / "1"), timeout=120, what="a first checkpoint")
-    kills = ["trainer"] * 14 + ["supervisor"] * 3
+    kills = ["trainer"] * 7 + ["supervisor"] * 3  # reliability.md ran 40; CI time
     rng.shuffle(kills)
     lost: dict[int, float] = {}
     for target in kills:
