@@ -39,7 +39,7 @@ from moedesk.runner.commit import Committer  # noqa: E402
 from moedesk.runner.external_run import ExternalRun, settings  # noqa: E402
 from moedesk.runner.ingest import Ingestor  # noqa: E402
 from moedesk.runner.loadmetrics import LoadMetrics  # noqa: E402
-from moedesk.runner.protocol import encode  # noqa: E402
+from moedesk.runner.protocol import MetricsPacker, encode  # noqa: E402
 from moedesk.runner.supervise import TICK_S, _drain, _reader, make_engine  # noqa: E402
 from moedesk.store import connect_writer  # noqa: E402
 from moedesk.store import external as store_external  # noqa: E402
@@ -106,6 +106,7 @@ def write_streams(folder: Path) -> tuple[Path, Path, int]:
     ext = EventWriter(ext_path)
     stats = LoadMetrics()
     events = 0
+    packer = MetricsPacker(tuple(metric_values(0, random.Random(0))))
     with open(own_path, "w") as own:
         ext.write({"type": "started", "step": 0, "wall": time.time(), "pid": os.getpid(),
                    "total_steps": LOG_CALLS, "moe": {"balanced": False}})
@@ -113,7 +114,8 @@ def write_streams(folder: Path) -> tuple[Path, Path, int]:
                           "device": "cpu", "params": {"total": 1, "active": 1}}) + "\n")
         for step in range(1, LOG_CALLS + 1):
             values, wall = metric_values(step, rng), time.time()
-            ext.write({"type": "metrics", "step": step, "wall": wall, "values": values})
+            # what `run.log` writes: the packed form
+            ext.write_metrics(step, wall, packer, list(values.values()))
             events += 1
             if step % (LOG_CALLS // LOAD_CALLS) == 0:
                 loads = expert_counts(rng)
