@@ -77,11 +77,8 @@ def worst_of(values: dict, metric: str, pick=max) -> tuple[str, float] | None:
     """(name, value) of the worst layer's value of an overall `metric` (FAMILY/KEY; its
     layers are FAMILY/L{i}/KEY), else the overall value: one collapsed layer of two would
     hide in the layer mean."""
-    layer = []
-    for name, v in values.items():
-        parsed = names.parse_layer(name)
-        if parsed is not None and parsed.overall == metric and finite(v):
-            layer.append((name, v))
+    overall_of = names.overall_of
+    layer = [(name, v) for name, v in values.items() if overall_of(name) == metric and finite(v)]
     if layer:
         return pick(layer, key=lambda item: item[1])
     overall = values.get(metric)

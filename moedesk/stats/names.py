@@ -26,6 +26,7 @@ metric means one constant here plus the code that computes or reads it.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 TRAIN, VAL, SYS, DATA, MOE, ROUTE, FF = "train", "val", "sys", "data", "moe", "route", "ff"
@@ -65,12 +66,21 @@ class LayerName(NamedTuple):
         return metric(self.family, self.key)
 
 
+@lru_cache(maxsize=16384)
 def parse_layer(name: str) -> LayerName | None:
-    """FAMILY/L{i}/KEY -> (family, i, key); None for any other name."""
+    """FAMILY/L{i}/KEY -> (family, i, key); None for any other name. Cached: the health
+    rules ask for every name of every logged step, and a run's names repeat."""
     parts = name.split("/")
     if len(parts) != 3 or not parts[1].startswith("L") or not parts[1][1:].isdigit():
         return None
     return LayerName(parts[0], int(parts[1][1:]), parts[2])
+
+
+@lru_cache(maxsize=16384)
+def overall_of(name: str) -> str | None:
+    """The overall name of a per-layer name (moe/L1/cv -> moe/cv); None for other names."""
+    parsed = parse_layer(name)
+    return None if parsed is None else parsed.overall
 
 
 def split(name: str) -> tuple[str, str]:
