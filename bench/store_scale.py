@@ -8,7 +8,7 @@ prints, interleaved over `--reps` repetitions (medians):
    (what `moedesk query` used before), the plain table (`cli/grid.py`, now), and CSV;
    plus the real CLI end to end (`moedesk query --limit 40000`, table and `--csv`);
 2. queries by metric name across runs: the plan before (no planner statistics: a full
-   scan), with migration m004's statistics (a skip-scan of the existing (run_id, name,
+   scan), with migration m008's statistics (a skip-scan of the existing (run_id, name,
    step) index), and with each candidate name-first index forced with `INDEXED BY`:
    (name, run_id, step), the same covering `value`, (name, step); statistics are toggled
    by rewriting `sqlite_stat1`, so one database holds every variant; with the size and
@@ -174,7 +174,7 @@ def plan(conn, sql: str) -> str:
 
 
 def set_stats(conn, stat: str | None) -> None:
-    """Planner statistics for the (run_id, name, step) index: m004's row, or none."""
+    """Planner statistics for the (run_id, name, step) index: m008's row, or none."""
     conn.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'metrics'")
     if stat is not None:
         conn.execute("INSERT INTO sqlite_stat1 VALUES ('metrics', ?, ?)", (STAT_INDEX, stat))
@@ -191,23 +191,23 @@ def index_bench(home: Path, reps: int) -> None:
     before = {q: plan(conn, sql.format(hint="")) for q, sql in QUERIES.items()}
     set_stats(conn, METRICS_SHAPE)
     after = {q: plan(conn, sql.format(hint="")) for q, sql in QUERIES.items()}
-    print("\n2. queries by metric name; the planner's plans without / with m004's statistics:")
+    print("\n2. queries by metric name; the planner's plans without / with m008's statistics:")
     for q in QUERIES:
-        print(f"   {q}:\n     before: {before[q]}\n     m004:   {after[q]}")
+        print(f"   {q}:\n     before: {before[q]}\n     m008:   {after[q]}")
     page = conn.execute("PRAGMA page_size").fetchone()[0]
     for label, ddl in CANDIDATES.items():
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         built = _timed(lambda ddl=ddl: conn.execute(ddl))
         size = (conn.execute("PRAGMA page_count").fetchone()[0] - pages) * page / 1e6
         print(f"   index {label}: built in {built:.1f} s, {size:.0f} MB", flush=True)
-    variants = ["before", "m004 statistics", *CANDIDATES]
+    variants = ["before", "m008 statistics", *CANDIDATES]
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(reps):  # interleaved: every variant of every query in each round
         for q, sql in QUERIES.items():
             for v in variants:
                 set_stats(conn, None if v == "before" else METRICS_SHAPE)
                 hint = "NOT INDEXED" if v == "before" and "USING" not in before[q] else \
-                    f"INDEXED BY {STAT_INDEX}" if v in ("before", "m004 statistics") else \
+                    f"INDEXED BY {STAT_INDEX}" if v in ("before", "m008 statistics") else \
                     f"INDEXED BY {CANDIDATE_NAMES[v]}"
                 t = _timed(lambda s=sql.format(hint=hint): conn.execute(s).fetchall())
                 times.setdefault((q, v), []).append(t)
@@ -228,7 +228,7 @@ def index_bench(home: Path, reps: int) -> None:
 
 def ingest_bench(reps: int) -> None:
     """Supervisor-style batches into two fresh stores, alternately: with / without a
-    (name, run_id, step) index (what m004 would have cost had it been an index)."""
+    (name, run_id, step) index (what m008 would have cost had it been an index)."""
     with tempfile.TemporaryDirectory() as tmp:
         dbs = {}
         for label in ("(name, run_id, step)", "without (now)"):

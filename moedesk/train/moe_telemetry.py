@@ -70,6 +70,10 @@ class MoETelemetry:
         self._hooks = []
 
     # ---- hooks -------------------------------------------------------------------------------
+    # Host-side bookkeeping and clocks: under [train] compile Dynamo would trace each hook
+    # once per layer (`row` is a constant to it) and hit its recompile limit; they run
+    # eagerly instead (a graph break each, beside the MoE dispatch that is eager anyway).
+    @torch.compiler.disable
     def _after_forward(self, row: int, ffn: MoEFFN, args: tuple, _output: Tensor) -> None:
         if not (ffn.training and torch.is_grad_enabled()):
             return
@@ -80,12 +84,14 @@ class MoETelemetry:
         self.routed_slots[row] += x_BTD.numel() // x_BTD.shape[-1] * ffn.top_k
         self.dropped_slots[row] += ffn.dropped_slots
 
+    @torch.compiler.disable
     def _time_start(self, row: int, router: nn.Module, args: tuple) -> None:
         if self._timing[row] and router.training and torch.is_grad_enabled():
             if args[0].is_cuda:
                 torch.cuda.synchronize()
             self._started[row] = time.perf_counter()
 
+    @torch.compiler.disable
     def _time_stop(self, row: int, _router: nn.Module, args: tuple, _output: tuple) -> None:
         start = self._started[row]
         if start is None:
