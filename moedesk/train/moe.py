@@ -9,10 +9,10 @@ Shape letters (model.py's legend, plus):
   - router (`TopKRouter`): weight_ED in fp32 outside autocast; p = softmax over all E
     experts; top-k on p (+ the balancing bias b); gate weights = the chosen p renormalised
     to sum 1 (b only decides *which* experts, never how much they weigh)
-  - experts: stacked SwiGLU tensors w1_EFD, w3_EFD and w2_EDF
+  - experts: stacked SwiGLU tensors w1_EFD, w3_EFD and w2_EDF (experts.py, with the
+    grouped matmul and the gather-only row movers)
   - dispatch "sorted": one stable argsort of the T*K expert ids, then the experts on
-    contiguous groups: one `F.grouped_mm` over all experts where it runs (CPU; CUDA bf16
-    on 9.0+), else F.linear per expert, with w1 and w3 as one [2F, D] matmul. Dropless
+    contiguous groups (`SwiGLUExperts.forward_grouped`). Dropless
     (the default) the sort is a permutation, so tokens go out and come back by gathers
     only (`_RepeatRows`, `_PermuteRows`: deterministic, no scatter-add) and each token's
     K outputs are summed with fp32 gates in a fixed order. With a capacity limit, expert
@@ -46,6 +46,7 @@ from torch.utils.checkpoint import checkpoint
 
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.profiles.sizing import expert_hidden, moe_layer_indices
+from moedesk.train.experts import SwiGLUExperts, _PermuteRows, _RepeatRows, pad_groups
 from moedesk.train.model import LM
 
 # expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)
@@ -55,121 +56,6 @@ BF16_ROW_MULTIPLE = 32
 LEGACY_NAMES = {"router.weight": "router.weight_ED", "expert_bias": "expert_bias_E",
                 "experts.w1": "experts.w1_EFD", "experts.w3": "experts.w3_EFD",
                 "experts.w2": "experts.w2_EDF"}
-
-
-def pad_groups(token_S: Tensor, gates_S: Tensor, counts: list[int], multiple: int
-               ) -> tuple[Tensor, Tensor, list[int]]:
-    """Round each expert's group of sorted slots up to a multiple of `multiple` rows.
-
-    Padding rows repeat token 0 with gate 0, so they add exactly zero to the output and
-    to every gradient; they only cost their (small) share of compute.
-    """
-    padded = [-(-c // multiple) * multiple for c in counts]
-    shifts, shift = [], 0
-    for c, p in zip(counts, padded, strict=True):
-        shifts.append(shift)
-        shift += p - c
-    device = token_S.device
-    shift_S = torch.repeat_interleave(torch.tensor(shifts, device=device),
-                                      torch.tensor(counts, device=device))
-    dest_S = torch.arange(token_S.numel(), device=device) + shift_S
-    n_rows = sum(padded)
-    token_pad = token_S.new_zeros(n_rows).index_copy_(0, dest_S, token_S)
-    gates_pad = gates_S.new_zeros(n_rows).index_copy(0, dest_S, gates_S)
-    return token_pad, gates_pad, padded
-
-
-def use_grouped_mm(x_SD: Tensor, w2_EDF: Tensor) -> bool:
-    """Whether `F.grouped_mm` runs the experts: on CPU (torch >= 2.10) it beats the
-    per-expert loop by ~13% (fwd+bwd, top2's shapes, 1 thread); on CUDA its kernels need
-    bf16 and compute capability 9.0+. Rows must be 16-byte aligned (D and F multiples of
-    4 in fp32). Elsewhere the loop runs."""
-    if not hasattr(F, "grouped_mm") or x_SD.shape[0] == 0:
-        return False
-    if torch.compiler.is_compiling():  # its fp32 form cannot be traced (torch 2.13)
-        return False
-    if any(n * x_SD.element_size() % 16 for n in w2_EDF.shape[1:]):
-        return False
-    if x_SD.device.type == "cpu":
-        return True
-    return (x_SD.device.type == "cuda" and x_SD.dtype == torch.bfloat16
-            and torch.cuda.get_device_capability(x_SD.device) >= (9, 0))
-
-
-class _PermuteRows(torch.autograd.Function):
-    """rows = x[index] for a permutation `index` (inverse: `inverse`); the backward is the
-    inverse gather, not index_select's scatter-add into a zeroed copy."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
-class _RepeatRows(torch.autograd.Function):
-    """x_SD = x_TD[order_S // K]: every token copied to its K slots in expert order. The
-    backward gathers each token's K slot gradients (`rank_S`) and sums them in a fixed
-    order, instead of index_select's serial scatter-add."""
-
-    @staticmethod
-    def forward(ctx, x_TD: Tensor, token_S: Tensor, rank_S: Tensor, top_k: int) -> Tensor:
-        ctx.save_for_backward(rank_S)
-        ctx.top_k = top_k
-        return x_TD.index_select(0, token_S)
-
-    @staticmethod
-    def backward(ctx, grad_SD: Tensor):
-        (rank_S,) = ctx.saved_tensors
-        grad_TKD = grad_SD.index_select(0, rank_S).unflatten(0, (-1, ctx.top_k))
-        return grad_TKD.sum(1), None, None, None
-
-
-class SwiGLUExperts(nn.Module):
-    """E SwiGLU FFNs stored as three stacked tensors."""
-
-    def __init__(self, num_experts: int, dim: int, hidden: int):
-        super().__init__()
-        self.w1_EFD = nn.Parameter(torch.empty(num_experts, hidden, dim))
-        self.w3_EFD = nn.Parameter(torch.empty(num_experts, hidden, dim))
-        self.w2_EDF = nn.Parameter(torch.empty(num_experts, dim, hidden))
-
-    def init_weights(self, std: float, residual_std: float) -> None:
-        nn.init.normal_(self.w1_EFD, std=std)
-        nn.init.normal_(self.w3_EFD, std=std)
-        nn.init.normal_(self.w2_EDF, std=residual_std)
-
-    def forward_grouped(self, x_SD: Tensor, counts: list[int]) -> Tensor:
-        """x_SD holds counts[0] rows for expert 0, then counts[1] for expert 1, ..."""
-        # w1 and w3 side by side: one [2F, D] matmul per expert instead of two [F, D] ones
-        w13_EGD, w2_EDF = torch.cat((self.w1_EFD, self.w3_EFD), dim=1), self.w2_EDF
-        device_type = x_SD.device.type
-        if torch.is_autocast_enabled(device_type):
-            # cast once here: autocast would cast every per-expert slice (and x twice per
-            # expert) on its own, which costs more than the bf16 matmuls save
-            dtype = torch.get_autocast_dtype(device_type)
-            x_SD, w13_EGD, w2_EDF = (t.to(dtype) for t in (x_SD, w13_EGD, w2_EDF))
-        if use_grouped_mm(x_SD, w2_EDF):
-            # one grouped matmul over all experts (exactly the per-expert loop's numbers)
-            offs_E = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
-            gate_SF, up_SF = F.grouped_mm(x_SD, w13_EGD.transpose(1, 2), offs=offs_E).chunk(2, -1)
-            return F.grouped_mm(F.silu(gate_SF) * up_SF, w2_EDF.transpose(1, 2), offs=offs_E)
-        w13s_GD, w2s_DF = w13_EGD.unbind(0), w2_EDF.unbind(0)
-        outs = []
-        # split, not slicing: the backward of E slices would zero-fill E full-size gradients
-        for e, x_nD in enumerate(x_SD.split(counts)):
-            if x_nD.shape[0]:
-                gate_nF, up_nF = F.linear(x_nD, w13s_GD[e]).chunk(2, dim=-1)
-                outs.append(F.linear(F.silu(gate_nF) * up_nF, w2s_DF[e]))
-        return torch.cat(outs) if outs else x_SD.new_zeros(0, self.w2_EDF.shape[1])
-
-    def forward_one(self, e: int, x_nD: Tensor) -> Tensor:
-        h_nF = F.silu(F.linear(x_nD, self.w1_EFD[e])) * F.linear(x_nD, self.w3_EFD[e])
-        return F.linear(h_nF, self.w2_EDF[e])
 
 
 class TopKRouter(nn.Module):

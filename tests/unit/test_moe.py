@@ -15,8 +15,9 @@ from moedesk.train import loop
 from moedesk.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from moedesk.train.data import LMData, unigram_entropy
 from moedesk.train.emit import ListEmitter
+from moedesk.train.experts import pad_groups
 from moedesk.train.model import LM, SwiGLU
-from moedesk.train.moe import MoEFFN, MoELM, pad_groups
+from moedesk.train.moe import MoEFFN, MoELM
 from moedesk.train.moe_telemetry import MoETelemetry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,10 +170,10 @@ def test_sorted_dispatch_equals_the_eager_reference_forward_and_backward(capacit
 @pytest.mark.parametrize("grouped_mm", [True, False])
 def test_dropless_gather_path_equals_the_eager_reference(monkeypatch, grouped_mm):
     # DIM 16 / HIDDEN 12 rows are 16-byte aligned, so F.grouped_mm runs unless switched off
-    import moedesk.train.moe as moe_mod
-    assert moe_mod.use_grouped_mm(torch.zeros(4, DIM), torch.zeros(4, DIM, HIDDEN))
+    import moedesk.train.experts as experts_mod
+    assert experts_mod.use_grouped_mm(torch.zeros(4, DIM), torch.zeros(4, DIM, HIDDEN))
     if not grouped_mm:
-        monkeypatch.setattr(moe_mod, "use_grouped_mm", lambda *_: False)
+        monkeypatch.setattr(experts_mod, "use_grouped_mm", lambda *_: False)
     results = []
     x_BTD = torch.randn(2, 24, DIM)
     for dispatch in ("sorted", "eager"):
