@@ -113,11 +113,14 @@ class Attention(nn.Module):
         # checkpoints unchanged; concatenating them costs far less than two more matmuls)
         w_QD = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
         qkv_BTQ = F.linear(x_BTD, w_QD)
+        # split, not slicing: the backward of a slice zero-fills a full-size gradient and
+        # adds it up (aten::fill_ was 3x transformers'); split's backward is one cat
+        qk_BTQ, v_BTQ = qkv_BTQ.split(((N + G) * H, G * H), dim=-1)
         # RoPE on queries and keys together, in the [B, T, heads, H] layout the matmul wrote
-        qk_BTnH = apply_rope_pairs(qkv_BTQ[..., :(N + G) * H].view(B, T, N + G, H), cos_TP, sin_TP)
-        q_BNTH = qk_BTnH[:, :, :N].transpose(1, 2)
-        k_BGTH = qk_BTnH[:, :, N:].transpose(1, 2)
-        v_BGTH = qkv_BTQ[..., (N + G) * H:].view(B, T, G, H).transpose(1, 2)
+        qk_BTnH = apply_rope_pairs(qk_BTQ.view(B, T, N + G, H), cos_TP, sin_TP)
+        q_BTNH, k_BTGH = qk_BTnH.split((N, G), dim=2)
+        q_BNTH, k_BGTH = q_BTNH.transpose(1, 2), k_BTGH.transpose(1, 2)
+        v_BGTH = v_BTQ.view(B, T, G, H).transpose(1, 2)
         mask = None
         if cache is not None:
             # T below stands for S + T from here on: the cached positions come first
