@@ -6,6 +6,7 @@ step as soon as it happens. `NullEmitter` discards events (tests, benchmarks).
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ class Emitter:
     def __init__(self, stream: IO[str] | None = None, log_stream: IO[str] | None = None):
         self.stream = stream if stream is not None else sys.stdout
         self.log_stream = log_stream if log_stream is not None else sys.stderr
+        self.lost_lines = 0  # log lines a failing stderr refused since the last one written
 
     def emit(self, type: str, **fields: Any) -> None:
         fields.setdefault("wall", time.time())
@@ -38,8 +40,29 @@ class Emitter:
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.log_stream.write(f"{stamp} {message}\n")
+        note = (f"{stamp} ({self.lost_lines} log lines lost: the log could not be written)\n"
+                if self.lost_lines else "")
+        try:
+            self._write_log(f"{note}{stamp} {message}\n")
+        except OSError:
+            # stderr is the run's train.log: a full disk must not end the run (its events
+            # travel on stdout and are kept); the line is lost and the next one says so
+            self.lost_lines += 1
+            return
+        self.lost_lines = 0
+
+    def _write_log(self, text: str) -> None:
+        try:
+            fd = self.log_stream.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):  # StringIO and the like
+            self.log_stream.write(text)
+            self.log_stream.flush()
+            return
+        # one unbuffered write per line: a refused line is gone, not left in a buffer to
+        # fail every later flush (and the interpreter's exit)
         self.log_stream.flush()
+        os.write(fd, text.encode(getattr(self.log_stream, "encoding", None) or "utf-8",
+                                 errors="backslashreplace"))
 
 
 class NullEmitter(Emitter):
