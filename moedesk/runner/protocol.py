@@ -56,7 +56,6 @@ class MetricsPacker:
     formatting each as decimal text, and keeps NaN and inf exactly as they are."""
 
     def __init__(self, names: tuple[str, ...]):
-        self.names = names
         self._pack = struct.Struct(f"<{len(names)}d").pack
         self._names_json = json.dumps(list(names), separators=(",", ":"))
 

@@ -66,10 +66,8 @@ class LayerName(NamedTuple):
         return metric(self.family, self.key)
 
 
-@lru_cache(maxsize=16384)
 def parse_layer(name: str) -> LayerName | None:
-    """FAMILY/L{i}/KEY -> (family, i, key); None for any other name. Cached: the health
-    rules ask for every name of every logged step, and a run's names repeat."""
+    """FAMILY/L{i}/KEY -> (family, i, key); None for any other name."""
     parts = name.split("/")
     if len(parts) != 3 or not parts[1].startswith("L") or not parts[1][1:].isdigit():
         return None
@@ -78,7 +76,8 @@ def parse_layer(name: str) -> LayerName | None:
 
 @lru_cache(maxsize=16384)
 def overall_of(name: str) -> str | None:
-    """The overall name of a per-layer name (moe/L1/cv -> moe/cv); None for other names."""
+    """The overall name of a per-layer name (moe/L1/cv -> moe/cv); None for other names.
+    Cached: the health rules ask for every name of every logged step, and names repeat."""
     parsed = parse_layer(name)
     return None if parsed is None else parsed.overall
 
