@@ -6,11 +6,12 @@
    interleaved rounds. Per call: (loop - no-op loop) / calls, as wall time and as this
    thread's CPU time (the latter is what a busy machine inflates least). Target: <= 20 us
    per `log` call.
-2. Ingest rate. The same training history as an events file (external run: counts only,
-   the supervisor computes the moe/* statistics) and as a trainer's stdout stream (own
-   trainers: the statistics arrive as metrics), each ingested into a fresh store through
-   the real code paths (runner/external_run.py `ExternalRun`; runner/supervise.py's pipe
-   reader thread, queue and `Ingestor`), in interleaved rounds. Target: the external path
+2. Ingest rate. The same training history as an events file (external run: written by
+   the real `Run.log`/`log_expert_load`, which send the counts with their moe/* statistics)
+   and as a trainer's stdout stream (own trainers: the statistics arrive as metrics),
+   each ingested into a fresh store through the real code paths (runner/external_run.py
+   `ExternalRun`; runner/supervise.py's pipe reader thread, queue and `Ingestor`), in
+   interleaved rounds. Target: the external path
    at least as fast as the own-trainer path.
 
     .venv/bin/python bench/track.py [--rounds 5] [--ingest-rounds 3]
@@ -39,12 +40,13 @@ from moedesk.runner.commit import Committer  # noqa: E402
 from moedesk.runner.external_run import ExternalRun, settings  # noqa: E402
 from moedesk.runner.ingest import Ingestor  # noqa: E402
 from moedesk.runner.loadmetrics import LoadMetrics  # noqa: E402
-from moedesk.runner.protocol import MetricsPacker, encode  # noqa: E402
+from moedesk.runner.protocol import encode  # noqa: E402
 from moedesk.runner.supervise import TICK_S, _drain, _reader, make_engine  # noqa: E402
 from moedesk.store import connect_writer  # noqa: E402
 from moedesk.store import external as store_external  # noqa: E402
 from moedesk.store import runs as store_runs  # noqa: E402
 from moedesk.track.channel import EventWriter  # noqa: E402
+from moedesk.track.run import Run  # noqa: E402
 
 LOG_CALLS, LOAD_CALLS, METRICS, LAYERS, EXPERTS, TOP_K = 10_000, 2_000, 20, 8, 64, 2
 TOKENS = 4096  # per logged step: each layer's counts sum to TOKENS * TOP_K
@@ -100,34 +102,33 @@ def caller_cost(home: Path, rounds: int) -> dict[str, tuple[float, float]]:
 
 
 def write_streams(folder: Path) -> tuple[Path, Path, int]:
-    """The same history twice: an external run's events file and an own trainer's stdout."""
+    """The same history twice: what an external run's `Run` appends to its events file
+    (the real `log` and `log_expert_load`), and what an own trainer writes to stdout."""
     rng = random.Random(1)
     ext_path, own_path = folder / "external.jsonl", folder / "own.jsonl"
-    ext = EventWriter(ext_path)
+    EventWriter(ext_path).write({"type": "started", "step": 0, "wall": time.time(),
+                                 "pid": os.getpid(), "total_steps": LOG_CALLS,
+                                 "moe": {"balanced": False}})
+    ext = Run(run_id=0, name="bench", run_dir=folder, events=ext_path, top_k=TOP_K)
     stats = LoadMetrics()
     events = 0
-    packer = MetricsPacker(tuple(metric_values(0, random.Random(0))))
     with open(own_path, "w") as own:
-        ext.write({"type": "started", "step": 0, "wall": time.time(), "pid": os.getpid(),
-                   "total_steps": LOG_CALLS, "moe": {"balanced": False}})
         own.write(encode({"type": "started", "step": 0, "total_steps": LOG_CALLS, "pid": 0,
                           "device": "cpu", "params": {"total": 1, "active": 1}}) + "\n")
         for step in range(1, LOG_CALLS + 1):
             values, wall = metric_values(step, rng), time.time()
-            # what `run.log` writes: the packed form
-            ext.write_metrics(step, wall, packer, list(values.values()))
+            ext.log(values, step=step)
             events += 1
             if step % (LOG_CALLS // LOAD_CALLS) == 0:
                 loads = expert_counts(rng)
-                ext.write({"type": "expert_load", "step": step, "wall": wall,
-                           "loads": {str(k): v for k, v in loads.items()}, "top_k": TOP_K})
+                ext.log_expert_load(loads, step=step)
                 values = {**values, **stats.values(loads, TOP_K)}
                 own.write(encode({"type": "expert_load", "step": step, "wall": wall,
                                   "loads": {str(k): v for k, v in loads.items()}}) + "\n")
                 events += 1
             own.write(encode({"type": "metrics", "step": step, "wall": wall,
                               "values": values}) + "\n")
-    ext.close()
+    ext.finish(wait=0)
     return ext_path, own_path, events
 
 

@@ -22,11 +22,12 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from moedesk.health.rules import RANK, RULE_CLASSES, Reading, Rule, RunContext
+from moedesk.health.rules import RANK, RULE_CLASSES, Observed, Reading, Rule, RunContext
 from moedesk.health.thresholds import RULES, STOP_ON, rule_params
 from moedesk.stats import names
 
 Result = tuple[list[dict], list[tuple[str, int]]]
+RELEVANT_CACHE = 64  # sets of metric names whose rules an engine remembers
 
 
 def stops_at(severity: str, stop_on: str) -> bool:
@@ -143,6 +144,7 @@ class HealthEngine:
         self.last_step = 0
         self.open: dict[str, str] = {}  # rule -> severity of its open alert
         self.stale: set[str] = set()  # open in the store, not in this engine: clear them
+        self._relevant: dict[tuple[str, ...], list[Rule]] = {}  # names -> rules (_rules_for)
 
     @classmethod
     def for_run(cls, ctx: RunContext, overrides: dict | None = None,
@@ -175,6 +177,7 @@ class HealthEngine:
         """Evaluate one metrics event; returns (alerts fired, (rule, step) cleared)."""
         fired: list[dict] = []
         cleared: list[tuple[str, int]] = []
+        values = Observed(values)  # the rules' worst-layer lookups group the names once
         if self.stale and step > self.last_step:
             cleared += [(rule, step) for rule in sorted(self.stale)]
             self.stale.clear()
@@ -184,7 +187,7 @@ class HealthEngine:
             if ended:
                 self.open.pop("stalled", None)
                 cleared.append(("stalled", step))
-        for rule in self.rules:
+        for rule in self._rules_for(values):
             latch = self.latches[rule.name]
             reading = rule.assess(step, values, latch.fired)
             if reading is None:
@@ -196,6 +199,18 @@ class HealthEngine:
             if fire is not None:
                 fired.append(self._alert(rule, reading, *fire, step, wall))
         return fired, cleared
+
+    def _rules_for(self, values: Observed) -> list[Rule]:
+        # the rules that have evidence in an event with these names; a run logs the same
+        # names step after step, so this is one dict lookup per event
+        key = tuple(values)
+        rules = self._relevant.get(key)
+        if rules is None:
+            if len(self._relevant) >= RELEVANT_CACHE:
+                self._relevant.clear()
+            rules = self._relevant[key] = [r for r in self.rules
+                                           if any(map(values.has, r.inputs))]
+        return rules
 
     def tick(self, now: float) -> Result:
         """Time-based rules (stalled): call regularly with the wall-clock time."""

@@ -17,6 +17,7 @@ import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from moedesk.health.thresholds import RULES, SEVERITIES
 from moedesk.stats import names
@@ -73,12 +74,47 @@ def finite(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+@lru_cache(maxsize=64)
+def _layer_names(metric_names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    # {overall: its per-layer names} of one set of names; a run logs the same set each step
+    grouped: dict[str, list[str]] = {}
+    for name in metric_names:
+        overall = names.overall_of(name)
+        if overall is not None:
+            grouped.setdefault(overall, []).append(name)
+    return {overall: tuple(layer_names) for overall, layer_names in grouped.items()}
+
+
+class Observed(dict):
+    """One metrics event's values, whose per-layer names are grouped by overall metric on
+    first use: five rules ask for a worst layer of the same event, and one lookup (cached
+    by the event's set of names) serves them all."""
+
+    __slots__ = ("_layers",)
+
+    def _grouped(self) -> dict[str, tuple[str, ...]]:
+        try:
+            return self._layers
+        except AttributeError:
+            self._layers = _layer_names(tuple(self))
+            return self._layers
+
+    def layers(self, metric: str) -> list[tuple[str, float]]:
+        """(name, value) of each FAMILY/L{i}/KEY of the overall `metric` FAMILY/KEY."""
+        return [(name, self[name]) for name in self._grouped().get(metric, ())]
+
+    def has(self, metric: str) -> bool:
+        """Whether the event holds `metric` itself or any of its layers."""
+        return metric in self or metric in self._grouped()
+
+
 def worst_of(values: dict, metric: str, pick=max) -> tuple[str, float] | None:
     """(name, value) of the worst layer's value of an overall `metric` (FAMILY/KEY; its
     layers are FAMILY/L{i}/KEY), else the overall value: one collapsed layer of two would
     hide in the layer mean."""
-    overall_of = names.overall_of
-    layer = [(name, v) for name, v in values.items() if overall_of(name) == metric and finite(v)]
+    if not isinstance(values, Observed):
+        values = Observed(values)
+    layer = [(name, v) for name, v in values.layers(metric) if finite(v)]
     if layer:
         return pick(layer, key=lambda item: item[1])
     overall = values.get(metric)
@@ -90,6 +126,10 @@ class Rule:
 
     name = ""
     settles = False  # a routing-balance rule (see __init__)
+    # the overall metrics the rule reads (a FAMILY/KEY also by its FAMILY/L{i}/KEY layers):
+    # an event with none of them is no evidence, `read` returns None, and the engine skips
+    # the rule (tests/unit/test_health_rules.py checks every rule keeps to its inputs)
+    inputs: tuple[str, ...] = ()
 
     def __init__(self, params: dict, ctx: RunContext, explicit: frozenset = frozenset()):
         self.spec = RULES[self.name]
@@ -132,10 +172,10 @@ class Rule:
 
 class NonFiniteLoss(Rule):
     name = "nonfinite_loss"
-    metrics = (names.TRAIN_LOSS, names.VAL_LOSS, names.TRAIN_GRAD_NORM)
+    inputs = (names.TRAIN_LOSS, names.VAL_LOSS, names.TRAIN_GRAD_NORM)
 
     def read(self, values, active):
-        seen = [m for m in self.metrics if m in values]
+        seen = [m for m in self.inputs if m in values]
         if not seen:
             return None
         for metric in seen:
@@ -152,6 +192,7 @@ class LossSpike(Rule):
     """KillLossSpike: loss above `factor` x the mean of the last `window` normal losses."""
 
     name = "loss_spike"
+    inputs = (names.TRAIN_LOSS,)
 
     def __init__(self, params, ctx, explicit=frozenset()):
         super().__init__(params, ctx, explicit)
@@ -176,6 +217,7 @@ class LossSpike(Rule):
 
 class ExpertUnderused(Rule):
     name = "expert_underused"
+    inputs = (names.MOE_MIN_SHARE,)
     settles = True
 
     def read(self, values, active):
@@ -190,6 +232,7 @@ class ExpertUnderused(Rule):
 
 class RoutingCollapse(Rule):
     name = "routing_collapse"
+    inputs = (names.MOE_MAX_TOKEN_FRACTION,)
     settles = True
 
     def applies(self):
@@ -213,6 +256,7 @@ class DeadExperts(Rule):
     dead window (the worst layer; 1 of 8 experts fires at the default 10%)."""
 
     name = "dead_experts"
+    inputs = (names.MOE_DEAD_EXPERTS,)
     settles = True
 
     def read(self, values, active):
@@ -234,6 +278,7 @@ class UsageStd(Rule):
     share is 1/8, so they scale by 8/E (the same coefficient of variation)."""
 
     name = "usage_std"
+    inputs = (names.MOE_USAGE_STD,)
     settles = True
 
     def read(self, values, active):
@@ -251,6 +296,7 @@ class UsageEntropy(Rule):
     """Entropy below 1.5 nats of ln 8 = 2.08; compared as the share of ln E it is."""
 
     name = "usage_entropy"
+    inputs = (names.MOE_ENTROPY_NORM,)
     settles = True
 
     def applies(self):
@@ -273,6 +319,7 @@ class RouterZLoss(Rule):
     """Weighted z-loss above `max`, or above `rise_factor` x its recent mean (rising fast)."""
 
     name = "router_z_loss"
+    inputs = (names.MOE_Z_LOSS,)
 
     def __init__(self, params, ctx, explicit=frozenset()):
         super().__init__(params, ctx, explicit)
@@ -301,6 +348,7 @@ class RouterZLoss(Rule):
 
 class GoodnessDelta(Rule):
     name = "goodness_delta"
+    inputs = (names.FF_GOODNESS_DELTA,)
 
     def read(self, values, active):
         value = values.get(names.FF_GOODNESS_DELTA)
@@ -318,6 +366,7 @@ class LoadBalance(Rule):
     """The imbalance score against seed 000/004's band; a state ends back inside the band."""
 
     name = "load_balance"
+    inputs = (names.MOE_IMBALANCE,)
 
     def read(self, values, active):
         value = values.get(names.MOE_IMBALANCE)
@@ -341,6 +390,7 @@ class RoutingLatency(Rule):
     an alert; only a sustained slowdown is."""
 
     name = "routing_latency"
+    inputs = (names.ROUTE_LATENCY_US,)
 
     def __init__(self, params, ctx, explicit=frozenset()):
         super().__init__(params, ctx, explicit)

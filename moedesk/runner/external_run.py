@@ -5,7 +5,8 @@ An external run is a training process moedesk did not write: a script using
 command under `moedesk watch`. It never touches SQLite: it appends protocol events to
 `RUN_DIR/events.jsonl` and its supervisor (runner/external.py), the run's only writer,
 feeds them here. `ExternalRun` stores them through the same `Ingestor` as moedesk's own
-trainers, turns expert counts into the `moe/*` metrics (runner/loadmetrics.py) and runs
+trainers, turns expert counts into the `moe/*` metrics (runner/loadmetrics.py; `moedesk.track`
+sends them itself, marked `"stats": true`, as moedesk's trainers do) and runs
 the health rules with the thresholds of the run's expert count and top-k, learned from
 its `started` event or its first expert load (the engine is rebuilt then, replaying
 what was stored). `settings` builds the run's `config_json` (docs/tracking.md).
@@ -247,6 +248,8 @@ class ExternalRun:
             if not self.notes or "top_k" not in self.notes[-1]:
                 self.notes.append("expert_load without top_k: counts stored, no moe/* metrics")
             return
+        if event.get("stats") is True:
+            return  # moedesk.track sent the moe/* statistics in the next line (track/run.py)
         try:
             values = self.loads.values({int(k): v for k, v in loads.items()}, top_k)
         except (ValueError, TypeError) as exc:

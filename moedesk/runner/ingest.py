@@ -1,8 +1,9 @@
 """Decoded trainer events -> batches, health evaluation, and when to commit.
 
-`Ingestor` buffers events into a `Batch` and asks the health engine about each metrics
-event, with the time the event *arrived* (a supervisor that was frozen and replays a
-backlog sees it arrive now, so the stalled rule does not fire once per backlogged step).
+`Ingestor` buffers events into a `Batch` and asks the health engine about each step's
+metrics (the metrics events of one step merged), with the time the step *arrived* (a
+supervisor that was frozen and replays a backlog sees it arrive now, so the stalled rule
+does not fire once per backlogged step).
 It commits adaptively (`commit`, called by the supervisor's loop once it has drained what
 the trainer already wrote): at once when the trainer is quiet, one large batch when it
 floods, never more often than every `MIN_COMMIT_GAP_S`, never more than `MAX_BATCH_ROWS`
@@ -48,6 +49,8 @@ class Ingestor:
         self.last_step = 0
         self.last_tick: float | None = None
         self.log_lines: list[str] = []
+        # the values of the newest step not yet shown to the health rules (see `_observe`)
+        self.unobserved: tuple[int, dict, float] | None = None
 
     @property
     def full(self) -> bool:
@@ -75,7 +78,7 @@ class Ingestor:
             values = event["values"]
             self.batch.add_metrics(step, values, wall)
             if self.engine is not None:
-                self._apply_health(self.engine.observe(step, values, arrived))
+                self._observe(step, values, arrived)
         elif kind == "expert_load":
             self.batch.add_expert_load(step, event.get("loads") or {}, wall)
         elif kind == "checkpoint":
@@ -97,9 +100,30 @@ class Ingestor:
         elif kind == "finished":
             self.finished = event
 
+    def _observe(self, step: int, values: dict, arrived: float) -> None:
+        # the metrics events of one step reach the rules as one event: an external run logs
+        # its curves and its expert load's moe/* statistics as two events, an own trainer
+        # sends both in one, and the rules see (and cost) the same either way. A step is
+        # shown to the rules when the next step arrives, at a tick and before a commit.
+        pending = self.unobserved
+        if pending is not None and pending[0] == step:
+            self.unobserved = (step, {**pending[1], **values}, pending[2])
+            return
+        self.observe_pending()
+        self.unobserved = (step, values, arrived)
+
+    def observe_pending(self) -> None:
+        """Show the health rules the step they have not seen yet."""
+        if self.unobserved is not None:
+            step, values, arrived = self.unobserved
+            self.unobserved = None
+            if self.engine is not None:
+                self._apply_health(self.engine.observe(step, values, arrived))
+
     def tick(self, now: float | None = None) -> None:
         """Let time-based rules (stalled) look at the clock; after a gap in the ticks
         (the supervisor was frozen) the stall clock restarts instead of firing."""
+        self.observe_pending()
         now = self.clock() if now is None else now
         frozen = self.last_tick is not None and now - self.last_tick > FROZEN_GAP_S
         self.last_tick = now
@@ -120,6 +144,7 @@ class Ingestor:
 
     def commit(self) -> None:
         """Hand what is pending to the committer (a no-op when nothing is)."""
+        self.observe_pending()
         if len(self.batch) or self.batch.last_step is not None:
             self.committer.write(self.batch)
             self.batch = Batch()

@@ -15,7 +15,7 @@ import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from itertools import repeat
+from itertools import chain, repeat
 
 from moedesk.stats.names import MOE, layer_metric, metric
 
@@ -118,8 +118,9 @@ def aggregate(per_layer: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
     """
     rows = list(per_layer.values())
     out: dict[str, float] = {}
-    for key in dict.fromkeys(k for row in rows for k in row):
-        values = [v for v in (float(row[key]) for row in rows if key in row) if v == v]
+    for key in dict.fromkeys(chain.from_iterable(rows)):
+        column = [float(row[key]) for row in rows if key in row]
+        values = [v for v in column if v == v]
         if key in ("dead_experts", "zero_experts"):
             out[key] = float(sum(values))
         else:
@@ -160,6 +161,9 @@ class DeadExpertTracker:
         counts = list(counts)
         if len(self.zero_streaks) != len(counts):
             self.zero_streaks = [0] * len(counts)
+        if 0 not in counts:  # the usual step: every expert got tokens, no streak goes on
+            self.zero_streaks = [0] * len(counts)
+            return 0
         self.zero_streaks = [streak + 1 if c == 0 else 0
                              for streak, c in zip(self.zero_streaks, counts, strict=True)]
         return self.dead_count()

@@ -20,7 +20,7 @@ from moedesk.runner.protocol import MetricsPacker, encode
 
 # the wire format of runner/protocol.py `encode`, through one reused C encoder
 # (json.dumps builds a new encoder when given options)
-_fast_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+fast_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class EventWriter:
@@ -31,7 +31,7 @@ class EventWriter:
 
     def write(self, event: dict) -> None:
         try:
-            line = _fast_encode(event)
+            line = fast_encode(event)
         except ValueError:  # NaN or inf among metric values: protocol strings them
             line = encode(event)
         self.write_line(line)

@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from moedesk.paths import stop_request_file
+from moedesk.runner.loadmetrics import LoadMetrics
 from moedesk.runner.protocol import MetricsPacker
-from moedesk.track.channel import EventWriter
+from moedesk.track.channel import EventWriter, fast_encode
 
 LEVELS = ("info", "warning", "critical")
 FINISH_WAIT_S = 60.0  # how long finish waits for the supervisor to store everything
@@ -60,7 +61,7 @@ def _counts_row(layer, counts) -> list[int]:
     except TypeError:
         raise TypeError(f"log_expert_load: layer {layer!r}: counts must be a sequence of numbers, "
                         f"got {type(counts).__name__}") from None
-    if not all(type(c) is int for c in row):
+    if set(map(type, row)) != {int}:  # one C-level pass: this runs for every layer
         try:
             row = [int(c) if float(c).is_integer() else math.nan for c in row]
         except (TypeError, ValueError):
@@ -87,6 +88,7 @@ class Run:
         self._packers: dict[tuple, MetricsPacker] = {}
         self._supervisor = supervisor
         self._top_k = top_k
+        self._load_metrics = LoadMetrics()  # the moe/* statistics of the counts, as trainers do
         self._routers = None  # track.router.RouterSet, made by the first watch_router
         self._stop_path = str(stop_request_file(self.run_dir))
         self._signalled = False
@@ -124,14 +126,20 @@ class Run:
             bad = [k for k in names if type(k) is not str or not k]
             if bad:
                 raise TypeError(f"log: metric names must be non-empty strings, got {bad[0]!r}")
-            if len(self._packers) >= PACKER_CACHE:
-                self._packers.clear()
-            packer = self._packers[names] = MetricsPacker(names)
+            packer = self._packer(names)
         step = self.step + 1 if step is None else self._valid_step(step, "log")
         self.step = step
         if self._routers is not None:
             self.log_router_load(step)
         self._writer.write_metrics(step, time.time(), packer, numbers)
+
+    def _packer(self, names: tuple[str, ...]) -> MetricsPacker:
+        packer = self._packers.get(names)
+        if packer is None:
+            if len(self._packers) >= PACKER_CACHE:
+                self._packers.clear()
+            packer = self._packers[names] = MetricsPacker(names)
+        return packer
 
     @staticmethod
     def _bad_value(values: Mapping) -> str:
@@ -176,14 +184,21 @@ class Run:
             if len(row) < top_k:
                 raise ValueError(f"log_expert_load: layer {layer} has {len(row)} experts, "
                                  f"fewer than top_k={top_k}")
-            rows[str(layer)] = row
+            rows[layer] = row
         if not rows:
             return
         self._top_k = top_k
         step = max(self.step, 1) if step is None else self._valid_step(step, "log_expert_load")
         self.step = max(self.step, step)
-        self._writer.write({"type": "expert_load", "step": step, "wall": time.time(),
-                            "loads": rows, "top_k": top_k})
+        # the moe/* statistics are computed here, where the counts are made, as moedesk's
+        # own trainers do: the supervisor stores them as they come (`"stats": true`), and
+        # the counts and their statistics are one append, so a crash keeps both or neither
+        stats = self._load_metrics.values(rows, top_k)
+        wall = time.time()
+        counts_line = fast_encode({"type": "expert_load", "step": step, "wall": wall,
+                                   "loads": rows, "top_k": top_k, "stats": True})
+        stats_line = self._packer(tuple(stats)).line(step, wall, list(stats.values()))
+        self._writer.write_line(counts_line + "\n" + stats_line)
 
     def alert(self, title: str, text: str = "", level: str = "warning") -> None:
         """An alert in the run's alerts table (and the TUI); it never stops the run."""

@@ -142,3 +142,32 @@ def test_health_history_reads_back_what_a_replay_needs(home):
     assert set(history[0][1]) == {"train/loss", "moe/L0/imbalance"}  # train/lr is not read
     assert math.isnan(history[2][1]["train/loss"]) and history[2][1]["val/loss"] == 2.5
     assert open_rules == ["nonfinite_loss"]
+
+
+def test_the_metrics_events_of_one_step_reach_the_rules_as_one(home):
+    # an external run logs its curves and its expert load's statistics as two events of
+    # one step; an own trainer sends one. The rules see one observation either way.
+    db, run_id = make_run(home, "dense")
+    engine = make_engine(config("dense"))
+    seen: list[tuple[int, dict]] = []
+    observe = engine.observe
+
+    def recording(step, values, wall):
+        seen.append((step, dict(values)))
+        return observe(step, values, wall)
+
+    engine.observe = recording
+    ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0), engine)
+    ingestor.feed({"type": "metrics", "step": 1, "wall": 1.0, "values": {"train/loss": 2.0}})
+    ingestor.feed({"type": "metrics", "step": 1, "wall": 1.0,
+                   "values": {"moe/L0/imbalance": 0.2, "train/loss": math.nan}})
+    assert seen == []  # step 1 may still have events to come
+    ingestor.feed({"type": "metrics", "step": 2, "wall": 2.0, "values": {"train/loss": 1.9}})
+    assert [step for step, _ in seen] == [1]
+    assert set(seen[0][1]) == {"train/loss", "moe/L0/imbalance"}
+    assert math.isnan(seen[0][1]["train/loss"])  # the later event's value wins
+    ingestor.commit()  # a commit shows the rules what they have not seen
+    assert seen[1] == (2, {"train/loss": 1.9})
+    alerts = Reader(home / "moedesk.db").alerts(run_id)
+    assert [(a["rule"], a["step"]) for a in alerts] == [("nonfinite_loss", 1)]
+    db.close()

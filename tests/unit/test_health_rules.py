@@ -299,3 +299,38 @@ def test_worst_of_reads_the_layers_of_that_metric_only():
 
 def test_every_rule_reads_a_catalogued_metric():
     assert all(spec.metric in names.ALL for spec in RULES.values())
+
+
+def test_every_rule_reads_only_its_inputs_so_the_engine_may_skip_it():
+    # the engine skips a rule when an event holds none of its `inputs` (engine._rules_for);
+    # that is only right if the rule ignores every other metric. Every other rule's inputs,
+    # overall and per layer, at a value any reader would report, must give no reading.
+    from moedesk.health.rules import RULE_CLASSES
+    from moedesk.health.thresholds import rule_params
+
+    everything = {m for cls in RULE_CLASSES for m in cls.inputs}
+    assert all(cls.inputs for cls in RULE_CLASSES)
+    for cls in RULE_CLASSES:
+        ctx = RunContext(next(iter(RULES[cls.name].kinds)), 8, 2)
+        rule = cls(rule_params(cls.name, {}), ctx)
+        others = everything - set(cls.inputs)
+        values = {m: 1e9 for m in others}
+        values |= {f"{family}/L0/{key}": 1e9 for family, key in map(names.split, others)
+                   if family == names.MOE}
+        for _ in range(3):  # past any warm-up of a window
+            assert rule.read(values, None) is None, cls.name
+        own = {m: 1e9 for m in cls.inputs}
+        assert rule.read(own, None) is not None, cls.name  # and it does read its inputs
+
+
+def test_the_engine_skips_rules_without_evidence_and_keeps_their_state():
+    engine = make_engine(config("topk"))
+    fired, _ = feed(engine, [{"train/loss": 2.0}] * 5 + [{"other/x": 1.0}] * 3
+                    + [{"train/loss": math.nan}])
+    assert [a["rule"] for a in fired] == ["nonfinite_loss"]
+    from moedesk.health.rules import Observed
+
+    assert engine._rules_for(Observed({"other/x": 1.0})) == []
+    assert [r.name for r in engine._rules_for(Observed({"moe/L3/cv": 0.1}))] == []
+    assert {r.name for r in engine._rules_for(Observed({"moe/L3/min_share": 0.1}))} == {
+        "expert_underused"}

@@ -156,6 +156,21 @@ def test_expert_load_forms_and_checks(run):
         run.log_expert_load({0: [1, 2]}, top_k=3)
 
 
+def test_expert_load_sends_its_moe_statistics_in_the_same_append(run):
+    # the statistics are computed in the caller, as moedesk's own trainers do, and the two
+    # lines are one os.write: a crash keeps the counts and their statistics or neither
+    counts = {0: [30, 10, 0, 24], 2: [16, 16, 16, 16]}
+    run.log_expert_load(counts, step=3, top_k=2)
+    lines = events_file(run.run_dir).read_text().splitlines()
+    assert len(lines) == 2
+    load, stats = (decode(line).event for line in lines)
+    assert load["type"] == "expert_load" and load["stats"] is True and load["step"] == 3
+    assert stats["type"] == "metrics" and stats["step"] == 3 and stats["wall"] == load["wall"]
+    assert stats["values"] == LoadMetrics().values(counts, 2)
+    assert stats["values"]["moe/L0/max_share"] == pytest.approx(30 / 64)
+    assert "moe/imbalance" in stats["values"] and "moe/L2/cv" in stats["values"]
+
+
 def test_alert_levels_and_finished_run(run):
     with pytest.raises(ValueError, match="allowed values: info, warning, critical"):
         run.alert("x", level="fatal")
@@ -265,6 +280,28 @@ def test_expert_load_becomes_rows_moe_metrics_and_the_run_shape(ext):
     assert [(step, layer, c) for step, layer, c in loads] == [(1, 3, counts)]
     assert store_external.run_tags(run.conn, run.run_id) == ["a"]
     assert run_context(run.config).kind == "topk" and run_context(run.config).num_experts == 4
+
+
+def test_statistics_sent_with_the_counts_are_stored_once_and_bare_counts_get_them(ext):
+    run, home = ext
+    counts = [30, 10, 0, 24]
+    sent = LoadMetrics().values({0: counts}, 2)
+    feed(run, {"type": "expert_load", "step": 1, "wall": 1.0, "loads": {"0": counts},
+               "top_k": 2, "stats": True},
+         {"type": "metrics", "step": 1, "wall": 1.0, "values": sent},
+         # a hand-written event (another language, no moedesk.track): the supervisor
+         # computes the same statistics itself
+         {"type": "expert_load", "step": 2, "wall": 2.0, "loads": {"0": counts}, "top_k": 2})
+    with Reader(home / "moedesk.db") as reader:
+        rows, _ = reader.metrics_since(run.run_id, 0)
+    by_step: dict[int, dict[str, float]] = {}
+    for _, step, name, value in rows:
+        assert name not in by_step.setdefault(step, {}), f"{name} stored twice at step {step}"
+        by_step[step][name] = value
+    assert set(by_step[1]) == set(sent) == set(by_step[2])
+    for name, value in sent.items():
+        assert by_step[1][name] == pytest.approx(value, nan_ok=True)
+        assert by_step[2][name] == pytest.approx(value, nan_ok=True)
 
 
 def test_collapse_on_an_external_run_fires_and_requests_a_stop(ext):
