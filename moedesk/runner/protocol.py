@@ -69,13 +69,15 @@ def _unpacked(event: dict[str, Any]) -> dict[str, float] | None:
     names, packed = event.pop("names", None), event.pop("f64")
     if not isinstance(names, list) or not isinstance(packed, str):
         return None
+    if names and set(map(type, names)) != {str}:
+        return None
     try:
-        raw = base64.b64decode(packed, validate=True)
+        raw = binascii.a2b_base64(packed, strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     if len(raw) != 8 * len(names):
         return None
-    return dict(zip(map(str, names), struct.unpack(f"<{len(names)}d", raw), strict=True))
+    return dict(zip(names, struct.unpack(f"<{len(names)}d", raw), strict=True))
 
 
 @dataclass
