@@ -203,7 +203,7 @@ class HealthEngine:
     def _rules_for(self, values: Observed) -> list[Rule]:
         # the rules that have evidence in an event with these names; a run logs the same
         # names step after step, so this is one dict lookup per event
-        key = tuple(values)
+        key = values.key()
         rules = self._relevant.get(key)
         if rules is None:
             if len(self._relevant) >= RELEVANT_CACHE:

@@ -90,13 +90,21 @@ class Observed(dict):
     first use: five rules ask for a worst layer of the same event, and one lookup (cached
     by the event's set of names) serves them all."""
 
-    __slots__ = ("_layers",)
+    __slots__ = ("_key", "_layers")
+
+    def key(self) -> tuple[str, ...]:
+        """The event's names, in order: what per-name-set caches are keyed by (built once)."""
+        try:
+            return self._key
+        except AttributeError:
+            self._key = tuple(self)
+            return self._key
 
     def _grouped(self) -> dict[str, tuple[str, ...]]:
         try:
             return self._layers
         except AttributeError:
-            self._layers = _layer_names(tuple(self))
+            self._layers = _layer_names(self.key())
             return self._layers
 
     def layers(self, metric: str) -> list[tuple[str, float]]:

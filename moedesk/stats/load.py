@@ -159,11 +159,11 @@ class DeadExpertTracker:
     def update(self, counts: Iterable[float]) -> int:
         """Feed one logged step's counts; returns the number of dead experts."""
         counts = list(counts)
-        if len(self.zero_streaks) != len(counts):
-            self.zero_streaks = [0] * len(counts)
         if 0 not in counts:  # the usual step: every expert got tokens, no streak goes on
             self.zero_streaks = [0] * len(counts)
             return 0
+        if len(self.zero_streaks) != len(counts):
+            self.zero_streaks = [0] * len(counts)
         self.zero_streaks = [streak + 1 if c == 0 else 0
                              for streak, c in zip(self.zero_streaks, counts, strict=True)]
         return self.dead_count()
