@@ -84,39 +84,46 @@ class TernaryRouter:
         self.score_std = math.sqrt(2.0 / 3.0 * self.dim)
         generator = torch.Generator().manual_seed(seed)
         self.spec_ER = random_trits((self.num_experts, self.dim), generator)
-        self.spec_t_RE = self.spec_ER.t().float().contiguous()
         self.num_clusters = math.ceil(self.num_experts / self.cluster_size)
         self.cluster_of_E = torch.arange(self.num_experts) // self.cluster_size
-        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
-        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
-        self.cluster_of_E_np = self.cluster_of_E.numpy()
-        self.members_C = np.bincount(self.cluster_of_E_np, minlength=self.num_clusters)
-        # the one-sample path: n and n-1-id of each key column (experts, sentinel, clusters);
-        # each cluster's members, the short last cluster padded with the sentinel column E
         num_e, num_c = self.num_experts, self.num_clusters
-        self._n_Y = np.array([num_e] * (num_e + 1) + [num_c] * num_c, dtype=np.float64)
-        self._neg_scale_Y = -SCORE_GRID * self._n_Y
-        self._tiebreak_Y = -np.concatenate([_tiebreak(num_e).numpy(), [0.0],
-                                            _tiebreak(num_c).numpy()])
+        members_C = np.bincount(self.cluster_of_E.numpy(), minlength=num_c)
+        # loads_Z: the counters (E), the sentinel's +inf, each cluster's mean count (C) and
+        # the total; counts_E is a view of it, so the counters have one home
+        self._loads_Z = np.zeros(num_e + 1 + num_c + 1)
+        self._loads_Z[num_e] = np.inf
+        self._counts_np = self._loads_Z[:num_e]
+        self.counts_E = torch.from_numpy(self._counts_np)  # decayed selection counts (float)
+        # one product with the counters gives every cluster's mean count and the total
+        self._mean_EZ = np.zeros((num_e, num_c + 1))
+        self._mean_EZ[np.arange(num_e), self.cluster_of_E.numpy()] = 1.0 / members_C[
+            self.cluster_of_E.numpy()]
+        self._mean_EZ[:, num_c] = 1.0
+        # the tie-break of each key column: -(n-1-id)/n, n = E for experts, C for clusters
+        self._tiebreak_Y = np.concatenate([-_tiebreak(num_e).numpy() / num_e, [0.0],
+                                           -_tiebreak(num_c).numpy() / num_c])
+        # each cluster's members, the short last cluster padded with the sentinel column E
         self._members_CY = np.full((num_c, self.cluster_size), num_e, dtype=np.int64)
         self._members_CY.reshape(-1)[:num_e] = np.arange(num_e)
-        self._inv_members_C = 1.0 / self.members_C
-        # selection counts, decayed by halving; float so halving stays exact
-        self.counts_E = torch.zeros(self.num_experts, dtype=torch.float64)
+        self._grid_Y = np.zeros(num_e + 1 + num_c)
+        self._offset_Y = np.zeros(num_e + 1 + num_c)
         self.batches_since_decay = 0
-        self._counts_version = 0  # bumped whenever counts_E changes: the penalties' cache key
+        self._counts_version = 0  # bumped whenever counts_E changes: the offsets' cache key
         self._offsets_version = -1  # the counters' version _offset_Y was computed for
-        self._grid_Y = self._offset_Y = np.zeros(0)
         self._sync_views()
 
     def _sync_views(self) -> None:
-        """What the one-sample path reads: one float32 matrix whose product with a sample
-        gives every expert's, the sentinel's and every cluster's integer dot product
-        (Y = E + 1 + C columns; exact in float32), and a numpy view of the counters."""
-        self._both_t_RY = np.ascontiguousarray(np.concatenate(
-            [self.spec_t_RE.numpy(), np.zeros((self.dim, 1), dtype=np.float32),
-             self.centroid_t_RC.numpy()], axis=1))
-        self._counts_np = self.counts_E.numpy()
+        """The key matrices, from the specializations: float32 [R, Y] whose product with a
+        sample gives -1024 x every expert's, the sentinel's and every cluster's integer dot
+        product (Y = E + 1 + C columns; exact in float32), and its torch blocks."""
+        self.spec_t_RE = self.spec_ER.t().float().contiguous()
+        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
+        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
+        self._neg_t_RE = self.spec_t_RE * -SCORE_GRID
+        self._neg_t_RC = self.centroid_t_RC * -SCORE_GRID
+        self._neg_both_RY = np.ascontiguousarray(np.concatenate(
+            [self._neg_t_RE.numpy(), np.zeros((self.dim, 1), dtype=np.float32),
+             self._neg_t_RC.numpy()], axis=1))
         self._counts_version += 1
 
     # ---- scoring -------------------------------------------------------------------------
@@ -129,40 +136,39 @@ class TernaryRouter:
 
     def _offsets(self) -> np.ndarray:
         """The routing keys' offsets, float64 [E + 1 + C] (experts, the one-sample path's
-        sentinel, clusters): key = dot x 1024 x n - offset, offset = grid x n - (n-1-id),
-        where grid = alpha * score_std * (load - 1) x 1024, rounded (a cluster's load is its
-        members' mean load; zeros before any routing). That is exactly `top_k_stable`'s key
-        of the penalized score on its 1/1024 grid (n = E for experts, C for clusters), and
-        exact in float64 (sums of halved counts are exact). +inf for the sentinel. Cached
-        until the counters change."""
+        sentinel, clusters). A sample's negated key for a column is -1024 x dot + offset,
+        offset = grid - (n-1-id)/n, grid = alpha * score_std * (load - 1) x 1024 rounded to
+        an integer (a cluster's load is its members' mean load; zeros before any routing):
+        the penalized score on `top_k_stable`'s 1/1024 grid with its tie-break, divided by
+        n (n = E for experts, C for clusters). The integer part is exact in float64 and
+        the tie-break fraction stays resolved (1/(2n) is far above the ulp below 2^40), so
+        the order is exactly `top_k_stable`'s. +inf for the sentinel. Cached until the
+        counters change."""
         if self._offsets_version == self._counts_version:
             return self._offset_Y
-        counts_E, num_e, num_c = self._counts_np, self.num_experts, self.num_clusters
-        total = float(counts_E.sum())
-        grid_Y = np.zeros(num_e + 1 + num_c)
+        num_e, loads_Z, grid_Y = self.num_experts, self._loads_Z, self._grid_Y
+        np.dot(self._counts_np, self._mean_EZ, out=loads_Z[num_e + 1:])
+        total = loads_Z[-1]
         if self.alpha > 0 and total > 0:
             scale = self.alpha * self.score_std * SCORE_GRID
-            per_load = scale * num_e / total
-            np.multiply(counts_E, per_load, out=grid_Y[:num_e])
-            np.multiply(np.bincount(self.cluster_of_E_np, weights=counts_E, minlength=num_c),
-                        self._inv_members_C * per_load, out=grid_Y[num_e + 1:])
+            np.multiply(loads_Z[:-1], scale * num_e / total, out=grid_Y)
             grid_Y -= scale
-            np.round(grid_Y, out=grid_Y)
-        offset_Y = np.multiply(grid_Y, self._n_Y)
-        offset_Y += self._tiebreak_Y
-        offset_Y[num_e] = np.inf
-        self._grid_Y, self._offset_Y, self._offsets_version = grid_Y, offset_Y, self._counts_version
-        return offset_Y
+            np.rint(grid_Y, out=grid_Y)  # the sentinel's +inf stays +inf
+        else:
+            grid_Y.fill(0.0)
+            grid_Y[num_e] = np.inf
+        np.add(grid_Y, self._tiebreak_Y, out=self._offset_Y)
+        self._offsets_version = self._counts_version
+        return self._offset_Y
 
     def _offset_tensors(self) -> tuple[Tensor, Tensor]:
         """torch views of the experts' and the clusters' offsets (the batched path)."""
         offset_Y, num_e = self._offsets(), self.num_experts
         return torch.from_numpy(offset_Y[:num_e]), torch.from_numpy(offset_Y[num_e + 1:])
 
-    def _keys(self, x_BR: Tensor, spec_t_RY: Tensor, offset_Y: Tensor) -> Tensor:
-        """`top_k_stable`'s keys of the penalized scores, float64 [B, Y], in three passes."""
-        keys_BY = (x_BR @ spec_t_RY).double()
-        return keys_BY.mul_(SCORE_GRID * spec_t_RY.shape[1]).sub_(offset_Y)
+    def _neg_keys(self, x_BR: Tensor, neg_t_RY: Tensor, offset_Y: Tensor) -> Tensor:
+        """The negated routing keys, float64 [B, Y]: the smallest is the best choice."""
+        return (x_BR @ neg_t_RY).double().add_(offset_Y)
 
     def load_penalty_E(self) -> Tensor:
         """The experts' load penalty, float64 [E] (on the score grid)."""
@@ -185,45 +191,42 @@ class TernaryRouter:
 
     def _route_batch(self, x_BW: Tensor, update: bool) -> Tensor:
         x_BR = self._inputs(x_BW)
-        keys_BE = self._keys(x_BR, self.spec_t_RE, self._offset_tensors()[0])
+        neg_BE = self._neg_keys(x_BR, self._neg_t_RE, self._offset_tensors()[0])
         if self.hierarchical:
-            keys_BE.masked_fill_(~self._chosen_cluster_mask(x_BR), -math.inf)
-        experts_BK = torch.topk(keys_BE, self.top_k, dim=1).indices
+            neg_BE.masked_fill_(~self._chosen_cluster_mask(x_BR), math.inf)
+        experts_BK = torch.topk(neg_BE, self.top_k, dim=1, largest=False).indices
         if update:
             self.record(experts_BK)
         return experts_BK
 
     def _route_one(self, x_BW: Tensor, update: bool) -> Tensor:
         """One sample in numpy: a single routing call (what seed 000's < 100 us is about)
-        would otherwise be a couple of dozen torch dispatches. One matvec gives every
-        negated key of `top_k_stable` (score on the grid x n + n-1-id) directly, so the
-        choices and their order are the batched path's."""
-        x_R = x_BW.numpy()[0, :self.dim]  # int8; the matvec below converts it
+        would otherwise be a couple of dozen torch dispatches. One matvec and one add give
+        every negated key (experts, sentinel, clusters), so the choices and their order
+        are the batched path's."""
+        x_R = x_BW.numpy()[0, :self.dim]  # int8; the matvec converts it
         if x_R.shape[0] < self.dim:
             x_R = np.pad(x_R, (0, self.dim - x_R.shape[0]))
-        # negated keys, exact in float64: offset - dot x 1024 x n
-        neg_key_Y = np.multiply(x_R @ self._both_t_RY, self._neg_scale_Y)
-        neg_key_Y += self._offsets()
-        num_e = self.num_experts
+        neg_Y = np.add(x_R @ self._neg_both_RY, self._offsets())  # float32 + float64
         if self.hierarchical:
-            clusters_A = np.argpartition(neg_key_Y[num_e + 1:], self.active_clusters - 1)[
-                :self.active_clusters]
+            num_e, a = self.num_experts, self.active_clusters
+            clusters_A = np.argpartition(neg_Y[num_e + 1:], a - 1)[:a]
             ids_Y = self._members_CY[clusters_A].reshape(-1)  # may hold the sentinel E
-            experts_K = ids_Y[np.argsort(neg_key_Y[ids_Y])[:self.top_k]]
+            experts_K = ids_Y[np.argsort(neg_Y[ids_Y])[:self.top_k]]
         else:  # one sort of 243 keys beats a partition plus a sort here
-            experts_K = np.argsort(neg_key_Y[:num_e])[:self.top_k]
+            experts_K = np.argsort(neg_Y[:self.num_experts])[:self.top_k]
         if update:
             self._counts_np[experts_K] += 1.0  # K distinct experts: no repeated index
             self._after_batch()
-        return torch.from_numpy(experts_K.reshape(1, -1))
+        return torch.from_numpy(experts_K[None])
 
     def chosen_clusters(self, x_BW: Tensor) -> Tensor:
         """Level 1 alone: the `active_clusters` clusters of each sample, int64 [B, A]."""
         return self._clusters(self._inputs(x_BW))
 
     def _clusters(self, x_BR: Tensor) -> Tensor:
-        keys_BC = self._keys(x_BR, self.centroid_t_RC, self._offset_tensors()[1])
-        return torch.topk(keys_BC, self.active_clusters, dim=1).indices
+        neg_BC = self._neg_keys(x_BR, self._neg_t_RC, self._offset_tensors()[1])
+        return torch.topk(neg_BC, self.active_clusters, dim=1, largest=False).indices
 
     def _chosen_cluster_mask(self, x_BR: Tensor) -> Tensor:
         """bool [B, E]: the members of each sample's chosen clusters.
@@ -239,9 +242,6 @@ class TernaryRouter:
     # ---- learned specializations (competitive Hebbian) ------------------------------------
     def set_specializations(self, spec_ER: Tensor) -> None:
         self.spec_ER = spec_ER.to(torch.int8).clone()
-        self.spec_t_RE = self.spec_ER.t().float().contiguous()
-        self.centroid_CR = majority_centroids(self.spec_ER, self.cluster_of_E, self.num_clusters)
-        self.centroid_t_RC = self.centroid_CR.t().float().contiguous()
         self._sync_views()
 
     def learn(self, x_BW: Tensor, experts_BK: Tensor, fraction: float,
@@ -285,6 +285,5 @@ class TernaryRouter:
             raise ValueError(f"specializations have shape {tuple(spec.shape)}, the profile "
                              f"needs ({self.num_experts}, {self.dim})")
         self.set_specializations(spec)
-        self.counts_E = state["counts_E"].to(torch.float64).clone()
+        self.counts_E.copy_(state["counts_E"].to(torch.float64))  # into the one buffer
         self.batches_since_decay = int(state["batches_since_decay"])
-        self._sync_views()
