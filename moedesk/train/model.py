@@ -28,6 +28,7 @@ Seams for other model kinds (the top-k MoE LM subclasses `LM`):
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -66,24 +67,27 @@ def apply_rope(x: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
     return torch.stack((rot_even, rot_odd), dim=-1).flatten(-2).type_as(x)
 
 
-def apply_rope_pairs(x_BTnH: Tensor, cos_TP: Tensor, sin_TP: Tensor) -> Tensor:
+def apply_rope_pairs(x_BTnH: Tensor, cos_TP: Tensor, sin_TP: Tensor, fp32: bool = False
+                     ) -> Tensor:
     """`apply_rope` for x [B, T, heads, H] (tokens before heads), as one complex multiply.
 
     The (even, odd) channel pairs are exactly the layout of complex numbers, so the
     rotation is x * (cos + i sin): one kernel forward and one backward, against the seven
     of the strided real-valued form (the training step's largest elementwise cost).
+    The result has x's dtype, or float32 with `fp32` (it is computed in float32).
     """
     B, T, n, H = x_BTnH.shape
+    out_dtype = torch.float32 if fp32 else x_BTnH.dtype
     if torch.compiler.is_compiling():
         # Inductor generates no code for complex numbers; the real form fuses into one kernel
         x_BTnP2 = x_BTnH.float().unflatten(-1, (H // 2, 2))
         cos_T1P, sin_T1P = cos_TP.unsqueeze(1), sin_TP.unsqueeze(1)
         x_even, x_odd = x_BTnP2[..., 0], x_BTnP2[..., 1]
         return torch.stack((x_even * cos_T1P - x_odd * sin_T1P, x_even * sin_T1P + x_odd * cos_T1P),
-                           dim=-1).flatten(-2).type_as(x_BTnH)
+                           dim=-1).flatten(-2).to(out_dtype)
     x_BTnP = torch.view_as_complex(x_BTnH.float().reshape(B, T, n, H // 2, 2))
     rot_TP = torch.complex(cos_TP, sin_TP).unsqueeze(1)  # [T, 1, P]: broadcast over heads
-    return torch.view_as_real(x_BTnP * rot_TP).flatten(-2).type_as(x_BTnH)
+    return torch.view_as_real(x_BTnP * rot_TP).flatten(-2).to(out_dtype)
 
 
 class Attention(nn.Module):
@@ -116,8 +120,13 @@ class Attention(nn.Module):
         # split, not slicing: the backward of a slice zero-fills a full-size gradient and
         # adds it up (aten::fill_ was 3x transformers'); split's backward is one cat
         qk_BTQ, v_BTQ = qkv_BTQ.split(((N + G) * H, G * H), dim=-1)
+        # under CPU bf16 autocast the attention itself runs in fp32: SDPA's bf16 CPU kernel
+        # takes 3x its fp32 time forward + backward (45 vs 15 ms at top2's shapes, AMD
+        # EPYC with avx512_bf16), far more than the casts cost
+        fp32_attention = (cache is None and x_BTD.device.type == "cpu"
+                          and torch.is_autocast_enabled("cpu"))
         # RoPE on queries and keys together, in the [B, T, heads, H] layout the matmul wrote
-        qk_BTnH = apply_rope_pairs(qk_BTQ.view(B, T, N + G, H), cos_TP, sin_TP)
+        qk_BTnH = apply_rope_pairs(qk_BTQ.view(B, T, N + G, H), cos_TP, sin_TP, fp32_attention)
         q_BTNH, k_BTGH = qk_BTnH.split((N, G), dim=2)
         q_BNTH, k_BGTH = q_BTNH.transpose(1, 2), k_BTGH.transpose(1, 2)
         v_BGTH = v_BTQ.view(B, T, G, H).transpose(1, 2)
@@ -127,9 +136,11 @@ class Attention(nn.Module):
             k_BGTH, v_BGTH, mask = cache.update(k_BGTH, v_BGTH)
         # each group of N/G query heads reads the same key/value head: SDPA's GQA mode does
         # it without materialising N/G copies of k and v (and their gradient sums)
-        y_BNTH = F.scaled_dot_product_attention(
-            q_BNTH, k_BGTH, v_BGTH, attn_mask=mask, is_causal=cache is None,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=G != N)
+        with torch.autocast("cpu", enabled=False) if fp32_attention else nullcontext():
+            y_BNTH = F.scaled_dot_product_attention(
+                q_BNTH, k_BGTH, v_BGTH.float() if fp32_attention else v_BGTH, attn_mask=mask,
+                is_causal=cache is None, dropout_p=self.dropout if self.training else 0.0,
+                enable_gqa=G != N)
         return self.wo(y_BNTH.transpose(1, 2).reshape(B, T, -1))
 
 
