@@ -99,8 +99,9 @@ class _SiluGateProduct(torch.autograd.Function):
     output. Its halves are strided views, and on CPU silu, the product, silu's backward and
     the halves' gradient cat run 3-10x slower over strided views than over contiguous
     tensors (2048 tokens x dim 128, top2's shapes: 13 of the layer's 40 ms). So both halves
-    are copied once, and the backward builds one contiguous [S, 2F] gradient. The numbers
-    are autograd's for the unfused expression, bit for bit."""
+    are copied once, and the backward builds one contiguous [S, 2F] gradient. The formulas
+    are autograd's for the unfused expression; fp32 results can differ in silu's last bit
+    (its vectorized kernel rounds differently from its strided loop)."""
 
     @staticmethod
     def forward(ctx, gate_up_SG: Tensor) -> Tensor:

@@ -195,3 +195,30 @@ def test_bf16_autocast_forward_is_close_to_fp32():
     assert loss16.dtype == torch.float32
     assert loss16.item() == pytest.approx(loss32.item(), rel=0.02)
     assert F.mse_loss(loss16, loss32).item() < 1e-2
+
+
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast(monkeypatch):
+    # SDPA's bf16 CPU kernel is ~3x slower than fp32 (docs/benchmarks.md): under CPU
+    # autocast the attention core must see fp32 queries, keys and values, with autocast off
+    torch.manual_seed(3)
+    cfg = small_cfg()
+    attn = Attention(cfg)
+    cos, sin = rope_tables(cfg.dim // cfg.n_heads, 8, cfg.rope_theta)
+    x = torch.randn(2, 8, cfg.dim)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x, cos, sin)
+    assert seen == [(torch.float32, torch.float32, torch.float32, False)]
+    assert y.dtype == torch.bfloat16  # wo still runs under autocast
+    y.float().sum().backward()  # and the backward goes through
+    assert attn.wq.weight.grad is not None and torch.isfinite(attn.wq.weight.grad).all()
+    seen.clear()
+    attn(x, cos, sin)  # without autocast nothing changes: fp32 in, autocast untouched
+    assert seen == [(torch.float32, torch.float32, torch.float32, False)]
