@@ -213,7 +213,8 @@ class TrainSection:
     beta1: float = knob(0.9, "AdamW beta1.", min=0.0, max=1.0, kinds=LM_KINDS)
     beta2: float = knob(0.95, "AdamW beta2.", min=0.0, max=1.0, kinds=LM_KINDS)
     grad_clip: float = knob(1.0, "Clip the global gradient norm; 0 = off.", min=0.0, max=1e6, kinds=LM_KINDS)
-    bf16: bool = knob(False, "bf16 autocast for matmuls (router, losses stay fp32).", kinds=LM_KINDS)
+    bf16: bool = knob(False, "bf16 autocast for matmuls (router, losses and CPU attention "
+                             "stay fp32).", kinds=LM_KINDS)
     device: str = knob("auto", "auto = CUDA when present, else CPU.", choices=("auto", "cpu", "cuda"))
     threads: int = knob(0, "torch CPU threads; 0 = the cores divided by the moedesk runs alive "
                            "when the run starts (at least 1; torch's default outside a "
