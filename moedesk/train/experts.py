@@ -1,16 +1,15 @@
 """The experts of a top-k MoE layer and the kernels that move rows to them.
 
 Shape letters (model.py's and moe.py's legends): T tokens (B*T flattened), D model width,
-E experts, K experts per token, F expert hidden width, G = 2F (w1 and w3 side by side),
+E experts, K experts per token, F expert hidden width,
 S slots (the T*K (token, choice) pairs, in expert order), n rows of one expert's group.
 
 - `SwiGLUExperts`: E SwiGLU FFNs as three stacked tensors; `forward_grouped` runs them on
-  contiguous groups of rows: one `F.grouped_mm` over all experts where it runs
+  contiguous groups of rows: `F.grouped_mm` over all experts where it runs
   (`use_grouped_mm`: CPU; CUDA bf16 on compute capability 9.0+), else F.linear per
-  expert, w1 and w3 as one [2F, D] matmul.
+  expert; w1 and w3 are two matmuls either way (not one over their cat).
 - `_PermuteRows`, `_RepeatRows`: the dropless dispatch's gathers, whose backward gathers
   too (deterministic, no scatter-add).
-- `silu_gate_product`: silu(gate) * up over the fused w1/w3 output, on contiguous halves.
 - `pad_groups`: each expert's group rounded up to a row multiple (CPU bf16: oneDNN reuses
   its kernels), padding rows with gate 0.
 """
@@ -94,35 +93,6 @@ class _RepeatRows(torch.autograd.Function):
         return grad_TKD.sum(1), None, None, None
 
 
-class _SiluGateProduct(torch.autograd.Function):
-    """h_SF = silu(gate_SF) * up_SF for gate_up_SG = [gate | up], the fused w1/w3 matmul's
-    output. Its halves are strided views, and on CPU silu, the product, silu's backward and
-    the halves' gradient cat run 3-10x slower over strided views than over contiguous
-    tensors (2048 tokens x dim 128, top2's shapes: 13 of the layer's 40 ms). So both halves
-    are copied once, and the backward builds one contiguous [S, 2F] gradient. The formulas
-    are autograd's for the unfused expression; fp32 results can differ in silu's last bit
-    (its vectorized kernel rounds differently from its strided loop)."""
-
-    @staticmethod
-    def forward(ctx, gate_up_SG: Tensor) -> Tensor:
-        gate_SF, up_SF = (half.contiguous() for half in gate_up_SG.chunk(2, dim=-1))
-        silu_SF = F.silu(gate_SF)
-        ctx.save_for_backward(gate_SF, up_SF, silu_SF)
-        return silu_SF * up_SF
-
-    @staticmethod
-    def backward(ctx, grad_SF: Tensor) -> Tensor:
-        gate_SF, up_SF, silu_SF = ctx.saved_tensors
-        grad_SF = grad_SF.contiguous()
-        grad_gate_SF = torch.ops.aten.silu_backward(grad_SF * up_SF, gate_SF)
-        return torch.cat((grad_gate_SF, grad_SF * silu_SF), dim=-1)
-
-
-def silu_gate_product(gate_up_SG: Tensor) -> Tensor:
-    """silu(gate) * up of a fused [.., 2F] w1/w3 output (see `_SiluGateProduct`)."""
-    return _SiluGateProduct.apply(gate_up_SG)
-
-
 class SwiGLUExperts(nn.Module):
     """E SwiGLU FFNs stored as three stacked tensors."""
 
@@ -139,25 +109,30 @@ class SwiGLUExperts(nn.Module):
 
     def forward_grouped(self, x_SD: Tensor, counts: list[int]) -> Tensor:
         """x_SD holds counts[0] rows for expert 0, then counts[1] for expert 1, ..."""
-        # w1 and w3 side by side: one [2F, D] matmul per expert instead of two [F, D] ones
-        w13_EGD, w2_EDF = torch.cat((self.w1_EFD, self.w3_EFD), dim=1), self.w2_EDF
+        w1_EFD, w3_EFD, w2_EDF = self.w1_EFD, self.w3_EFD, self.w2_EDF
         device_type = x_SD.device.type
         if torch.is_autocast_enabled(device_type):
             # cast once here: autocast would cast every per-expert slice (and x twice per
             # expert) on its own, which costs more than the bf16 matmuls save
             dtype = torch.get_autocast_dtype(device_type)
-            x_SD, w13_EGD, w2_EDF = (t.to(dtype) for t in (x_SD, w13_EGD, w2_EDF))
+            x_SD, w1_EFD, w3_EFD, w2_EDF = (t.to(dtype) for t in (x_SD, w1_EFD, w3_EFD, w2_EDF))
+        # w1 and w3 as two matmuls, not one over their cat (as the dense SwiGLU): the cat
+        # copies the weights every forward, and silu, the product and their gradients run
+        # 3-6x slower over the fused output's strided halves than over contiguous tensors.
+        # MoE layer / dense FFN, fp32, 1 thread: fused 1.17-1.66x, two matmuls 1.06-1.25x
         if use_grouped_mm(x_SD, w2_EDF):
-            # one grouped matmul over all experts (exactly the per-expert loop's numbers)
+            # grouped matmuls over all experts (exactly the per-expert loop's numbers)
             offs_E = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
-            h_SF = silu_gate_product(F.grouped_mm(x_SD, w13_EGD.transpose(1, 2), offs=offs_E))
-            return F.grouped_mm(h_SF, w2_EDF.transpose(1, 2), offs=offs_E)
-        w13s_GD, w2s_DF = w13_EGD.unbind(0), w2_EDF.unbind(0)
+            gate_SF = F.grouped_mm(x_SD, w1_EFD.transpose(1, 2), offs=offs_E)
+            up_SF = F.grouped_mm(x_SD, w3_EFD.transpose(1, 2), offs=offs_E)
+            return F.grouped_mm(F.silu(gate_SF) * up_SF, w2_EDF.transpose(1, 2), offs=offs_E)
+        w1s_FD, w3s_FD, w2s_DF = w1_EFD.unbind(0), w3_EFD.unbind(0), w2_EDF.unbind(0)
         outs = []
         # split, not slicing: the backward of E slices would zero-fill E full-size gradients
         for e, x_nD in enumerate(x_SD.split(counts)):
             if x_nD.shape[0]:
-                outs.append(F.linear(silu_gate_product(F.linear(x_nD, w13s_GD[e])), w2s_DF[e]))
+                h_nF = F.silu(F.linear(x_nD, w1s_FD[e])) * F.linear(x_nD, w3s_FD[e])
+                outs.append(F.linear(h_nF, w2s_DF[e]))
         return torch.cat(outs) if outs else x_SD.new_zeros(0, self.w2_EDF.shape[1])
 
     def forward_one(self, e: int, x_nD: Tensor) -> Tensor:

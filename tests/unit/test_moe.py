@@ -558,28 +558,3 @@ def test_moe_lm_counts_active_parameters_and_keeps_dense_blocks():
     assert math.isclose(ffn.experts.w1_EFD.std().item(), cfg.init_std, rel_tol=0.2)
     assert math.isclose(ffn.router.weight_ED.std().item(), moe.router_init_std, rel_tol=0.3)
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_silu_gate_product_is_autograds_unfused_expression(dtype):
-    # equal up to silu's last bit: its vectorized kernel (contiguous halves) and its
-    # strided loop round differently in fp32; the product and the gradients' formulas
-    # are the same
-    from moedesk.train.experts import silu_gate_product
-
-    torch.manual_seed(0)
-    gate_up = torch.randn(37, 2 * 24, dtype=dtype)
-    grad = torch.randn(37, 24, dtype=dtype)
-    fused_in = gate_up.clone().requires_grad_(True)
-    fused = silu_gate_product(fused_in)
-    fused.backward(grad)
-    plain_in = gate_up.clone().requires_grad_(True)
-    gate, up = plain_in.chunk(2, dim=-1)
-    plain = torch.nn.functional.silu(gate) * up
-    plain.backward(grad)
-    tol = {"atol": 0, "rtol": 0} if dtype == torch.bfloat16 else {"atol": 1e-6, "rtol": 1e-6}
-    assert fused.dtype == dtype
-    torch.testing.assert_close(fused, plain, **tol)
-    assert fused_in.grad.is_contiguous()
-    torch.testing.assert_close(fused_in.grad, plain_in.grad, **tol)
-    # and not trivially: the halves really are the gate and the up projection
-    assert not torch.allclose(fused, torch.nn.functional.silu(up) * gate)
