@@ -170,3 +170,22 @@ def test_one_sample_path_pads_short_inputs_and_survives_a_state_round_trip():
     x = _inputs(1, seed=12)
     assert torch.equal(fresh.route(x), router.route(x))
     assert torch.equal(fresh.counts_E, router.counts_E)
+
+
+def test_routing_keys_order_exactly_as_top_k_stable_of_the_penalized_scores():
+    # the keys carry the tie-break as a fraction -(n-1-id)/n beside an integer grid
+    # score; at the largest alpha and a heavily skewed load the grid is large, and the
+    # order must still be top_k_stable's (lower id wins a tie) on both paths
+    router = _router(topology="flat", load_balance_alpha=10.0, rebalance_interval=1000)
+    skew = _inputs(1, seed=21).repeat(64, 1)
+    for _ in range(30):
+        router.route(skew)
+    x = _inputs(40, seed=22)
+    x[::4] = 0  # all-zero samples: every dot product ties, only penalty and id decide
+    penalized = router.scores(x).double() - router.load_penalty_E()
+    expected = top_k_stable(penalized, 16)
+    # the penalty outweighs any dot product (|dot| <= 128, spread ~9): the grid is large
+    assert float(router.load_penalty_E().abs().max()) > 20
+    assert torch.equal(router.route(x, update=False), expected)
+    one_by_one = torch.cat([router.route(x[i:i + 1], update=False) for i in range(40)])
+    assert torch.equal(one_by_one, expected)
