@@ -557,4 +557,3 @@ def test_moe_lm_counts_active_parameters_and_keeps_dense_blocks():
     ffn = model.moe_ffns()[0]
     assert math.isclose(ffn.experts.w1_EFD.std().item(), cfg.init_std, rel_tol=0.2)
     assert math.isclose(ffn.router.weight_ED.std().item(), moe.router_init_std, rel_tol=0.3)
-

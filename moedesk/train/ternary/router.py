@@ -87,7 +87,8 @@ class TernaryRouter:
         self.num_clusters = math.ceil(self.num_experts / self.cluster_size)
         self.cluster_of_E = torch.arange(self.num_experts) // self.cluster_size
         num_e, num_c = self.num_experts, self.num_clusters
-        members_C = np.bincount(self.cluster_of_E.numpy(), minlength=num_c)
+        cluster_of_E = self.cluster_of_E.numpy()
+        members_C = np.bincount(cluster_of_E, minlength=num_c)
         # loads_Z: the counters (E), the sentinel's +inf, each cluster's mean count (C) and
         # the total; counts_E is a view of it, so the counters have one home
         self._loads_Z = np.zeros(num_e + 1 + num_c + 1)
@@ -96,8 +97,7 @@ class TernaryRouter:
         self.counts_E = torch.from_numpy(self._counts_np)  # decayed selection counts (float)
         # one product with the counters gives every cluster's mean count and the total
         self._mean_EZ = np.zeros((num_e, num_c + 1))
-        self._mean_EZ[np.arange(num_e), self.cluster_of_E.numpy()] = 1.0 / members_C[
-            self.cluster_of_E.numpy()]
+        self._mean_EZ[np.arange(num_e), cluster_of_E] = 1.0 / members_C[cluster_of_E]
         self._mean_EZ[:, num_c] = 1.0
         # the tie-break of each key column: -(n-1-id)/n, n = E for experts, C for clusters
         self._tiebreak_Y = np.concatenate([-_tiebreak(num_e).numpy() / num_e, [0.0],
