@@ -7,7 +7,7 @@ a slow moment of a shared machine hits both. Timed with the thread's CPU time by
 (robust to other tenants; use --clock wall for wall time). Target: MoE <= 1.15x in fp32.
 
     .venv/bin/python bench/moe_layer.py [--threads 1] [--reps 7] [--clock cpu|wall]
-        [--precision fp32|bf16|both]
+        [--precision fp32|bf16|both] [--allocator trainer|glibc]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from moedesk.profiles.schema import MoESection
 from moedesk.train.model import SwiGLU
 from moedesk.train.moe import MoEFFN
+from moedesk.train.system import keep_freed_memory
 
 # (tokens, dim, dense hidden): each expert gets hidden / 2, top-2 of 8
 SIZES = [(512, 256, 704), (2048, 128, 352), (4096, 256, 704), (4096, 512, 1376)]
@@ -57,8 +58,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--allocator", choices=("trainer", "glibc"), default="trainer",
+                        help="trainer: glibc keeps freed memory, as every trainer process"
+                             " sets it (train/system.py); glibc: its defaults")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.allocator == "trainer":
+        keep_freed_memory()
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.clock == "cpu" and args.threads > 1:
         print("note: --clock cpu counts only the calling thread; use --clock wall")

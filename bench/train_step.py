@@ -7,7 +7,7 @@ window's per-step call, bias update (a logged step's read-back is not timed).
 Steps alternate between the two models and the medians are compared. Target: <= 1.2x.
 
     .venv/bin/python bench/train_step.py [--reps 7] [--threads 1] [--batch 16]
-        [--clock cpu|wall] [--precision fp32|bf16|both]
+        [--clock cpu|wall] [--precision fp32|bf16|both] [--allocator trainer|glibc]
 
 Two more comparisons of the same step, each model against itself:
     --mode compile   `[train] compile` (blocks under torch.compile) vs eager, per profile:
@@ -36,6 +36,7 @@ from moedesk.profiles import load_profile
 from moedesk.train.loop import build_model
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer
+from moedesk.train.system import keep_freed_memory
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -122,8 +123,8 @@ def compare_memory(args) -> None:
         for recompute in (False, True):
             out = subprocess.run([sys.executable, __file__, "--memory-child", name,
                                   "--batch", str(args.batch), "--reps", str(args.reps),
-                                  "--threads", str(args.threads)] + (["--recompute"] if recompute
-                                                                     else []),
+                                  "--threads", str(args.threads), "--allocator", args.allocator]
+                                 + (["--recompute"] if recompute else []),
                                  capture_output=True, text=True, check=True)
             got[recompute] = json.loads(out.stdout.strip().splitlines()[-1])
         off, on = got[False], got[True]
@@ -144,8 +145,13 @@ def main() -> None:
                         help="sequences per step (x 128 tokens; 16 as in the profiles)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
+    parser.add_argument("--allocator", choices=("trainer", "glibc"), default="trainer",
+                        help="trainer: glibc keeps freed memory, as every trainer process"
+                             " sets it (train/system.py); glibc: its defaults")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.allocator == "trainer":
+        keep_freed_memory()
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.batch, args.recompute, args.reps)))

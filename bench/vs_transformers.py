@@ -16,7 +16,7 @@ the two models alternate step by step, and the figure is the median of the per-i
 ratios transformers/moedesk (> 1: moedesk is faster). Wall clock.
 
     .venv/bin/python bench/vs_transformers.py [--reps 9] [--threads 1,2]
-        [--precision fp32,bf16] [--kinds dense,top2]
+        [--precision fp32,bf16] [--kinds dense,top2] [--allocator trainer|glibc]
     .venv/bin/python bench/vs_transformers.py --check       # the equality checks only
     .venv/bin/python bench/vs_transformers.py --curves 300  # losses over 300 steps, + seed noise
 """
@@ -35,6 +35,7 @@ from moedesk.profiles import load_profile
 from moedesk.train.data import LMData
 from moedesk.train.loop import build_model
 from moedesk.train.optim import build_optimizer, param_groups
+from moedesk.train.system import keep_freed_memory
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 KINDS = {"dense": "dense", "top2": "top2"}  # bench name -> shipped profile
@@ -262,7 +263,12 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="only the equality checks")
     parser.add_argument("--curves", type=int, default=0, metavar="STEPS",
                         help="train both for STEPS steps and compare losses with seed noise")
+    parser.add_argument("--allocator", choices=("trainer", "glibc"), default="trainer",
+                        help="trainer: glibc keeps freed memory, as every trainer process"
+                             " sets it (train/system.py), for both sides; glibc: its defaults")
     args = parser.parse_args()
+    if args.allocator == "trainer":
+        keep_freed_memory()
     kinds = args.kinds.split(",")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"cpu {torch.backends.cpu.get_cpu_capability()}")

@@ -95,6 +95,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     with StopFlag() as stop:
         from moedesk.train.distributed import DistContext, DistStartError, torchrun_env
+        from moedesk.train.system import keep_freed_memory
+        keep_freed_memory()  # before the model's first allocation
         if profile.kind == "ternary":  # one process only (profiles/rules.py says so too)
             if torchrun_env() is not None:
                 reason = "the ternary kind trains in one process; use train.nproc_per_node = 1"

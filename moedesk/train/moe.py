@@ -233,8 +233,9 @@ class MoEFFN(nn.Module):
             # cast the T tokens before gathering T*K copies of them
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
         y_SD = self._run_experts(x_TD.index_select(0, token_S), counts_list)
-        # fp32 gates promote the product to fp32 in one pass
-        y_SD = y_SD * gates_S.unsqueeze(1)
+        # the product in fp32: CPU's mixed bf16 x fp32 multiply (and its backward's) runs
+        # 5-10x slower than a cast then an fp32 multiply (2048x128 bf16 layer: 22 of 89 ms)
+        y_SD = y_SD.float() * gates_S.unsqueeze(1)
         out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
         return out_TD.index_add_(0, token_S, y_SD), dropped
 
