@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from moedesk.train.experts import combine_slots
 from moedesk.train.moe import LEGACY_NAMES, MoEFFN
 
 
@@ -162,11 +163,9 @@ class ExpertDispatcher:
             # collectives would go out of step
             y_RD = y_RD + x_RD
         y_RD = y_RD.index_select(0, torch.argsort(regroup_R))
-        # 5. back to the tokens' ranks; fp32 gates promote the product to fp32
+        # 5. back to the tokens' ranks, weighted by the gates and summed per token
         y_SD = _AllToAll.apply(y_RD, send_splits, recv_splits, self.group)
-        y_SD = y_SD * gates_S.unsqueeze(1)
-        out_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-        return out_TD.index_add_(0, token_S, y_SD), dropped
+        return combine_slots(y_SD, gates_S, token_S, x_TD.shape[0]), dropped
 
     # ---- gradients -----------------------------------------------------------------------
     @torch.no_grad()

@@ -12,6 +12,7 @@ S slots (the T*K (token, choice) pairs, in expert order), n rows of one expert's
   too (deterministic, no scatter-add).
 - `pad_groups`: each expert's group rounded up to a row multiple (CPU bf16: oneDNN reuses
   its kernels), padding rows with gate 0.
+- `combine_slots`: the slots' outputs, gate-weighted, summed back into their tokens.
 """
 
 from __future__ import annotations
@@ -41,6 +42,23 @@ def pad_groups(token_S: Tensor, gates_S: Tensor, counts: list[int], multiple: in
     token_pad = token_S.new_zeros(n_rows).index_copy_(0, dest_S, token_S)
     gates_pad = gates_S.new_zeros(n_rows).index_copy(0, dest_S, gates_S)
     return token_pad, gates_pad, padded
+
+
+def combine_slots(y_SD: Tensor, gates_S: Tensor, token_S: Tensor, n_tokens: int) -> Tensor:
+    """out_TD[t] = sum of gates_S[s] * y_SD[s] over the slots s of token t (index_add_ in
+    slot order, deterministic on CPU).
+
+    In fp32 (fp32 gates promote the product), except bf16 rows on CPU, which combine in
+    bf16 like the dense FFN's output: CPU's mixed bf16 x fp32 multiply runs several times
+    slower than either dtype alone, and an fp32 copy of every slot's row (and of its
+    gradient) cost 4-8% of the bf16 layer (bench/moe_layer.py sizes, side by side).
+    """
+    dtype = torch.float32
+    if y_SD.device.type == "cpu" and y_SD.dtype == torch.bfloat16:
+        dtype = torch.bfloat16
+    y_SD = y_SD.to(dtype) * gates_S.to(dtype).unsqueeze(1)
+    out_TD = torch.zeros(n_tokens, y_SD.shape[1], dtype=dtype, device=y_SD.device)
+    return out_TD.index_add_(0, token_S, y_SD)
 
 
 def use_grouped_mm(x_SD: Tensor, w2_EDF: Tensor) -> bool:

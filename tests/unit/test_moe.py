@@ -15,9 +15,9 @@ from moedesk.train import loop
 from moedesk.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from moedesk.train.data import LMData, unigram_entropy
 from moedesk.train.emit import ListEmitter
-from moedesk.train.experts import pad_groups
+from moedesk.train.experts import combine_slots, pad_groups
 from moedesk.train.model import LM, SwiGLU
-from moedesk.train.moe import MoEFFN, MoELM
+from moedesk.train.moe import MoEFFN, MoELM, expert_softmax
 from moedesk.train.moe_telemetry import MoETelemetry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -557,3 +557,27 @@ def test_moe_lm_counts_active_parameters_and_keeps_dense_blocks():
     ffn = model.moe_ffns()[0]
     assert math.isclose(ffn.experts.w1_EFD.std().item(), cfg.init_std, rel_tol=0.2)
     assert math.isclose(ffn.router.weight_ED.std().item(), moe.router_init_std, rel_tol=0.3)
+
+
+def test_expert_softmax_equals_the_last_dim_softmax_with_its_gradient():
+    logits = (torch.randn(300, 8) * 3).requires_grad_(True)
+    reference = logits.detach().clone().requires_grad_(True)
+    grad_TE = torch.randn(300, 8)
+    probs = expert_softmax(logits)
+    probs.backward(grad_TE)
+    reference.softmax(dim=-1).backward(grad_TE)
+    torch.testing.assert_close(probs, reference.softmax(dim=-1), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(logits.grad, reference.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_bf16_slots_combine_in_bf16_and_fp32_slots_in_fp32():
+    y_SD, gates_S = torch.randn(6, 4), torch.rand(6)
+    token_S = torch.tensor([0, 2, 1, 0, 2, 1])
+    expected_TD = torch.zeros(3, 4)
+    for s, t in enumerate(token_S.tolist()):
+        expected_TD[t] += gates_S[s] * y_SD[s]
+    out_fp32 = combine_slots(y_SD, gates_S, token_S, 3)
+    out_bf16 = combine_slots(y_SD.bfloat16(), gates_S, token_S, 3)
+    assert out_fp32.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out_fp32, expected_TD, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out_bf16.float(), expected_TD, atol=0.05, rtol=0.02)
