@@ -37,7 +37,7 @@ def keep_freed_memory() -> bool:
     reaches every step anyway. Returns whether the settings took (glibc only)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS, Windows); musl's says 0
         return False
     return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS)
 
