@@ -32,9 +32,10 @@ def keep_freed_memory() -> bool:
     took 3,600-6,700 minor faults a step (each about a microsecond on these VMs), because
     the experts' group sizes change every step and the freed blocks never fit exactly.
     With blocks up to 32 MB taken from the heap and up to 256 MB of free heap kept, that
-    layer takes 50-300 faults a step and runs 20% faster; the bf16 top2 step 5-15%
-    (docs/benchmarks.md). Resident memory then stays near the step's peak, which it
-    reaches every step anyway. Returns whether the settings took (glibc only)."""
+    layer takes 50-300 faults a step and runs 20% faster, and the fp32 top2 step 5-9%
+    (the bf16 step within noise; docs/benchmarks.md). Resident memory then stays near the
+    step's peak, which it reaches every step anyway (the peak itself up to 12% higher).
+    Returns whether the settings took (glibc only)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):  # no mallopt (macOS, Windows); musl's says 0
