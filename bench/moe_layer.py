@@ -23,8 +23,10 @@ from moedesk.train.model import SwiGLU
 from moedesk.train.moe import MoEFFN
 from moedesk.train.system import keep_freed_memory
 
-# (tokens, dim, dense hidden): each expert gets hidden / 2, top-2 of 8
-SIZES = [(512, 256, 704), (2048, 128, 352), (4096, 256, 704), (4096, 512, 1376)]
+# (tokens, dim, dense hidden): each expert gets hidden / 2, top-2 of 8; 2048x256 is the
+# shipped top2 profile's layer (16x128 tokens)
+SIZES = [(512, 256, 704), (2048, 128, 352), (2048, 256, 704), (4096, 256, 704),
+         (4096, 512, 1376)]
 
 
 def make_layers(dim: int, hidden: int) -> tuple[torch.nn.Module, torch.nn.Module]:
