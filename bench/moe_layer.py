@@ -21,7 +21,7 @@ import torch
 from moedesk.profiles.schema import MoESection
 from moedesk.train.model import SwiGLU
 from moedesk.train.moe import MoEFFN
-from moedesk.train.system import keep_freed_memory
+from moedesk.train.system import ALLOCATOR_HELP, ALLOCATORS, use_allocator
 
 # (tokens, dim, dense hidden): each expert gets hidden / 2, top-2 of 8; 2048x256 is the
 # shipped top2 profile's layer (16x128 tokens)
@@ -60,13 +60,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
-    parser.add_argument("--allocator", choices=("trainer", "glibc"), default="trainer",
-                        help="trainer: glibc keeps freed memory, as every trainer process"
-                             " sets it (train/system.py); glibc: its defaults")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.allocator == "trainer":
-        keep_freed_memory()
+    use_allocator(args.allocator)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.clock == "cpu" and args.threads > 1:
         print("note: --clock cpu counts only the calling thread; use --clock wall")

@@ -36,7 +36,7 @@ from moedesk.profiles import load_profile
 from moedesk.train.loop import build_model
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer
-from moedesk.train.system import keep_freed_memory
+from moedesk.train.system import ALLOCATOR_HELP, ALLOCATORS, use_allocator
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -145,13 +145,10 @@ def main() -> None:
                         help="sequences per step (x 128 tokens; 16 as in the profiles)")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
-    parser.add_argument("--allocator", choices=("trainer", "glibc"), default="trainer",
-                        help="trainer: glibc keeps freed memory, as every trainer process"
-                             " sets it (train/system.py); glibc: its defaults")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.allocator == "trainer":
-        keep_freed_memory()
+    use_allocator(args.allocator)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.batch, args.recompute, args.reps)))

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from moedesk.profiles import load_profile
 from moedesk.train.data import LMData
 from moedesk.train.loop import build_model
-from moedesk.train.optim import build_optimizer, param_groups
-from moedesk.train.system import keep_freed_memory
+from moedesk.train.optim import build_optimizer, lr_at, param_groups, set_lr
+from moedesk.train.system import ALLOCATOR_HELP, ALLOCATORS, use_allocator
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 KINDS = {"dense": "dense", "top2": "top2"}  # bench name -> shipped profile
@@ -240,7 +240,6 @@ def curves(steps: int, kinds: list[str], threads: int) -> None:
     grow through training (chaotically, at the warmup's peak learning rate); after that
     they are as far apart as two runs of one implementation can be, so the comparison
     that means something is the final losses against the seeds' spread."""
-    from moedesk.train.optim import lr_at, set_lr
     torch.set_num_threads(threads)
     for name in kinds:
         overrides = SAME_OBJECTIVE.get(name, {})
@@ -289,12 +288,10 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="only the equality checks")
     parser.add_argument("--curves", type=int, default=0, metavar="STEPS",
                         help="train both for STEPS steps and compare losses with seed noise")
-    parser.add_argument("--allocator", choices=("trainer", "glibc"), default="trainer",
-                        help="trainer: glibc keeps freed memory, as every trainer process"
-                             " sets it (train/system.py), for both sides; glibc: its defaults")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer",
+                        help=ALLOCATOR_HELP + " (for both sides)")
     args = parser.parse_args()
-    if args.allocator == "trainer":
-        keep_freed_memory()
+    use_allocator(args.allocator)
     kinds = args.kinds.split(",")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"cpu {torch.backends.cpu.get_cpu_capability()}")

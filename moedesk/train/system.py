@@ -43,6 +43,17 @@ def keep_freed_memory() -> bool:
     return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS)
 
 
+# the step benchmarks' `--allocator`: what the trainer runs, or glibc's own defaults
+ALLOCATORS = ("trainer", "glibc")
+ALLOCATOR_HELP = ("trainer: glibc keeps freed memory, as every trainer process sets it "
+                  "(train/system.py); glibc: its defaults")
+
+
+def use_allocator(choice: str) -> bool:
+    """Apply a benchmark's `--allocator` choice (one of `ALLOCATORS`) to this process."""
+    return keep_freed_memory() if choice == "trainer" else False
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
