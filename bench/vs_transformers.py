@@ -17,6 +17,8 @@ ratios transformers/moedesk (> 1: moedesk is faster). Wall clock.
 
     .venv/bin/python bench/vs_transformers.py [--reps 9] [--threads 1,2]
         [--precision fp32,bf16] [--kinds dense,top2] [--allocator trainer|glibc]
+    .venv/bin/python bench/vs_transformers.py --floor       # + each side's kernel floor and
+                                                            # the ceiling (moedesk/train/kernel_floor.py)
     .venv/bin/python bench/vs_transformers.py --check       # the equality checks only
     .venv/bin/python bench/vs_transformers.py --curves 300  # losses over 300 steps, + seed noise
                                                             # (3 seeds' spread)
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 
 from moedesk.profiles import load_profile
 from moedesk.train.data import LMData
+from moedesk.train.kernel_floor import record
 from moedesk.train.loop import build_model
 from moedesk.train.optim import build_optimizer, lr_at, param_groups, set_lr
 from moedesk.train.system import ALLOCATOR_HELP, ALLOCATORS, use_allocator
@@ -204,24 +208,38 @@ def fastest_experts(bf16: bool, data: list, rounds: int = 7) -> tuple[str, dict[
     return min(times, key=times.get), times
 
 
-def time_cell(name: str, bf16: bool, reps: int, data: list) -> dict:
+def time_cell(name: str, bf16: bool, reps: int, data: list, floor: bool = False) -> dict:
+    """Median step times and ratio of one cell; with `floor`, also each side's kernel floor
+    (kernel_floor.py: its matmuls and attention kernels replayed alone, interleaved with
+    the steps) and the ceiling, transformers' step / moedesk's floor: the largest ratio any
+    implementation calling moedesk's kernels could reach."""
     experts, probe = ("-", {})
     if name == "top2":
         experts, probe = fastest_experts(bf16, data)
     profile, md, hf = make_pair(name, experts=experts if name == "top2" else "grouped_mm")
     steppers = {"moedesk": Stepper(md, profile, True), "hf": Stepper(hf, profile, False)}
-    ratios, times = [], {"moedesk": [], "hf": []}
+    floors = {}
+    ratios, ceilings = [], []
+    times = {who: [] for who in ("moedesk", "hf", "moedesk floor", "hf floor")}
     for rep in range(reps + 1):  # round 0 warms up and is dropped
         x_BT, y_BT = data[rep % len(data)]
         order = ("moedesk", "hf") if rep % 2 else ("hf", "moedesk")  # neither always first
+        if floor and rep == 1:  # one more (recorded) step each, after the warm-up
+            floors = {who: record(partial(steppers[who], x_BT, y_BT, bf16)) for who in order}
         step_s = {who: steppers[who](x_BT, y_BT, bf16)[0] for who in order}
+        step_s.update({f"{who} floor": floors[who].replay() for who in order if who in floors})
         if rep:
             ratios.append(step_s["hf"] / step_s["moedesk"])
+            if floors:
+                ceilings.append(step_s["hf"] / step_s["moedesk floor"])
             for who in step_s:
                 times[who].append(step_s[who])
-    return {"experts": experts, "probe": probe, "ratio": statistics.median(ratios),
-            "moedesk_ms": 1e3 * statistics.median(times["moedesk"]),
-            "hf_ms": 1e3 * statistics.median(times["hf"])}
+    cell = {"experts": experts, "probe": probe, "ratio": statistics.median(ratios)}
+    cell.update({f"{who.replace(' ', '_')}_ms": 1e3 * statistics.median(v)
+                 for who, v in times.items() if v})
+    if ceilings:
+        cell["ceiling"] = statistics.median(ceilings)
+    return cell
 
 
 # the two implementations' per-step losses count as equal while they differ by less than this
@@ -290,6 +308,10 @@ def main() -> None:
                         help="train both for STEPS steps and compare losses with seed noise")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer",
                         help=ALLOCATOR_HELP + " (for both sides)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also each side's kernel floor (its matmuls and attention "
+                             "kernels alone) and the ceiling: transformers' step over "
+                             "moedesk's floor")
     args = parser.parse_args()
     use_allocator(args.allocator)
     kinds = args.kinds.split(",")
@@ -306,18 +328,22 @@ def main() -> None:
     print(f"step = fwd+bwd+clip+fused AdamW, 16x128 tokens, median of {args.reps} interleaved "
           f"per-iteration ratios (> 1: moedesk faster)")
     print(f"{'model':>6} {'vs':>8} {'prec':>5} {'thr':>3} {'moedesk ms':>10} {'hf ms':>8} "
-          f"{'hf/moedesk':>10}  experts (probe ms)")
+          f"{'hf/moedesk':>10}"
+          + (f" {'md floor':>8} {'hf floor':>8} {'ceiling':>7}" if args.floor else "")
+          + "  experts (probe ms)")
     threads_before = torch.get_num_threads()
     for name in kinds:
         data = batches(make_pair(name)[0], 4)
         for precision in args.precision.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
                 torch.set_num_threads(threads)
-                cell = time_cell(name, precision == "bf16", args.reps, data)
+                cell = time_cell(name, precision == "bf16", args.reps, data, args.floor)
                 probe = " ".join(f"{k}={v:.0f}" for k, v in cell["probe"].items())
+                floors = (f" {cell['moedesk_floor_ms']:>8.0f} {cell['hf_floor_ms']:>8.0f} "
+                          f"{cell['ceiling']:>6.2f}x" if args.floor else "")
                 print(f"{name:>6} {'Mixtral' if name == 'top2' else 'Llama':>8} {precision:>5} "
                       f"{threads:>3} {cell['moedesk_ms']:>10.0f} {cell['hf_ms']:>8.0f} "
-                      f"{cell['ratio']:>9.2f}x  {cell['experts']} {probe}", flush=True)
+                      f"{cell['ratio']:>9.2f}x{floors}  {cell['experts']} {probe}", flush=True)
     torch.set_num_threads(threads_before)
 
 

@@ -14,6 +14,9 @@ Kept out of loop.py so the loop reads top to bottom (it calls three things here)
     with fixed shapes.
   - `CompileClock`: the first compiled step's time (tracing + codegen) is reported on its
     own and kept out of `sys/step_s`.
+  - `bf16_warning(train, device)`: the line the run log opens with when `[train] bf16`
+    asks for bf16 on a CPU without bf16 instructions, where the step runs several times
+    slower than fp32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -61,3 +64,24 @@ class CompileClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - self.started
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (avx512_bf16 or AMX). Without either,
+    oneDNN emulates bf16: 4.4 GFLOP/s against 37 in fp32 for the FFN's matmul on an
+    AVX2-only AMD EPYC (one core), the whole step ~13x slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def bf16_warning(tc: TrainSection, device: torch.device, has_bf16: bool | None = None
+                 ) -> str | None:
+    """A warning for `[train] bf16 = true` on a CPU that emulates bf16, else None."""
+    if not tc.bf16 or device.type != "cpu":
+        return None
+    if cpu_has_bf16() if has_bf16 is None else has_bf16:
+        return None
+    return ("warning: [train] bf16 = true, but this CPU has no bf16 instructions "
+            f"(no avx512_bf16, no AMX; torch sees {torch.backends.cpu.get_cpu_capability()}): "
+            "bf16 is emulated and steps run several times slower than fp32 "
+            "(~13x on an AVX2-only CPU). Set bf16 = false in the profile, or measure with "
+            "bench/train_step.py --precision both")

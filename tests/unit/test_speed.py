@@ -8,13 +8,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from moedesk.profiles import load_profile
 from moedesk.runner import threads
 from moedesk.runner.protocol import THREADS_ENV
 from moedesk.train import loop
 from moedesk.train.emit import ListEmitter
-from moedesk.train.speed import resolve_threads
+from moedesk.train.speed import bf16_warning, cpu_has_bf16, resolve_threads
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"data.seq_len": 16, "model.max_seq_len": 16, "train.batch_size": 4,
@@ -117,3 +118,24 @@ def test_the_cores_are_shared_by_the_live_runs(tmp_path):
     env = threads.trainer_env(conn, {"train": {"threads": 0}})
     assert env == {THREADS_ENV: str(threads.default_threads(2, threads.cores()))}
     assert threads.trainer_env(conn, {"train": {"threads": 2}}) == {}
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns():
+    bf16 = load_profile(REPO / "profiles" / "tiny_dense.toml", {"train.bf16": True}).train
+    fp32 = load_profile(REPO / "profiles" / "tiny_dense.toml").train
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    warning = bf16_warning(bf16, cpu, has_bf16=False)
+    assert warning is not None and "bf16 = false" in warning and "slower" in warning
+    assert bf16_warning(bf16, cpu, has_bf16=True) is None
+    assert bf16_warning(fp32, cpu, has_bf16=False) is None
+    assert bf16_warning(bf16, cuda, has_bf16=False) is None
+
+
+def test_the_run_log_says_it_when_this_cpu_emulates_bf16(tmp_path):
+    status, emitter = train(tmp_path, "bf16", "tiny_dense", **{"train.steps": 2,
+                                                             "train.bf16": True})
+    assert status == "completed"
+    warned = any("no bf16 instructions" in line for line in emitter.lines)
+    assert warned == (not cpu_has_bf16()), emitter.lines
+    _, plain = train(tmp_path, "fp32", "tiny_dense", **{"train.steps": 2})
+    assert not any("no bf16 instructions" in line for line in plain.lines)
