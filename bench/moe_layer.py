@@ -7,7 +7,7 @@ a slow moment of a shared machine hits both. Timed with the thread's CPU time by
 (robust to other tenants; use --clock wall for wall time). Target: MoE <= 1.15x in fp32.
 
     .venv/bin/python bench/moe_layer.py [--threads 1] [--reps 7] [--clock cpu|wall]
-        [--precision fp32|bf16|both] [--allocator trainer|glibc]
+        [--precision fp32|bf16|both] [--allocator trainer|glibc] [--floor]
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 
 from moedesk.profiles.schema import MoESection
+from moedesk.train.kernel_floor import record
 from moedesk.train.model import SwiGLU
 from moedesk.train.moe import MoEFFN
 from moedesk.train.system import ALLOCATOR_HELP, ALLOCATORS, use_allocator
@@ -61,6 +63,9 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
+    parser.add_argument("--floor", action="store_true",
+                        help="also each layer's kernel floor (its matmuls alone, "
+                             "moedesk/train/kernel_floor.py) and their ratio")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     use_allocator(args.allocator)
@@ -71,21 +76,31 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
           f"median of {args.reps} interleaved rounds, fwd+bwd; E=8, K=2")
     print(f"{'precision':>9} {'T':>5} {'D':>4} {'F dense':>7} {'dense ms':>9} {'moe ms':>8} "
-          f"{'moe/dense':>9}")
+          f"{'moe/dense':>9}" + ("  floors: dense ms  moe ms  moe/dense" if args.floor else ""))
     for bf16 in {"fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]:
         for tokens, dim, hidden in SIZES:
             dense, moe = make_layers(dim, hidden)
             x_BTD = torch.randn(tokens // 256, 256, dim)
             for layer in (dense, moe):  # warm-up: allocator, autocast weight casts
                 step(layer, x_BTD, bf16, clock)
-            times: dict[str, list[float]] = {"dense": [], "moe": []}
+            floors = {}
+            if args.floor:  # one more (recorded) step each
+                floors = {name: record(partial(step, layer, x_BTD, bf16, clock))
+                          for name, layer in (("dense", dense), ("moe", moe))}
+            times: dict[str, list[float]] = {"dense": [], "moe": [], "dense floor": [],
+                                             "moe floor": []}
             for _ in range(args.reps):
                 times["dense"].append(step(dense, x_BTD, bf16, clock))
                 times["moe"].append(step(moe, x_BTD, bf16, clock))
-            dense_ms = 1e3 * statistics.median(times["dense"])
-            moe_ms = 1e3 * statistics.median(times["moe"])
-            print(f"{'bf16' if bf16 else 'fp32':>9} {tokens:>5} {dim:>4} {hidden:>7} "
-                  f"{dense_ms:>9.1f} {moe_ms:>8.1f} {moe_ms / dense_ms:>8.2f}x")
+                for name, floor in floors.items():
+                    times[f"{name} floor"].append(floor.replay(clock=clock))
+            ms = {name: 1e3 * statistics.median(v) for name, v in times.items() if v}
+            line = (f"{'bf16' if bf16 else 'fp32':>9} {tokens:>5} {dim:>4} {hidden:>7} "
+                    f"{ms['dense']:>9.1f} {ms['moe']:>8.1f} {ms['moe'] / ms['dense']:>8.2f}x")
+            if floors:
+                line += (f"  {ms['dense floor']:>15.1f} {ms['moe floor']:>7.1f} "
+                         f"{ms['moe floor'] / ms['dense floor']:>8.2f}x")
+            print(line)
 
 
 if __name__ == "__main__":
