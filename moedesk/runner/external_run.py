@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from moedesk.health.engine import RULE_METRICS, HealthEngine, RunContext
-from moedesk.health.thresholds import SEVERITIES, STOP_ON
+from moedesk.health.thresholds import STOP_ON
 from moedesk.paths import events_file
 from moedesk.runner.commit import Committer
 from moedesk.runner.control import write_stop_request
-from moedesk.runner.ingest import Ingestor
+from moedesk.runner.ingest import Ingestor, event_alert
 from moedesk.runner.loadmetrics import LoadMetrics
 from moedesk.runner.protocol import decode
 from moedesk.runner.tail import EventTail
@@ -259,13 +259,8 @@ class ExternalRun:
                             "wall": event.get("wall"), "values": values})
 
     def _user_alert(self, event: dict) -> None:
-        level = event.get("level") if event.get("level") in SEVERITIES else "warning"
-        title, text = str(event.get("title") or "alert"), str(event.get("text") or "")
-        self.ingestor.batch.alerts.append({
-            "step": int(event.get("step") or self.ingestor.last_step), "rule": USER_ALERT_RULE,
-            "severity": level, "metric": None, "value": None, "threshold": None,
-            "message": f"{title}: {text}" if text else title, "action": None,
-            "wall": float(event.get("wall") or time.time())})
+        self.ingestor.batch.alerts.append(
+            event_alert(event, self.ingestor.last_step, USER_ALERT_RULE))
 
     def drain(self) -> None:
         """After the writer is gone: everything left, a last unterminated line included."""

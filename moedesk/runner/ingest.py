@@ -18,7 +18,8 @@ import json
 import time
 from collections.abc import Callable
 
-from moedesk.runner.protocol import decode
+from moedesk.health.thresholds import SEVERITIES
+from moedesk.runner.protocol import TRAINER_ALERT_RULE, decode
 from moedesk.store.ingest import Batch
 
 MAX_BATCH_ROWS = 20_000
@@ -32,6 +33,19 @@ COALESCE_S = 0.002
 # timeout); a longer gap between two ticks means the supervisor itself was not running
 # (SIGSTOP, a suspended machine), and the time it lost says nothing about the trainer
 FROZEN_GAP_S = 10.0
+
+
+def event_alert(event: dict, last_step: int, rule: str) -> dict:
+    """The alert row of an `alert` event: a user's (moedesk.track) or the trainer's own
+    (e.g. bf16 on a CPU that emulates it), with its suggested action when it has one."""
+    level = event.get("level") if event.get("level") in SEVERITIES else "warning"
+    title, text = str(event.get("title") or "alert"), str(event.get("text") or "")
+    action = event.get("action")
+    return {"step": int(event.get("step") or last_step), "rule": rule, "severity": level,
+            "metric": None, "value": None, "threshold": None,
+            "message": f"{title}: {text}" if text else title,
+            "action": action if isinstance(action, str) and action else None,
+            "wall": float(event.get("wall") or time.time())}
 
 
 class Ingestor:
@@ -99,6 +113,10 @@ class Ingestor:
             self.batch.started = event
         elif kind == "finished":
             self.finished = event
+        elif kind == "alert":
+            # the trainer's own: an external run's alerts are a user's (external_run.py)
+            rule = str(event.get("rule") or TRAINER_ALERT_RULE)
+            self.batch.alerts.append(event_alert(event, self.last_step, rule))
 
     def _observe(self, step: int, values: dict, arrived: float) -> None:
         # the metrics events of one step reach the rules as one event: an external run logs

@@ -14,7 +14,9 @@ Event types (every event has "type"; "step" where it applies):
   sample       {step, wall, prompt, text, temperature, seed, max_new_tokens, seconds}
                a continuation of a [train] sample_prompts prompt (text = the new part)
   finished     {step, wall, status, reason}                status: completed | stopped | failed
-  alert        {step, wall, title, text, level}            a user's alert (moedesk.track)
+  alert        {step, wall, title, text, level}            a user's alert (moedesk.track),
+               or the trainer's own with {rule, action}: its rule name in the alerts table
+               and the suggested action (e.g. "bf16_emulated", speed.py)
 External runs (docs/tracking.md) write the same events to RUN_DIR/events.jsonl; their
 `started` adds {config, name, tags, stop_on, health, moe, graceful_stop, program} and
 their `expert_load` may carry `top_k`; `finished` may carry `exit_code`.
@@ -35,6 +37,8 @@ from typing import Any
 EVENT_TYPES = ("started", "metrics", "expert_load", "checkpoint", "analysis", "sample",
                "finished", "alert")
 FINISH_STATUSES = ("completed", "stopped", "failed")
+# the rule of a trainer's `alert` event that names none
+TRAINER_ALERT_RULE = "trainer"
 
 
 def _encode_float(value: float) -> float | str:

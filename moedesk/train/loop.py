@@ -56,7 +56,7 @@ from moedesk.train.model import LM
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer, lr_at, set_lr
 from moedesk.train.sampling import SampleError
-from moedesk.train.speed import CompileClock, bf16_warning, prepare_model, resolve_threads
+from moedesk.train.speed import CompileClock, bf16_alert, prepare_model, resolve_threads
 from moedesk.train.stopflag import StopFlag
 from moedesk.train.system import restore_rng_states, rng_states, rss_mb, seed_everything
 
@@ -221,9 +221,11 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
             f"x train.batch_size {tc.batch_size} x train.grad_accum {tc.grad_accum}")
     if init_note:
         say(init_note)
-    precision_note = bf16_warning(tc, device)
-    if precision_note:
-        say(precision_note)
+    precision_alert = bf16_alert(tc, device)
+    if precision_alert and dist.is_main:
+        emitter.emit("alert", step=step, **precision_alert)
+        say(f"warning: {precision_alert['title']}: {precision_alert['text']}; "
+            f"{precision_alert['action']}")
 
     def save(at_step: int) -> None:
         local = {"rng": rng_states(device), "telemetry": telemetry.state_dict()}

@@ -14,9 +14,9 @@ Kept out of loop.py so the loop reads top to bottom (it calls three things here)
     with fixed shapes.
   - `CompileClock`: the first compiled step's time (tracing + codegen) is reported on its
     own and kept out of `sys/step_s`.
-  - `bf16_warning(train, device)`: the line the run log opens with when `[train] bf16`
-    asks for bf16 on a CPU without bf16 instructions, where the step runs several times
-    slower than fp32 (docs/benchmarks.md).
+  - `bf16_alert(train, device)`: the warning alert (and run-log line) a run opens with
+    when `[train] bf16` asks for bf16 on a CPU without bf16 instructions, where the step
+    runs several times slower than fp32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -73,15 +73,23 @@ def cpu_has_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def bf16_warning(tc: TrainSection, device: torch.device, has_bf16: bool | None = None
-                 ) -> str | None:
-    """A warning for `[train] bf16 = true` on a CPU that emulates bf16, else None."""
+BF16_EMULATED_RULE = "bf16_emulated"
+
+
+def bf16_alert(tc: TrainSection, device: torch.device, has_bf16: bool | None = None
+               ) -> dict | None:
+    """The fields of the trainer's `alert` event for `[train] bf16 = true` on a CPU that
+    emulates bf16 (runner/protocol.py), else None. `has_bf16`: what `cpu_has_bf16` says."""
     if not tc.bf16 or device.type != "cpu":
         return None
     if cpu_has_bf16() if has_bf16 is None else has_bf16:
         return None
-    return ("warning: [train] bf16 = true, but this CPU has no bf16 instructions "
-            f"(no avx512_bf16, no AMX; torch sees {torch.backends.cpu.get_cpu_capability()}): "
-            "bf16 is emulated and steps run several times slower than fp32 "
-            "(~13x on an AVX2-only CPU). Set bf16 = false in the profile, or measure with "
-            "bench/train_step.py --precision both")
+    return {"rule": BF16_EMULATED_RULE, "level": "warning",
+            "title": "bf16 is emulated on this CPU",
+            "text": ("[train] bf16 = true, but the CPU has no bf16 instructions (no "
+                     "avx512_bf16, no AMX; torch sees "
+                     f"{torch.backends.cpu.get_cpu_capability()}), so every bf16 matmul is "
+                     "emulated and steps run several times slower than in fp32 (~13x on "
+                     "an AVX2-only CPU)"),
+            "action": ("set [train] bf16 = false in the profile (or measure both: "
+                       "bench/train_step.py --precision both)")}

@@ -6,15 +6,18 @@ import json
 import math
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from moedesk.cli import app
 from moedesk.profiles import load_profile, parse_overrides, profile_to_dict
 from moedesk.runner.commit import Committer
 from moedesk.runner.ingest import Ingestor
+from moedesk.runner.protocol import TRAINER_ALERT_RULE
 from moedesk.runner.supervise import make_engine
 from moedesk.store import connect_writer
 from moedesk.store import runs as store_runs
+from moedesk.train.speed import BF16_EMULATED_RULE, bf16_alert
 from tests.conftest import PROFILES
 
 
@@ -79,3 +82,24 @@ def test_set_overrides_reach_the_engine():
     assert "usage_entropy" not in engine.rule_names and engine.stop_on == "never"
     fired, _ = engine.observe(1, {"moe/max_token_fraction": 0.95}, 1.0)
     assert [(a["rule"], a["stops"]) for a in fired] == [("routing_collapse", False)]
+
+
+def test_a_trainers_own_alert_is_stored_with_its_rule_and_action(home):
+    alert = bf16_alert(load_profile(PROFILES / "tiny_dense.toml", {"train.bf16": True}).train,
+                       torch.device("cpu"), has_bf16=False)
+    db = connect_writer(home / "moedesk.db")
+    config = profile_to_dict(load_profile(PROFILES / "tiny_dense.toml"))
+    run_id, _ = store_runs.create_run(db.conn, config=config, profile_path="tiny_dense",
+                                      home=home)
+    ingestor = Ingestor(Committer(db.conn, run_id, home / str(run_id), keep=0),
+                        make_engine(config))
+    ingestor.feed({"type": "alert", "step": 0, "wall": 1.0, **alert})
+    ingestor.feed({"type": "alert", "step": 0, "wall": 2.0, "title": "no rule named"})
+    ingestor.commit()
+    db.close()
+    result = CliRunner().invoke(app, ["alerts", "--json", "--home", str(home)])
+    rows = json.loads(result.output)
+    assert [(a["rule"], a["severity"]) for a in rows] == [
+        (BF16_EMULATED_RULE, "warning"), (TRAINER_ALERT_RULE, "warning")]
+    assert rows[0]["message"].startswith("bf16 is emulated on this CPU: ")
+    assert "bf16 = false" in rows[0]["action"] and rows[1]["action"] is None

@@ -15,7 +15,7 @@ from moedesk.runner import threads
 from moedesk.runner.protocol import THREADS_ENV
 from moedesk.train import loop
 from moedesk.train.emit import ListEmitter
-from moedesk.train.speed import bf16_warning, cpu_has_bf16, resolve_threads
+from moedesk.train.speed import BF16_EMULATED_RULE, bf16_alert, cpu_has_bf16, resolve_threads
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"data.seq_len": 16, "model.max_seq_len": 16, "train.batch_size": 4,
@@ -120,22 +120,28 @@ def test_the_cores_are_shared_by_the_live_runs(tmp_path):
     assert threads.trainer_env(conn, {"train": {"threads": 2}}) == {}
 
 
-def test_bf16_on_a_cpu_without_bf16_instructions_warns():
+def test_bf16_on_a_cpu_without_bf16_instructions_alerts():
     bf16 = load_profile(REPO / "profiles" / "tiny_dense.toml", {"train.bf16": True}).train
     fp32 = load_profile(REPO / "profiles" / "tiny_dense.toml").train
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    warning = bf16_warning(bf16, cpu, has_bf16=False)
-    assert warning is not None and "bf16 = false" in warning and "slower" in warning
-    assert bf16_warning(bf16, cpu, has_bf16=True) is None
-    assert bf16_warning(fp32, cpu, has_bf16=False) is None
-    assert bf16_warning(bf16, cuda, has_bf16=False) is None
+    alert = bf16_alert(bf16, cpu, has_bf16=False)
+    assert alert is not None and alert["rule"] == BF16_EMULATED_RULE
+    assert alert["level"] == "warning" and "slower" in alert["text"]
+    assert "bf16 = false" in alert["action"]
+    assert bf16_alert(bf16, cpu, has_bf16=True) is None
+    assert bf16_alert(fp32, cpu, has_bf16=False) is None
+    assert bf16_alert(bf16, cuda, has_bf16=False) is None
 
 
-def test_the_run_log_says_it_when_this_cpu_emulates_bf16(tmp_path):
+def test_the_run_says_it_when_this_cpu_emulates_bf16(tmp_path):
     status, emitter = train(tmp_path, "bf16", "tiny_dense", **{"train.steps": 2,
                                                              "train.bf16": True})
     assert status == "completed"
-    warned = any("no bf16 instructions" in line for line in emitter.lines)
-    assert warned == (not cpu_has_bf16()), emitter.lines
+    alerts = [e for e in emitter.events if e["type"] == "alert"]
+    logged = any("bf16 is emulated" in line for line in emitter.lines)
+    emulated = not cpu_has_bf16()
+    assert logged == emulated, emitter.lines
+    assert [a["rule"] for a in alerts] == ([BF16_EMULATED_RULE] if emulated else [])
     _, plain = train(tmp_path, "fp32", "tiny_dense", **{"train.steps": 2})
-    assert not any("no bf16 instructions" in line for line in plain.lines)
+    assert not [e for e in plain.events if e["type"] == "alert"]
+    assert not any("bf16 is emulated" in line for line in plain.lines)
