@@ -15,8 +15,9 @@ Kept out of loop.py so the loop reads top to bottom (it calls three things here)
   - `CompileClock`: the first compiled step's time (tracing + codegen) is reported on its
     own and kept out of `sys/step_s`.
   - `bf16_alert(train, device)`: the warning alert (and run-log line) a run opens with
-    when `[train] bf16` asks for bf16 on a CPU without bf16 instructions, where the step
-    runs several times slower than fp32 (docs/benchmarks.md).
+    when `[train] bf16` asks for bf16 on a CPU without bf16 instructions (or a GPU
+    before compute capability 8.0), where the step runs several times slower than fp32
+    (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -73,23 +74,38 @@ def cpu_has_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def device_has_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bf16 matmuls natively: the CPU's instructions, or a CUDA GPU
+    of compute capability 8.0 or later (earlier ones emulate bf16)."""
+    if device.type == "cpu":
+        return cpu_has_bf16()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return True  # nothing known to say otherwise
+
+
 BF16_EMULATED_RULE = "bf16_emulated"
 
 
 def bf16_alert(tc: TrainSection, device: torch.device, has_bf16: bool | None = None
                ) -> dict | None:
-    """The fields of the trainer's `alert` event for `[train] bf16 = true` on a CPU that
-    emulates bf16 (runner/protocol.py), else None. `has_bf16`: what `cpu_has_bf16` says."""
-    if not tc.bf16 or device.type != "cpu":
+    """The fields of the trainer's `alert` event for `[train] bf16 = true` on a device
+    that emulates bf16 (runner/protocol.py), else None. `has_bf16`: what
+    `device_has_bf16(device)` says."""
+    if not tc.bf16 or device.type not in ("cpu", "cuda"):
         return None
-    if cpu_has_bf16() if has_bf16 is None else has_bf16:
+    if device_has_bf16(device) if has_bf16 is None else has_bf16:
         return None
+    if device.type == "cpu":
+        what = ("the CPU has no bf16 instructions (no avx512_bf16, no AMX; torch sees "
+                f"{torch.backends.cpu.get_cpu_capability()})")
+        cost = "several times slower than in fp32 (~13x on an AVX2-only CPU)"
+    else:
+        what = "this GPU has no native bf16 (compute capability below 8.0)"
+        cost = "slower than in fp32 or fp16"
     return {"rule": BF16_EMULATED_RULE, "level": "warning",
-            "title": "bf16 is emulated on this CPU",
-            "text": ("[train] bf16 = true, but the CPU has no bf16 instructions (no "
-                     "avx512_bf16, no AMX; torch sees "
-                     f"{torch.backends.cpu.get_cpu_capability()}), so every bf16 matmul is "
-                     "emulated and steps run several times slower than in fp32 (~13x on "
-                     "an AVX2-only CPU)"),
+            "title": f"bf16 is emulated on this {'CPU' if device.type == 'cpu' else 'GPU'}",
+            "text": f"[train] bf16 = true, but {what}, so every bf16 matmul is emulated "
+                    f"and steps run {cost}",
             "action": ("set [train] bf16 = false in the profile (or measure both: "
                        "bench/train_step.py --precision both)")}

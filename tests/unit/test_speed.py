@@ -130,7 +130,11 @@ def test_bf16_on_a_cpu_without_bf16_instructions_alerts():
     assert "bf16 = false" in alert["action"]
     assert bf16_alert(bf16, cpu, has_bf16=True) is None
     assert bf16_alert(fp32, cpu, has_bf16=False) is None
-    assert bf16_alert(bf16, cuda, has_bf16=False) is None
+    gpu = bf16_alert(bf16, cuda, has_bf16=False)  # a GPU before compute capability 8.0
+    assert gpu is not None and gpu["title"] == "bf16 is emulated on this GPU"
+    assert "compute capability" in gpu["text"]
+    assert bf16_alert(bf16, cuda, has_bf16=True) is None
+    assert bf16_alert(bf16, torch.device("meta"), has_bf16=False) is None
 
 
 def test_the_run_says_it_when_this_cpu_emulates_bf16(tmp_path):
