@@ -95,7 +95,8 @@ def compare_compile(args, clock) -> None:
 
 
 def memory_child(name: str, batch: int, recompute: bool, steps: int) -> dict:
-    """One process: build, then `steps` steps; peak RSS growth over the built model."""
+    """One process: build, then one warm-up step and `steps` timed ones; peak RSS growth
+    over the built model."""
     overrides = {"train.batch_size": batch, "train.activation_checkpointing": recompute}
     profile = load_profile(PROFILES / f"{name}.toml", overrides)
     torch.manual_seed(0)
@@ -110,14 +111,14 @@ def memory_child(name: str, batch: int, recompute: bool, steps: int) -> dict:
     from moedesk.train.system import rss_mb
     before = rss_mb()
     times = [train_step(model, optimizer, telemetry, x_BT, y_BT, False,
-                        profile.train.grad_clip, time.perf_counter) for _ in range(steps)]
+                        profile.train.grad_clip, time.perf_counter) for _ in range(steps + 1)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"peak_growth_mb": peak - before, "step_s": statistics.median(times[1:])}
 
 
 def compare_memory(args) -> None:
     print(f"activation checkpointing, fp32, {args.threads} thread(s), {args.batch}x128 tokens, "
-          f"fresh process per setting, median of {args.reps - 1} steps after one")
+          f"fresh process per setting, median of {args.reps} steps after one")
     for name in ("dense", "top2"):
         got = {}
         for recompute in (False, True):
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
     args = parser.parse_args()
+    for flag in ("reps", "threads", "batch"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be at least 1 (got {getattr(args, flag)})")
     torch.set_num_threads(args.threads)
     use_allocator(args.allocator)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
