@@ -8,6 +8,11 @@ Steps alternate between the two models and the medians are compared. Target: <= 
 
     .venv/bin/python bench/train_step.py [--reps 7] [--threads 1] [--batch 16]
         [--clock cpu|wall] [--precision fp32|bf16|both] [--allocator trainer|glibc]
+        [--floor]
+
+`--floor` adds each model's kernel floor (moedesk/train/kernel_floor.py: its matmuls and
+attention kernels replayed alone, interleaved with the steps) and top2's floor / dense's:
+how much of top2's excess is in the kernels themselves.
 
 Two more comparisons of the same step, each model against itself:
     --mode compile   `[train] compile` (blocks under torch.compile) vs eager, per profile:
@@ -28,11 +33,13 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from moedesk.profiles import load_profile
+from moedesk.train.kernel_floor import record
 from moedesk.train.loop import build_model
 from moedesk.train.moe_telemetry import MoETelemetry
 from moedesk.train.optim import build_optimizer
@@ -147,6 +154,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
+    parser.add_argument("--floor", action="store_true",
+                        help="also each model's kernel floor and their ratio (step mode)")
     args = parser.parse_args()
     for flag in ("reps", "threads", "batch"):
         if getattr(args, flag) < 1:
@@ -173,16 +182,27 @@ def main() -> None:
         print(f"  {name}: {model.num_params():,} parameters, {model.num_active_params():,} active")
     for bf16 in precisions:
         times: dict[str, list[float]] = {name: [] for name in runs}
+        floors = {}
         for rep in range(args.reps + 1):  # the first round warms up and is dropped
+            if args.floor and rep == 1:  # one more (recorded) step each, after the warm-up
+                floors = {name: record(partial(train_step, model, optimizer, telemetry, x_BT,
+                                               y_BT, bf16, profile.train.grad_clip, clock))
+                          for name, (profile, model, optimizer, telemetry) in runs.items()}
             for name, (profile, model, optimizer, telemetry) in runs.items():
                 elapsed = train_step(model, optimizer, telemetry, x_BT, y_BT, bf16,
                                      profile.train.grad_clip, clock)
                 if rep:
                     times[name].append(elapsed)
-        dense_ms = 1e3 * statistics.median(times["dense"])
-        top2_ms = 1e3 * statistics.median(times["top2"])
-        print(f"{'bf16' if bf16 else 'fp32'}: dense {dense_ms:.0f} ms/step, "
-              f"top2 {top2_ms:.0f} ms/step, top2/dense {top2_ms / dense_ms:.2f}x")
+                    if floors:
+                        times.setdefault(f"{name} floor", []).append(
+                            floors[name].replay(clock=clock))
+        ms = {name: 1e3 * statistics.median(v) for name, v in times.items()}
+        line = (f"{'bf16' if bf16 else 'fp32'}: dense {ms['dense']:.0f} ms/step, "
+                f"top2 {ms['top2']:.0f} ms/step, top2/dense {ms['top2'] / ms['dense']:.2f}x")
+        if floors:
+            line += (f"; floors dense {ms['dense floor']:.0f} ms, top2 {ms['top2 floor']:.0f} ms, "
+                     f"top2/dense {ms['top2 floor'] / ms['dense floor']:.2f}x")
+        print(line)
 
 
 if __name__ == "__main__":
