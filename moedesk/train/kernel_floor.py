@@ -36,6 +36,10 @@ ATTENTION_PREFIX = "_scaled_dot_product_"
 KINDS = ("matmul", "grouped matmul", "attention")
 
 
+def _detached(value):
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
 def kernel_kind(func) -> str | None:
     """`KINDS` member an aten op belongs to, or None for ops outside the floor."""
     name = func._schema.name.split("::", 1)[-1]
@@ -55,9 +59,8 @@ class KernelFloor(TorchDispatchMode):
         kwargs = kwargs or {}
         kind = kernel_kind(func)
         if kind is not None:
-            detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
-            self.calls.append((kind, func, tuple(map(detach, args)),
-                               {k: detach(v) for k, v in kwargs.items()}))
+            self.calls.append((kind, func, tuple(map(_detached, args)),
+                               {k: _detached(v) for k, v in kwargs.items()}))
         return func(*args, **kwargs)
 
     def counts(self) -> Counter:
