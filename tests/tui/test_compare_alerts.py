@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
+from moedesk.paths import db_path
+from moedesk.runner.ingest import event_alert
+from moedesk.store import connect_writer
+from moedesk.store.ingest import Batch, write_batch
 from moedesk.tui.screens.alerts import AlertsScreen
 from moedesk.tui.screens.compare import CompareScreen
 from moedesk.tui.screens.monitor import MonitorScreen
 from moedesk.tui.widgets.line_chart import LineChart
 from tests.tui.conftest import loaded, make_app, screen_text, until
+from tests.tui.fixtures import FIXED_NOW
 
 
 def column(table: DataTable, run_id: int) -> dict[str, str]:
@@ -61,3 +66,26 @@ async def test_alerts_view_lists_every_run_and_filters_open(canned):
         await pilot.press("enter")  # the newest open alert: tern-c's latency
         await until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="monitor")
         assert app.screen.run_id == canned.ternary
+
+
+async def test_an_alert_that_watched_no_metric_shows_no_empty_reading(canned):
+    # a trainer's own alert (and a user's) has no metric, value or threshold
+    db = connect_writer(db_path(canned.path))
+    write_batch(db.conn, canned.dense, Batch(alerts=[event_alert(
+        {"title": "bf16 is emulated on this CPU", "text": "no bf16 instructions",
+         "action": "set [train] bf16 = false", "step": 3, "wall": FIXED_NOW + 1},
+        3, "bf16_emulated")]))
+    db.close()
+    app = make_app(canned.path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await loaded(pilot)
+        await pilot.press("a")
+        screen = await until(pilot, lambda: isinstance(app.screen, AlertsScreen)
+                             and app.screen.loads and app.screen)
+        text = await until(pilot, lambda: "→ set [train] bf16 = false" in screen_text(app)
+                           and screen_text(app), what="the newest alert's detail")
+        assert "bf16 is emulated on this CPU: no bf16 instructions" in text
+        assert "(threshold" not in text and "= -" not in text
+        # a health rule's alert (the next row) still shows its reading
+        screen.query_one("#alerts-table", DataTable).move_cursor(row=1)
+        await until(pilot, lambda: "(threshold" in screen_text(app), what="the reading")

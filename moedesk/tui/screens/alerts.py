@@ -120,8 +120,10 @@ class AlertsScreen(DataScreen):
             return
         text = Text()
         text.append(f"{alert['rule']}", style="bold")
-        text.append(f" · {alert.get('metric') or ''} = {fmt.number(alert.get('value'))}"
-                    f" (threshold {fmt.number(alert.get('threshold'))})\n", style="dim")
+        if alert.get("metric"):  # a health rule's; user and trainer alerts watch no metric
+            text.append(f" · {alert['metric']} = {fmt.number(alert.get('value'))}"
+                        f" (threshold {fmt.number(alert.get('threshold'))})", style="dim")
+        text.append("\n")
         text.append((alert.get("message") or "") + "\n")
         if alert.get("action"):
             text.append("→ " + alert["action"], style="italic")
