@@ -13,8 +13,9 @@ the experts stay data parallel (DDP). One layer's forward (`experts`), per rank:
   3. exchange the rows: all_to_all_single of x_SD, splits = rows per destination/source
   4. the rows arrive by source rank: regroup them by local expert, run the local experts
      (`SwiGLUExperts.forward_grouped`), undo the regrouping
-  5. send the outputs back with the splits swapped; gate multiply and index_add_ on the
-     source rank, as the local path does
+  5. send the outputs back with the splits swapped; combine them on the source rank
+     exactly as the local path does (`MoEFFN.gathers_back`: `combine_permuted` when every
+     slot was kept and no group padded, else the gate multiply and index_add_)
 `_AllToAll` is the autograd face of `dist.all_to_all_single`: the backward is the same
 collective with the splits swapped. Expert gradients arrive summed over the group's
 ranks; `finish_grads` sums them over the replicas of the same shard (W > P) and divides
@@ -38,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from moedesk.train.experts import combine_slots
+from moedesk.train.experts import combine_permuted, combine_slots
 from moedesk.train.moe import LEGACY_NAMES, MoEFFN
 
 
@@ -165,6 +166,8 @@ class ExpertDispatcher:
         y_RD = y_RD.index_select(0, torch.argsort(regroup_R))
         # 5. back to the tokens' ranks, weighted by the gates and summed per token
         y_SD = _AllToAll.apply(y_RD, send_splits, recv_splits, self.group)
+        if ffn.gathers_back(x_TD, order_S, dispatch_ids_S.numel()):  # as in one process
+            return combine_permuted(y_SD, order_S, gates_TK), dropped
         return combine_slots(y_SD, gates_S, token_S, x_TD.shape[0]), dropped
 
     # ---- gradients -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ Shape letters (model.py's legend, plus):
   - dispatch "sorted": one stable argsort of the T*K expert ids, then the experts on
     contiguous groups (`SwiGLUExperts.forward_grouped`). Dropless
     (the default) the sort is a permutation, so tokens go out and come back by gathers
-    only (`_RepeatRows`, `_PermuteRows`: deterministic, no scatter-add) and each token's
+    only (`_RepeatRows`, `_CombineSlots`: deterministic, no scatter-add) and each token's
     K outputs are summed with fp32 gates in a fixed order. With a capacity limit, expert
     dropout or CPU bf16 (groups padded to 32 rows so oneDNN reuses its kernels) the gather
     / gate multiply / index_add_ path runs (in bf16 under CPU bf16, like the dense FFN's
@@ -50,10 +50,11 @@ from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.profiles.sizing import expert_hidden, moe_layer_indices
 from moedesk.train.experts import (
     SwiGLUExperts,
-    _PermuteRows,
     _RepeatRows,
+    combine_permuted,
     combine_slots,
     pad_groups,
+    slot_ranks,
 )
 from moedesk.train.model import LM
 
@@ -240,10 +241,10 @@ class MoEFFN(nn.Module):
     @torch.compiler.disable
     def _experts_sorted(self, x_TD: Tensor, dispatch_ids_S: Tensor, gates_TK: Tensor
                         ) -> tuple[Tensor, int]:
-        n_slots, capacity = dispatch_ids_S.numel(), self.capacity(x_TD.shape[0])
+        n_slots = dispatch_ids_S.numel()
         order_S, counts_list, dropped = self.sorted_slots(x_TD, dispatch_ids_S)
         multiple = self.row_multiple(x_TD)
-        if capacity is None and multiple == 1 and len(order_S) == n_slots:
+        if self.gathers_back(x_TD, order_S, n_slots):
             return self._experts_permuted(x_TD, order_S, gates_TK, counts_list), 0
         token_S, gates_S = order_S // self.top_k, gates_TK.flatten()[order_S]
         if multiple > 1:
@@ -267,16 +268,18 @@ class MoEFFN(nn.Module):
         Each token's K expert outputs come back to its K slots and are summed, weighted by
         the fp32 gates, in a fixed order (deterministic on every device).
         """
-        rank_S = torch.empty_like(order_S)
-        rank_S[order_S] = torch.arange(order_S.numel(), device=order_S.device)
+        rank_S = slot_ranks(order_S)
         if torch.is_autocast_enabled(x_TD.device.type):
             # cast the T tokens before gathering T*K copies of them
             x_TD = x_TD.to(torch.get_autocast_dtype(x_TD.device.type))
         x_SD = _RepeatRows.apply(x_TD, order_S // self.top_k, rank_S, self.top_k)
-        y_SD = self._run_experts(x_SD, counts)
-        y_TKD = _PermuteRows.apply(y_SD, rank_S, order_S).unflatten(0, (-1, self.top_k))
-        # fp32 gates promote the weighted sum to fp32
-        return (y_TKD * gates_TK.unsqueeze(-1)).sum(1)
+        return combine_permuted(self._run_experts(x_SD, counts), order_S, gates_TK, rank_S)
+
+    def gathers_back(self, x_TD: Tensor, order_S: Tensor, n_slots: int) -> bool:
+        """Whether the experts' rows come back by `combine_permuted`: every slot kept (no
+        capacity drop, no expert dropout) and no padded groups (CPU bf16). Else
+        `combine_slots` adds them up. Expert parallelism decides the same way."""
+        return len(order_S) == n_slots and self.row_multiple(x_TD) == 1
 
     def row_multiple(self, x_TD: Tensor) -> int:
         """Rows each expert group is padded to a multiple of (1 = no padding).

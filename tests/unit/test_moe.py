@@ -15,7 +15,7 @@ from moedesk.train import loop
 from moedesk.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from moedesk.train.data import LMData, unigram_entropy
 from moedesk.train.emit import ListEmitter
-from moedesk.train.experts import combine_slots, pad_groups
+from moedesk.train.experts import _RepeatRows, combine_permuted, combine_slots, pad_groups, slot_ranks
 from moedesk.train.model import LM, SwiGLU
 from moedesk.train.moe import MoEFFN, MoELM, expert_softmax
 from moedesk.train.moe_telemetry import MoETelemetry
@@ -581,3 +581,32 @@ def test_cpu_bf16_slots_combine_in_bf16_and_fp32_slots_in_fp32():
     assert out_fp32.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(out_fp32, expected_TD, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(out_bf16.float(), expected_TD, atol=0.05, rtol=0.02)
+
+
+def test_permuted_combine_and_repeat_equal_their_formulas_with_gradients():
+    # slot s = (token s // K, choice s % K); row i of y_SD is slot order_S[i] (expert order)
+    T, K, D = 9, 3, 5
+    order_S = torch.randperm(T * K, generator=torch.Generator().manual_seed(3))
+    rank_S = slot_ranks(order_S)
+    assert torch.equal(order_S[rank_S], torch.arange(T * K))
+    y_SD = torch.randn(T * K, D, dtype=torch.float64, requires_grad=True)
+    gates_TK = torch.rand(T, K, dtype=torch.float64, requires_grad=True)
+    grad_TD = torch.randn(T, D, dtype=torch.float64)
+    out_TD = combine_permuted(y_SD, order_S, gates_TK)
+    out_TD.backward(grad_TD)
+    y_ref, gates_ref = y_SD.detach().clone().requires_grad_(), gates_TK.detach().clone()
+    gates_ref.requires_grad_()
+    expected_TD = torch.stack([sum(gates_ref[t, k] * y_ref[rank_S[t * K + k]] for k in range(K))
+                               for t in range(T)])
+    expected_TD.backward(grad_TD)
+    for got, want in ((out_TD, expected_TD), (y_SD.grad, y_ref.grad),
+                      (gates_TK.grad, gates_ref.grad)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    # the way out: every token copied to its K slots; its gradient sums theirs
+    x_TD = torch.randn(T, D, dtype=torch.float64, requires_grad=True)
+    x_SD = _RepeatRows.apply(x_TD, order_S // K, rank_S, K)
+    assert torch.equal(x_SD, x_TD.detach()[order_S // K])
+    grad_SD = torch.randn(T * K, D, dtype=torch.float64)
+    x_SD.backward(grad_SD)
+    expected = torch.zeros(T, D, dtype=torch.float64).index_add_(0, order_S // K, grad_SD)
+    torch.testing.assert_close(x_TD.grad, expected, atol=1e-12, rtol=1e-12)
