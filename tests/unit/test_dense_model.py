@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moedesk.profiles.schema import ModelSection, TrainSection
-from moedesk.train.model import LM, Attention, SwiGLU, apply_rope, rope_tables
+from moedesk.train.model import LM, Attention, RMSNorm, SwiGLU, apply_rope, rope_tables
 from moedesk.train.optim import param_groups
 
 
@@ -222,3 +222,32 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast(monkeypatch):
     seen.clear()
     attn(x, cos, sin)  # without autocast nothing changes: fp32 in, autocast untouched
     assert seen == [(torch.float32, torch.float32, torch.float32, False)]
+
+
+def test_rmsnorm_gradients_equal_autograd_over_its_formula():
+    # float64 through the written-out backward, against autograd of y = x / rms(x) * w
+    norm = RMSNorm(7, eps=1e-5).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 5, 7, dtype=torch.float64)
+    norm(x).backward(grad)
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_ref = norm.weight.detach().clone().requires_grad_(True)
+    y_ref = x_ref * torch.rsqrt(x_ref.square().mean(-1, keepdim=True) + 1e-5) * w_ref
+    y_ref.backward(grad)
+    torch.testing.assert_close(norm(x), y_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(norm.weight.grad, w_ref.grad, atol=1e-12, rtol=1e-12)
+
+
+def test_rmsnorm_normalises_bf16_in_fp32_and_keeps_the_dtypes():
+    norm = RMSNorm(16, eps=1e-5)
+    x = (torch.randn(4, 16) * 1e-3).bfloat16().requires_grad_(True)  # small-variance rows
+    y = norm(x)
+    expected = (x.detach().float() * torch.rsqrt(x.detach().float().square().mean(-1, True)
+                                                 + 1e-5)).bfloat16().float()
+    assert y.dtype == torch.float32  # the bf16 normalised x times the fp32 weight
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
+    y.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and norm.weight.grad.dtype == torch.float32
