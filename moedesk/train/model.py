@@ -52,7 +52,8 @@ class _RMSNormFn(torch.autograd.Function):
     grad_x = r * (gw - x_hat * mean(gw * x_hat)) and grad_weight = sum(grad * x_hat) over
     the tokens. Autograd over the composite form runs about twice as many full-size
     kernels (the pow, mean, rsqrt and multiplies each differentiated on its own): 16 x 128
-    x 256, fp32, 1 thread, forward + backward 4.6 -> 3.6 ms. Only x and r are kept.
+    x 256, fp32, 1 thread, forward + backward 4.6 -> 3.6 ms on an AVX2 EPYC, 1.70 -> 1.10
+    ms on a Zen 5. Besides the weight, only x and r are kept for the backward.
     """
 
     @staticmethod
@@ -73,6 +74,7 @@ class _RMSNormFn(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gw_fp32 = _at_least_fp32(grad) * _at_least_fp32(weight)
             dot_fp32 = (gw_fp32 * x_hat_fp32).mean(-1, keepdim=True)
+            # in place: grad_weight above has already read x_hat, and gw is a fresh tensor
             grad_x = gw_fp32.sub_(x_hat_fp32.mul_(dot_fp32)).mul_(r_fp32).to(x.dtype)
         return grad_x, grad_weight, None
 
