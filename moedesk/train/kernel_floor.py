@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # aten op names (without the overload) that count as the step's matmuls
 MATMULS = {"mm": "matmul", "addmm": "matmul", "bmm": "matmul", "baddbmm": "matmul",
-           "_grouped_mm": "grouped matmul"}
+           "_grouped_mm": "grouped matmul", "_linear_pointwise": "matmul"}
 # SDPA's fused kernels, forward and backward, on every backend
 ATTENTION_PREFIX = "_scaled_dot_product_"
 KINDS = ("matmul", "grouped matmul", "attention")

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from moedesk.profiles.schema import ModelSection
 from moedesk.profiles.sizing import dense_ffn_hidden
+from moedesk.train.matmul import Linear, linear
 
 
 def _at_least_fp32(t: Tensor) -> Tensor:
@@ -134,15 +135,15 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
         self.head_dim = cfg.dim // cfg.n_heads
-        self.wq = nn.Linear(cfg.dim, cfg.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+        self.wq = Linear(cfg.dim, cfg.n_heads * self.head_dim)
+        self.wk = Linear(cfg.dim, cfg.n_kv_heads * self.head_dim)
+        self.wv = Linear(cfg.dim, cfg.n_kv_heads * self.head_dim)
+        self.wo = Linear(cfg.n_heads * self.head_dim, cfg.dim)
         self.dropout = cfg.dropout
 
     def init_weights(self, std: float, residual_std: float) -> None:
-        for linear in (self.wq, self.wk, self.wv):
-            nn.init.normal_(linear.weight, std=std)
+        for projection in (self.wq, self.wk, self.wv):
+            nn.init.normal_(projection.weight, std=std)
         nn.init.normal_(self.wo.weight, std=residual_std)
 
     def forward(self, x_BTD: Tensor, cos_TP: Tensor, sin_TP: Tensor, cache=None) -> Tensor:
@@ -153,7 +154,7 @@ class Attention(nn.Module):
         # one matmul for q, k and v (the weights stay three parameters: names and
         # checkpoints unchanged; concatenating them costs far less than two more matmuls)
         w_QD = torch.cat((self.wq.weight, self.wk.weight, self.wv.weight))
-        qkv_BTQ = F.linear(x_BTD, w_QD)
+        qkv_BTQ = linear(x_BTD, w_QD)
         # split, not slicing: the backward of a slice zero-fills a full-size gradient and
         # adds it up (aten::fill_ was 3x transformers'); split's backward is one cat
         qk_BTQ, v_BTQ = qkv_BTQ.split(((N + G) * H, G * H), dim=-1)
@@ -186,9 +187,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w3 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w1 = Linear(dim, hidden)
+        self.w3 = Linear(dim, hidden)
+        self.w2 = Linear(hidden, dim)
         self.dropout = nn.Dropout(dropout)
 
     def init_weights(self, std: float, residual_std: float) -> None:
@@ -243,7 +244,7 @@ class LM(nn.Module):
         self.blocks = nn.ModuleList(
             Block(cfg, self.make_ffn(layer_idx)) for layer_idx in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = Linear(cfg.dim, cfg.vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         cos_TP, sin_TP = rope_tables(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -56,6 +55,7 @@ from moedesk.train.experts import (
     pad_groups,
     slot_ranks,
 )
+from moedesk.train.matmul import linear
 from moedesk.train.model import LM
 
 # expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)
@@ -94,7 +94,7 @@ class TopKRouter(nn.Module):
         """(ids_TK, gates_TK fp32, probs_TE, logits_TE)."""
         # the router stays fp32 under bf16 autocast: top-k on near-tied bf16 scores flips
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            logits_TE = F.linear(x_TD.float(), self.weight_ED.float())
+            logits_TE = linear(x_TD.float(), self.weight_ED.float())
         noisy_TE = logits_TE
         if self.training and self.cfg.router_noise_std > 0:
             noisy_TE = logits_TE + torch.randn_like(logits_TE) * self.cfg.router_noise_std

@@ -1,0 +1,183 @@
+"""Which kernel multiplies fp32 matrices on the CPU, and the linear layers built on it.
+
+torch's fp32 `F.linear` and `mm` on an x86 CPU call MKL's sgemm. On AMD CPUs with AVX-512
+(Zen 4, Zen 5) MKL runs its AVX2 code, and oneDNN's fp32 matmul
+(`torch.ops.mkldnn._linear_pointwise`, the kernel inductor uses for CPU inference; IEEE
+fp32, deterministic) is 1.4-2.3x faster at every shape the models use: on a Zen 5 EPYC,
+one core, 160-210 GFLOP/s forward and input gradient against MKL's 75-95, 120-175 for
+the weight gradient against 80-90 (docs/benchmarks.md). On an AVX2-only AMD EPYC the two
+are level (31-41 against 35-43), and on Intel CPUs MKL runs its own AVX-512 kernels, so
+there MKL stays: "auto" picks oneDNN only on AMD CPUs with avx512f.
+
+Shape letters: M rows (tokens), I input width, O output width, E experts (w_EOI: E
+matrices of O x I), S rows of all groups together.
+
+- `set_kernel(setting)`: `[train] cpu_matmul` ("auto", "blas", "onednn") for this process;
+  `kernel()` is the one in use ("blas" or "onednn"); `using(setting)` for one block.
+- `linear(x, w)`: F.linear without a bias, through oneDNN when that kernel is chosen and
+  x and w are fp32 CPU tensors outside autocast (bf16 matmuls run on oneDNN already) and
+  outside torch.compile's tracing (inductor picks its own kernels).
+- `Linear`: a bias-free nn.Linear whose forward is `linear`, so parameter names,
+  checkpoints and exports are unchanged.
+- `grouped_linear(x_SI, w_EOI, counts)`: expert e's matrix applied to its counts[e]
+  contiguous rows, for every e (the experts' grouped matmul), through oneDNN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KERNELS = ("auto", "blas", "onednn")
+_chosen: str | None = None  # None: "auto", resolved on first use
+
+
+def _linear_kernel(x_MI: Tensor, w_OI: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x_MI, w_OI, None, "none", [], "")
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("AuthenticAMD", "GenuineIntel"), or "" where unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def resolve(setting: str) -> str:
+    """"blas" or "onednn" for a `[train] cpu_matmul` setting on this machine."""
+    if setting not in KERNELS:
+        raise ValueError(f"cpu_matmul must be one of {', '.join(KERNELS)}, not {setting!r}")
+    if setting != "auto":
+        return setting
+    if not torch.backends.mkldnn.is_available():
+        return "blas"
+    avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    return "onednn" if avx512 and cpu_vendor() == "AuthenticAMD" else "blas"
+
+
+def set_kernel(setting: str) -> str:
+    """Use `setting`'s kernel for this process's fp32 CPU matmuls; returns it."""
+    global _chosen
+    _chosen = resolve(setting)
+    return _chosen
+
+
+@contextmanager
+def using(setting: str) -> Iterator[str]:
+    """`set_kernel(setting)` inside the block, the previous kernel after it."""
+    before = _chosen
+    try:
+        yield set_kernel(setting)
+    finally:
+        globals()["_chosen"] = before
+
+
+def kernel() -> str:
+    """The fp32 CPU matmul kernel in use: "blas" or "onednn"."""
+    return _chosen if _chosen is not None else set_kernel("auto")
+
+
+def onednn_applies(x: Tensor, w: Tensor) -> bool:
+    """Whether `linear(x, w)` and `grouped_linear` run on oneDNN."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and kernel() == "onednn" and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
+def _weight_grad(g_MO: Tensor, x_MI: Tensor) -> Tensor:
+    """g^T x ([O, I]), with the smaller of O and I as oneDNN's row count: 1.2-1.4x faster
+    than the other way round (the output's wide side fills its vector registers)."""
+    if g_MO.shape[1] <= x_MI.shape[1]:
+        return _linear_kernel(g_MO.t(), x_MI.t())
+    return _linear_kernel(x_MI.t(), g_MO.t()).t().contiguous()
+
+
+class _Linear(torch.autograd.Function):
+    """y = x w^T on oneDNN, forward and backward (grad_x = g w, grad_w = g^T x)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_OI: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w_OI)
+        return _linear_kernel(x, w_OI)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w_OI = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _linear_kernel(grad, w_OI.t())
+        if ctx.needs_input_grad[1]:
+            grad_w = _weight_grad(grad.reshape(-1, w_OI.shape[0]), x.reshape(-1, w_OI.shape[1]))
+        return grad_x, grad_w
+
+
+def linear(x: Tensor, w_OI: Tensor) -> Tensor:
+    """F.linear(x, w_OI), on this process's fp32 CPU kernel (`kernel()`)."""
+    if not onednn_applies(x, w_OI):
+        return F.linear(x, w_OI)
+    if not (torch.is_grad_enabled() and (x.requires_grad or w_OI.requires_grad)):
+        return _linear_kernel(x, w_OI)
+    return _Linear.apply(x, w_OI)
+
+
+class Linear(nn.Linear):
+    """nn.Linear without a bias, multiplying through `linear`."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight)
+
+
+class _GroupedLinear(torch.autograd.Function):
+    """y_SO[rows of group e] = x_SI[rows of group e] w_EOI[e]^T, one oneDNN call per group
+    with rows; an expert without rows gets a zero weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x_SI: Tensor, w_EOI: Tensor, counts: list[int]) -> Tensor:
+        ctx.save_for_backward(x_SI, w_EOI)
+        ctx.counts = counts
+        outs = [_linear_kernel(x_nI, w_EOI[e])
+                for e, x_nI in enumerate(x_SI.split(counts)) if x_nI.shape[0]]
+        return torch.cat(outs) if outs else x_SI.new_zeros(0, w_EOI.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_SO: Tensor):
+        x_SI, w_EOI = ctx.saved_tensors
+        counts = ctx.counts
+        grads = [(e, g_nO, x_nI) for e, (g_nO, x_nI)
+                 in enumerate(zip(grad_SO.split(counts), x_SI.split(counts), strict=True))
+                 if g_nO.shape[0]]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            parts = [_linear_kernel(g_nO, w_EOI[e].t()) for e, g_nO, _ in grads]
+            grad_x = torch.cat(parts) if parts else torch.zeros_like(x_SI)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w_EOI) if len(grads) < len(counts) else None
+            per_expert = [_weight_grad(g_nO, x_nI) for _, g_nO, x_nI in grads]
+            if grad_w is None:
+                grad_w = torch.stack(per_expert)
+            else:
+                for (e, _, _), g_OI in zip(grads, per_expert, strict=True):
+                    grad_w[e] = g_OI
+        return grad_x, grad_w, None
+
+
+def grouped_linear(x_SI: Tensor, w_EOI: Tensor, counts: list[int]) -> Tensor:
+    """Each expert's rows times its matrix (rows of expert e follow those of e - 1), on
+    oneDNN; the caller checks `onednn_applies` first."""
+    if not (torch.is_grad_enabled() and (x_SI.requires_grad or w_EOI.requires_grad)):
+        outs = [_linear_kernel(x_nI, w_EOI[e])
+                for e, x_nI in enumerate(x_SI.split(counts)) if x_nI.shape[0]]
+        return torch.cat(outs) if outs else x_SI.new_zeros(0, w_EOI.shape[1])
+    return _GroupedLinear.apply(x_SI, w_EOI, counts)
