@@ -14,6 +14,7 @@ from moedesk.stats import names
 
 KINDS = ("dense", "topk", "ternary")
 LM_KINDS = ("dense", "topk")  # keys only the language-model kinds read
+CPU_MATMULS = ("auto", "blas", "onednn")  # [train] cpu_matmul (train/matmul.py)
 
 # [checkpoint] keep_best: value -> (the metric it reads, "min" | "max", the kinds it fits)
 KEEP_BEST = {
@@ -219,6 +220,11 @@ class TrainSection:
     threads: int = knob(0, "torch CPU threads; 0 = the cores divided by the moedesk runs alive "
                            "when the run starts (at least 1; torch's default outside a "
                            "supervisor).", min=0, max=1024)
+    cpu_matmul: str = knob("auto", "The fp32 matmul kernel on a CPU: blas = torch's "
+                                   "(MKL on x86), onednn = oneDNN's, auto = oneDNN on AMD "
+                                   "CPUs with AVX-512 (where MKL runs its AVX2 code and "
+                                   "oneDNN is ~2x faster), blas elsewhere.",
+                           choices=CPU_MATMULS, kinds=LM_KINDS)
     compile: bool = knob(False, "Run each block under torch.compile (the first step compiles "
                                 "and is timed apart).", kinds=LM_KINDS)
     activation_checkpointing: bool = knob(False, "Recompute each block's activations in "

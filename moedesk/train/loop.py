@@ -40,6 +40,7 @@ from moedesk.data.tokenizer import TokenizerError, install_in_run
 from moedesk.profiles import profile_to_dict
 from moedesk.profiles.schema import Profile
 from moedesk.stats import names
+from moedesk.train import matmul
 from moedesk.train.analysis import (
     HASH_MODULUS,
     RoutingAnalysis,
@@ -120,10 +121,11 @@ def train_lm(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | N
     threads = resolve_threads(profile.train.threads)  # 0: the supervisor's share, if any
     if threads > 0 and not dist.enabled:  # ranks: set by DistContext
         torch.set_num_threads(threads)
-    try:
-        return _train(profile, Path(run_dir), emitter, resume, stop_at,
-                      stop if stop is not None else StopFlag(), dist)
-    finally:  # in-process callers (tests, benchmarks) get their thread count back
+    try:  # in-process callers (tests, benchmarks) get their threads and kernel back
+        with matmul.using(profile.train.cpu_matmul):
+            return _train(profile, Path(run_dir), emitter, resume, stop_at,
+                          stop if stop is not None else StopFlag(), dist)
+    finally:
         torch.set_num_threads(threads_before)
 
 
@@ -214,7 +216,8 @@ def _train(profile: Profile, run_dir: Path, emitter: Emitter, resume: Path | Non
     emitter.emit("started", step=step, total_steps=tc.steps, pid=os.getpid(), device=where,
                  params=sizes, resumed_from=step if resume is not None else None)
     say(f"{profile.kind} run {profile.name}: {sizes['total']:,} parameters on {where} "
-        f"({torch.get_num_threads()} threads), steps {step + 1}..{last_step} of {tc.steps}")
+        f"({torch.get_num_threads()} threads{matmul.describe(device)}), steps {step + 1}.."
+        f"{last_step} of {tc.steps}")
     if dist.enabled:
         emitter.log(dist.describe())
         say(f"global batch {data.global_batch * tc.grad_accum} sequences = {dist.world} ranks "

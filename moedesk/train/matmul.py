@@ -13,7 +13,8 @@ Shape letters: M rows (tokens), I input width, O output width, E experts (w_EOI:
 matrices of O x I), S rows of all groups together.
 
 - `set_kernel(setting)`: `[train] cpu_matmul` ("auto", "blas", "onednn") for this process;
-  `kernel()` is the one in use ("blas" or "onednn"); `using(setting)` for one block.
+  `kernel()` is the one in use ("blas" or "onednn"); `using(setting)` for one block;
+  `describe(device)` for the run's start line.
 - `linear(x, w)`: F.linear without a bias, through oneDNN when that kernel is chosen and
   x and w are fp32 CPU tensors outside autocast (bf16 matmuls run on oneDNN already) and
   outside torch.compile's tracing (inductor picks its own kernels).
@@ -33,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-KERNELS = ("auto", "blas", "onednn")
+from moedesk.profiles.schema import CPU_MATMULS
+
 _chosen: str | None = None  # None: "auto", resolved on first use
 
 
@@ -53,13 +55,14 @@ def cpu_vendor() -> str:
 
 
 def resolve(setting: str) -> str:
-    """"blas" or "onednn" for a `[train] cpu_matmul` setting on this machine."""
-    if setting not in KERNELS:
-        raise ValueError(f"cpu_matmul must be one of {', '.join(KERNELS)}, not {setting!r}")
-    if setting != "auto":
-        return setting
+    """"blas" or "onednn" for a `[train] cpu_matmul` setting on this machine ("onednn" on
+    a torch built without oneDNN is "blas")."""
+    if setting not in CPU_MATMULS:
+        raise ValueError(f"cpu_matmul must be one of {', '.join(CPU_MATMULS)}, not {setting!r}")
     if not torch.backends.mkldnn.is_available():
         return "blas"
+    if setting != "auto":
+        return setting
     avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
     return "onednn" if avx512 and cpu_vendor() == "AuthenticAMD" else "blas"
 
@@ -84,6 +87,11 @@ def using(setting: str) -> Iterator[str]:
 def kernel() -> str:
     """The fp32 CPU matmul kernel in use: "blas" or "onednn"."""
     return _chosen if _chosen is not None else set_kernel("auto")
+
+
+def describe(device: torch.device) -> str:
+    """What a run's start line says of the kernel: ", fp32 matmuls on oneDNN" or nothing."""
+    return ", fp32 matmuls on oneDNN" if device.type == "cpu" and kernel() == "onednn" else ""
 
 
 def onednn_applies(x: Tensor, w: Tensor) -> bool:
