@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from moedesk.profiles.schema import MoESection
+from moedesk.profiles.schema import CPU_MATMULS, MoESection
+from moedesk.train import matmul
 from moedesk.train.kernel_floor import record
 from moedesk.train.model import SwiGLU
 from moedesk.train.moe import MoEFFN
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
+    parser.add_argument("--cpu-matmul", choices=CPU_MATMULS, default="auto",
+                        help="moedesk's fp32 CPU matmul kernel ([train] cpu_matmul)")
     parser.add_argument("--floor", action="store_true",
                         help="also each layer's kernel floor (its matmuls alone, "
                              "moedesk/train/kernel_floor.py) and their ratio")
@@ -114,7 +117,8 @@ def main() -> None:
         print("note: --clock cpu counts only the calling thread; use --clock wall")
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
-          f"median of {args.reps} interleaved rounds, fwd+bwd; E=8, K=2")
+          f"median of {args.reps} interleaved rounds, fwd+bwd; E=8, K=2; fp32 CPU matmuls "
+          f"on {matmul.set_kernel(args.cpu_matmul)}")
     print(f"{'precision':>9} {'T':>5} {'D':>4} {'F dense':>7} {'dense ms':>9} {'moe ms':>8} "
           f"{'moe/dense':>9}" + ("  floors: dense ms  moe ms  moe/dense" if args.floor else "")
           + (f"  {args.against[:12]:>12} ms  now/then" if old_moe else ""))

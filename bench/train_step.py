@@ -39,6 +39,8 @@ from pathlib import Path
 import torch
 
 from moedesk.profiles import load_profile
+from moedesk.profiles.schema import CPU_MATMULS
+from moedesk.train import matmul
 from moedesk.train.kernel_floor import record
 from moedesk.train.loop import build_model
 from moedesk.train.moe_telemetry import MoETelemetry
@@ -131,7 +133,8 @@ def compare_memory(args) -> None:
         for recompute in (False, True):
             out = subprocess.run([sys.executable, __file__, "--memory-child", name,
                                   "--batch", str(args.batch), "--reps", str(args.reps),
-                                  "--threads", str(args.threads), "--allocator", args.allocator]
+                                  "--threads", str(args.threads), "--allocator", args.allocator,
+                                  "--cpu-matmul", args.cpu_matmul]
                                  + (["--recompute"] if recompute else []),
                                  capture_output=True, text=True, check=True)
             got[recompute] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -154,6 +157,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "both"), default="both")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer", help=ALLOCATOR_HELP)
+    parser.add_argument("--cpu-matmul", choices=CPU_MATMULS, default="auto",
+                        help="moedesk's fp32 CPU matmul kernel ([train] cpu_matmul)")
     parser.add_argument("--floor", action="store_true",
                         help="also each model's kernel floor and their ratio (step mode)")
     args = parser.parse_args()
@@ -162,6 +167,7 @@ def main() -> None:
             parser.error(f"--{flag} must be at least 1 (got {getattr(args, flag)})")
     torch.set_num_threads(args.threads)
     use_allocator(args.allocator)
+    kernel = matmul.set_kernel(args.cpu_matmul)
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.batch, args.recompute, args.reps)))
@@ -177,7 +183,8 @@ def main() -> None:
     y_BT = torch.randint(0, 256, (args.batch, seq_len), generator=gen)
     precisions = {"fp32": [False], "bf16": [True], "both": [False, True]}[args.precision]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, "
-          f"{args.batch}x{seq_len} tokens, median of {args.reps} interleaved steps")
+          f"{args.batch}x{seq_len} tokens, median of {args.reps} interleaved steps, "
+          f"fp32 CPU matmuls on {kernel}")
     for name, (_, model, _, _) in runs.items():
         print(f"  {name}: {model.num_params():,} parameters, {model.num_active_params():,} active")
     for bf16 in precisions:

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from moedesk.profiles import load_profile
+from moedesk.profiles.schema import CPU_MATMULS
+from moedesk.train import matmul
 from moedesk.train.data import LMData
 from moedesk.train.kernel_floor import record
 from moedesk.train.loop import build_model
@@ -308,6 +310,8 @@ def main() -> None:
                         help="train both for STEPS steps and compare losses with seed noise")
     parser.add_argument("--allocator", choices=ALLOCATORS, default="trainer",
                         help=ALLOCATOR_HELP + " (for both sides)")
+    parser.add_argument("--cpu-matmul", choices=CPU_MATMULS, default="auto",
+                        help="moedesk's fp32 CPU matmul kernel ([train] cpu_matmul)")
     parser.add_argument("--floor", action="store_true",
                         help="also each side's kernel floor (its matmuls and attention "
                              "kernels alone) and the ceiling: transformers' step over "
@@ -316,7 +320,8 @@ def main() -> None:
     use_allocator(args.allocator)
     kinds = args.kinds.split(",")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"cpu {torch.backends.cpu.get_cpu_capability()}")
+          f"cpu {torch.backends.cpu.get_cpu_capability()} {matmul.cpu_vendor()}, moedesk's "
+          f"fp32 CPU matmuls on {matmul.set_kernel(args.cpu_matmul)}")
     for name in kinds:
         print(f"{name}: parameters equal, fp32 logits max |diff| / max |logit| "
               f"{check_equal(name):.2e}")

@@ -52,7 +52,11 @@ def _tune(conn: sqlite3.Connection, busy_ms: int = BUSY_TIMEOUT_MS) -> None:
 
 
 def is_damage(exc: BaseException) -> bool:
-    """Whether an sqlite3 error means a damaged file (not a lock, a full disk, a typo)."""
+    """Whether an sqlite3 error means a damaged file (not a lock, a full disk, a typo). A
+    UnicodeDecodeError out of sqlite3 is damage too: a page of garbage in the schema makes
+    SQLite's error message (or a text value) bytes that are not UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        return True
     if not isinstance(exc, sqlite3.DatabaseError):
         return False
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -70,6 +74,8 @@ def integrity_problems(path: Path, limit: int = DAMAGE_LINES) -> list[str]:
             return [r[0] for r in conn.execute(f"PRAGMA integrity_check({int(limit)})")]
         finally:
             conn.close()
+    except UnicodeDecodeError:
+        return ["pages that should hold UTF-8 text hold other bytes"]
     except sqlite3.Error as exc:
         return [str(exc)]
 
@@ -139,7 +145,7 @@ def connect_writer(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Databa
         db = Database(conn)
         _migrate(db, path)
         return db
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.Error, OSError, UnicodeDecodeError) as exc:
         if conn is not None:
             conn.close()
         if created:
@@ -164,7 +170,7 @@ def check_writable(db: Database, path: Path) -> None:
         for target in targets:
             rows = [r[0] for r in db.conn.execute(f"PRAGMA quick_check{target}")]
             problems += [r for r in rows if r != "ok"]
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         problems = [str(exc)]
     if problems:
         raise damaged(path, problems[:DAMAGE_LINES])
@@ -227,10 +233,11 @@ def connect_reader(path: Path) -> sqlite3.Connection:
                 raise
             conn = _open_ro(path, immutable=True)  # a read-only copy: no -shm possible
             ready = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
         if conn is not None:
             conn.close()
-        if is_damage(exc):
+        # the schema is a few kB: "too big" reading it means a damaged page says otherwise
+        if is_damage(exc) or getattr(exc, "sqlite_errorname", "") == "SQLITE_TOOBIG":
             raise damaged(path) from None
         raise StoreError(f"cannot open {path} read-only: {exc}") from None
     if not ready:

@@ -239,7 +239,7 @@ def run_guarded(conn: sqlite3.Connection, sql: str, params: tuple = (), limit: i
             rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
             columns = [d[0] for d in cur.description or []]
             cur.close()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             if is_damage(exc):
                 raise  # the caller names the damaged file (Reader: StoreDamaged)
             raise explain_error(exc, guard) from None
@@ -261,7 +261,7 @@ def run_query(home: str | Path, sql: str, limit: int = 1000, *, guard: QueryGuar
     try:
         return run_guarded(conn, sql, limit=limit, guard=guard, timeout_s=timeout_s,
                            heap_limit=heap_limit)
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         if is_damage(exc):
             raise damaged(db_path(Path(home))) from None
         raise

@@ -46,7 +46,7 @@ def _maps_damage(cls):
         def guarded(self, *args, **kwargs):
             try:
                 return method(self, *args, **kwargs)
-            except sqlite3.DatabaseError as exc:
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
                 if is_damage(exc):
                     raise damaged(self.db_file) from None
                 raise

@@ -5,9 +5,10 @@ E experts, K experts per token, F expert hidden width,
 S slots (the T*K (token, choice) pairs, in expert order), n rows of one expert's group.
 
 - `SwiGLUExperts`: E SwiGLU FFNs as three stacked tensors; `forward_grouped` runs them on
-  contiguous groups of rows: `F.grouped_mm` over all experts where it runs
+  contiguous groups of rows: oneDNN per group for fp32 on a CPU where it is the chosen
+  kernel (matmul.py), else `F.grouped_mm` over all experts where it runs
   (`use_grouped_mm`: CPU; CUDA bf16 on compute capability 9.0+), else F.linear per
-  expert; w1 and w3 are two matmuls either way (not one over their cat).
+  expert; w1 and w3 are two matmuls every way (not one over their cat).
 - `_RepeatRows`, `_CombineSlots`: the dropless dispatch's way out to the slots and back
   (gate-weighted), gathers forward and backward (deterministic, no scatter-add).
 - `pad_groups`: each expert's group rounded up to a row multiple (CPU bf16: oneDNN reuses

@@ -194,6 +194,12 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(100) + bytes(data[100:]))
     elif how == "garbage":
         path.write_bytes(os.urandom(len(data)))
+    elif how == "schema-not-utf8":
+        # bytes that are not UTF-8 in a table's CREATE statement: SQLite's error message
+        # quotes them, and Python cannot decode it (once a UnicodeDecodeError escaped)
+        at = data.index(b"CREATE TABLE") + 7
+        data[at:at + 3] = b"\xff\xfe\xfd"
+        path.write_bytes(bytes(data))
     elif how == "middle-pages":
         page = 4096
         for i in range(2 * page, len(data) - page, 3 * page):
@@ -212,7 +218,8 @@ def damaged_store(home: Path, db_fixture, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how", ["truncated", "zeroed-header", "garbage", "middle-pages"])
+@pytest.mark.parametrize("how", ["truncated", "zeroed-header", "garbage", "schema-not-utf8",
+                                 "middle-pages"])
 def test_a_damaged_store_is_named_by_every_reader_and_refused_by_writers(home, how):
     path = damaged_store(home, connect_writer(home / "moedesk.db"), how)
     message = None
