@@ -47,6 +47,7 @@ from torch.utils.checkpoint import checkpoint
 
 from moedesk.profiles.schema import ModelSection, MoESection
 from moedesk.profiles.sizing import expert_hidden, moe_layer_indices
+from moedesk.train import matmul
 from moedesk.train.experts import (
     SwiGLUExperts,
     _RepeatRows,
@@ -55,11 +56,11 @@ from moedesk.train.experts import (
     pad_groups,
     slot_ranks,
 )
-from moedesk.train.matmul import linear
 from moedesk.train.model import LM
 
-# expert groups are padded to this many rows under CPU bf16 autocast (see row_multiple)
-BF16_ROW_MULTIPLE = 32
+# expert groups are padded to this many rows where oneDNN multiplies them on a CPU (bf16
+# autocast, or fp32 on oneDNN: see row_multiple)
+CPU_ROW_MULTIPLE = 32
 
 # state_dict names (under each MoE layer) before they carried their shapes -> now
 LEGACY_NAMES = {"router.weight": "router.weight_ED", "expert_bias": "expert_bias_E",
@@ -94,7 +95,7 @@ class TopKRouter(nn.Module):
         """(ids_TK, gates_TK fp32, probs_TE, logits_TE)."""
         # the router stays fp32 under bf16 autocast: top-k on near-tied bf16 scores flips
         with torch.autocast(device_type=x_TD.device.type, enabled=False):
-            logits_TE = linear(x_TD.float(), self.weight_ED.float())
+            logits_TE = matmul.linear(x_TD.float(), self.weight_ED.float())
         noisy_TE = logits_TE
         if self.training and self.cfg.router_noise_std > 0:
             noisy_TE = logits_TE + torch.randn_like(logits_TE) * self.cfg.router_noise_std
@@ -284,12 +285,19 @@ class MoEFFN(nn.Module):
     def row_multiple(self, x_TD: Tensor) -> int:
         """Rows each expert group is padded to a multiple of (1 = no padding).
 
-        oneDNN builds a kernel for every new bf16 matmul shape, and per-expert token counts
-        change every step: rounding them up to 32 rows keeps the shapes few and cached
-        (about 4x faster per matmul on CPU). fp32 (MKL) and CUDA need no padding.
+        oneDNN builds a kernel for every new matmul shape, and per-expert token counts
+        change every step: rounding them up to 32 rows keeps the shapes few and cached.
+        bf16: about 4x faster per matmul on CPU. fp32 on oneDNN (matmul.py), the experts'
+        two grouped matmuls fwd+bwd at 4096 rows with sizes that change every step, Zen 5:
+        53 -> 32 ms at 1 thread, 39 -> 21 ms at 2 (MKL's grouped_mm: 52 and 29).
+        fp32 on MKL and CUDA need no padding.
         """
-        if x_TD.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            return BF16_ROW_MULTIPLE
+        if x_TD.device.type != "cpu":
+            return 1
+        if torch.is_autocast_enabled("cpu"):
+            return CPU_ROW_MULTIPLE
+        if x_TD.dtype == torch.float32 and matmul.kernel() == "onednn":
+            return CPU_ROW_MULTIPLE
         return 1
 
     @torch.compiler.disable
