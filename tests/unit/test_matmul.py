@@ -141,3 +141,26 @@ def test_the_profile_key_names_its_choices():
     assert validate_data({"name": "x", "kind": "dense", "seed": 0}).train.cpu_matmul == "auto"
     with pytest.raises(ProfileError, match=r"train\.cpu_matmul.*auto.*blas.*onednn"):
         validate_data({"name": "x", "kind": "dense", "seed": 0, "train": {"cpu_matmul": "fast"}})
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_compiled_linear_runs_the_opaque_onednn_op_with_gradients():
+    torch.manual_seed(4)
+    x, w = torch.randn(2, 8, 24), torch.randn(40, 24) * 0.2
+    x1, w1, x2, w2 = _leaf(x), _leaf(w), _leaf(x), _leaf(w)
+
+    def block(x_, w_):
+        return torch.nn.functional.silu(matmul.linear(x_, w_)).square().sum()
+
+    with matmul.using("onednn"):
+        compiled = torch.compile(block, dynamic=False, fullgraph=True)
+        compiled(x1, w1).backward()
+        block(x2, w2).backward()
+        # the traced graph holds our op: inductor's own oneDNN lowering would refuse the
+        # weights (not frozen), and its plain matmul is MKL's
+        graph = torch._dynamo.explain(block)(x, w)
+    assert graph.graph_break_count == 0
+    assert any("onednn_linear" in str(node.target) for g in graph.graphs for node in g.graph.nodes)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-5, atol=1e-5)
