@@ -3,10 +3,11 @@
 MKL's sgemm (what `F.linear` and `mm` call: "blas") against oneDNN's fp32 matmul
 (`torch.ops.mkldnn._linear_pointwise`: "onednn"), interleaved, at the shapes the shipped
 dense and top2 profiles multiply (16 x 128 tokens, width 256): the forward, the input
-gradient and the weight gradient of each, in GFLOP/s. Then the experts' two grouped
-matmuls (w1, w2; forward and backward) at 4096 slots over 8 experts, MKL's `grouped_mm`
-against oneDNN per group, with group sizes fixed, changing every call, and changing but
-rounded up to 32 rows (what the MoE layer does on oneDNN, moe.py `row_multiple`).
+gradient and the weight gradient of each, in GFLOP/s. Then the experts (8 SwiGLU FFNs,
+forward and backward) on 4096 slots, as each kernel runs them (`forward_grouped`: MKL's
+`grouped_mm`, or oneDNN group by group), with group sizes fixed, changing every call, and
+changing but rounded up to 32 rows (what the MoE layer does on oneDNN, moe.py
+`row_multiple`).
 
 Which kernel `auto` picks here is printed first; run this on a new CPU to see whether
 setting `cpu_matmul` by hand would pay.
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from moedesk.train import matmul  # noqa: E402
+from moedesk.train.experts import SwiGLUExperts  # noqa: E402
 from moedesk.train.system import use_allocator  # noqa: E402
 
 # (rows, in, out) of the profiles' linears: q/k/v fused, attention out, FFN up and down,
@@ -82,21 +84,19 @@ def group_counts(gen: torch.Generator, multiple: int) -> list[int]:
 
 def grouped(reps: int) -> None:
     gen = torch.Generator().manual_seed(0)
-    w1 = torch.randn(EXPERTS, HIDDEN, DIM, requires_grad=True)
-    w2 = torch.randn(EXPERTS, DIM, HIDDEN, requires_grad=True)
+    experts = SwiGLUExperts(EXPERTS, DIM, HIDDEN)
+    experts.init_weights(0.02, 0.01)
 
     def step(counts: list[int], kernel: str) -> None:
-        x = torch.randn(sum(counts), DIM, requires_grad=True)
-        if kernel == "blas":
-            offs = torch.tensor(counts).cumsum(0).to(torch.int32)
-            h = F.grouped_mm(x, w1.transpose(1, 2), offs=offs)
-            y = F.grouped_mm(h, w2.transpose(1, 2), offs=offs)
-        else:
-            y = matmul.grouped_linear(matmul.grouped_linear(x, w1, counts), w2, counts)
-        y.backward(torch.ones_like(y))
+        x_SD = torch.randn(sum(counts), DIM, requires_grad=True)
+        with matmul.using(kernel):  # blas: F.grouped_mm; onednn: _SwiGLUGroups
+            y_SD = experts.forward_grouped(x_SD, counts)
+        y_SD.backward(torch.ones_like(y_SD))
+        experts.zero_grad()
 
-    print(f"experts' two grouped matmuls, fwd + bwd, {SLOTS} slots over {EXPERTS} experts "
-          f"(width {DIM}, hidden {HIDDEN}): blas grouped_mm / onednn per group, ms")
+    print(f"the experts (SwiGLU, three matmuls each), fwd + bwd, {SLOTS} slots over "
+          f"{EXPERTS} experts (width {DIM}, hidden {HIDDEN}): blas grouped_mm / onednn per "
+          "group, ms")
     fixed = group_counts(gen, 1)
     for label, sizes in (("sizes fixed", lambda: fixed),
                          ("sizes changing", lambda: group_counts(gen, 1)),
@@ -127,9 +127,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, cpu {torch.backends.cpu.get_cpu_capability()} "
           f"{matmul.cpu_vendor() or 'vendor unknown'}, {args.threads} thread(s); "
           f"cpu_matmul = auto picks {matmul.resolve('auto')} here")
-    with matmul.using("onednn"):
-        linears(args.reps)
-        grouped(args.reps)
+    linears(args.reps)
+    grouped(args.reps)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,7 @@ the weight gradient against 80-90 (docs/benchmarks.md). On an AVX2-only AMD EPYC
 are level (31-41 against 35-43), and on Intel CPUs MKL runs its own AVX-512 kernels, so
 there MKL stays: "auto" picks oneDNN only on AMD CPUs with avx512f.
 
-Shape letters: M rows (tokens), I input width, O output width, E experts (w_EOI: E
-matrices of O x I), S rows of all groups together.
+Shape letters: M rows (tokens), I input width, O output width.
 
 - `set_kernel(setting)`: `[train] cpu_matmul` ("auto", "blas", "onednn") for this process;
   `kernel()` is the one in use ("blas" or "onednn"); `using(setting)` for one block;
@@ -22,8 +21,8 @@ matrices of O x I), S rows of all groups together.
   compiled dense step ran 1.59x the eager one before this).
 - `Linear`: a bias-free nn.Linear whose forward is `linear`, so parameter names,
   checkpoints and exports are unchanged.
-- `grouped_linear(x_SI, w_EOI, counts)`: expert e's matrix applied to its counts[e]
-  contiguous rows, for every e (the experts' grouped matmul), through oneDNN.
+- `onednn_linear(x, w)` and `weight_grad(g, x)`: the bare kernels, forward and weight
+  gradient, for the experts' own autograd function (experts.py `_SwiGLUGroups`).
 """
 
 from __future__ import annotations
@@ -51,7 +50,8 @@ def _(x_MI: Tensor, w_OI: Tensor) -> Tensor:
     return x_MI.new_empty((*x_MI.shape[:-1], w_OI.shape[0]))
 
 
-def _linear_kernel(x_MI: Tensor, w_OI: Tensor) -> Tensor:
+def onednn_linear(x_MI: Tensor, w_OI: Tensor) -> Tensor:
+    """x w^T on oneDNN (no autograd): the kernel `linear` and the experts call."""
     if torch.compiler.is_compiling():
         # inductor lowers oneDNN's linear only for frozen (constant) weights: traced, the
         # call goes through an opaque op of ours, which inductor leaves as it is
@@ -111,7 +111,7 @@ def describe(device: torch.device) -> str:
 
 
 def onednn_applies(x: Tensor, w: Tensor) -> bool:
-    """Whether `linear(x, w)` and `grouped_linear` run on oneDNN."""
+    """Whether `linear(x, w)` and the experts (experts.py) run on oneDNN."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
             and kernel() == "onednn" and not torch.is_autocast_enabled("cpu"))
 
@@ -120,8 +120,8 @@ def weight_grad(g_MO: Tensor, x_MI: Tensor) -> Tensor:
     """g^T x ([O, I]), with the smaller of O and I as oneDNN's row count: 1.2-1.4x faster
     than the other way round (the output's wide side fills its vector registers)."""
     if g_MO.shape[1] <= x_MI.shape[1]:
-        return _linear_kernel(g_MO.t(), x_MI.t())
-    return _linear_kernel(x_MI.t(), g_MO.t()).t().contiguous()
+        return onednn_linear(g_MO.t(), x_MI.t())
+    return onednn_linear(x_MI.t(), g_MO.t()).t().contiguous()
 
 
 class _Linear(torch.autograd.Function):
@@ -130,14 +130,14 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w_OI: Tensor) -> Tensor:
         ctx.save_for_backward(x, w_OI)
-        return _linear_kernel(x, w_OI)
+        return onednn_linear(x, w_OI)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, w_OI = ctx.saved_tensors
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _linear_kernel(grad, w_OI.t())
+            grad_x = onednn_linear(grad, w_OI.t())
         if ctx.needs_input_grad[1]:
             grad_w = weight_grad(grad.reshape(-1, w_OI.shape[0]), x.reshape(-1, w_OI.shape[1]))
         return grad_x, grad_w
@@ -148,7 +148,7 @@ def linear(x: Tensor, w_OI: Tensor) -> Tensor:
     if not onednn_applies(x, w_OI):
         return F.linear(x, w_OI)
     if not (torch.is_grad_enabled() and (x.requires_grad or w_OI.requires_grad)):
-        return _linear_kernel(x, w_OI)
+        return onednn_linear(x, w_OI)
     return _Linear.apply(x, w_OI)
 
 
@@ -160,47 +160,3 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return linear(x, self.weight)
-
-
-class _GroupedLinear(torch.autograd.Function):
-    """y_SO[rows of group e] = x_SI[rows of group e] w_EOI[e]^T, one oneDNN call per group
-    with rows; an expert without rows gets a zero weight gradient."""
-
-    @staticmethod
-    def forward(ctx, x_SI: Tensor, w_EOI: Tensor, counts: list[int]) -> Tensor:
-        ctx.save_for_backward(x_SI, w_EOI)
-        ctx.counts = counts
-        outs = [_linear_kernel(x_nI, w_EOI[e])
-                for e, x_nI in enumerate(x_SI.split(counts)) if x_nI.shape[0]]
-        return torch.cat(outs) if outs else x_SI.new_zeros(0, w_EOI.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad_SO: Tensor):
-        x_SI, w_EOI = ctx.saved_tensors
-        counts = ctx.counts
-        grads = [(e, g_nO, x_nI) for e, (g_nO, x_nI)
-                 in enumerate(zip(grad_SO.split(counts), x_SI.split(counts), strict=True))
-                 if g_nO.shape[0]]
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            parts = [_linear_kernel(g_nO, w_EOI[e].t()) for e, g_nO, _ in grads]
-            grad_x = torch.cat(parts) if parts else torch.zeros_like(x_SI)
-        if ctx.needs_input_grad[1]:
-            grad_w = torch.zeros_like(w_EOI) if len(grads) < len(counts) else None
-            per_expert = [weight_grad(g_nO, x_nI) for _, g_nO, x_nI in grads]
-            if grad_w is None:
-                grad_w = torch.stack(per_expert)
-            else:
-                for (e, _, _), g_OI in zip(grads, per_expert, strict=True):
-                    grad_w[e] = g_OI
-        return grad_x, grad_w, None
-
-
-def grouped_linear(x_SI: Tensor, w_EOI: Tensor, counts: list[int]) -> Tensor:
-    """Each expert's rows times its matrix (rows of expert e follow those of e - 1), on
-    oneDNN; the caller checks `onednn_applies` first."""
-    if not (torch.is_grad_enabled() and (x_SI.requires_grad or w_EOI.requires_grad)):
-        outs = [_linear_kernel(x_nI, w_EOI[e])
-                for e, x_nI in enumerate(x_SI.split(counts)) if x_nI.shape[0]]
-        return torch.cat(outs) if outs else x_SI.new_zeros(0, w_EOI.shape[1])
-    return _GroupedLinear.apply(x_SI, w_EOI, counts)
