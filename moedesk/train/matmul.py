@@ -3,11 +3,12 @@
 torch's fp32 `F.linear` and `mm` on an x86 CPU call MKL's sgemm. On AMD CPUs with AVX-512
 (Zen 4, Zen 5) MKL runs its AVX2 code, and oneDNN's fp32 matmul
 (`torch.ops.mkldnn._linear_pointwise`, the kernel inductor uses for CPU inference; IEEE
-fp32, deterministic) is 1.4-2.3x faster at every shape the models use: on a Zen 5 EPYC,
-one core, 160-210 GFLOP/s forward and input gradient against MKL's 75-95, 120-175 for
-the weight gradient against 80-90 (docs/benchmarks.md). On an AVX2-only AMD EPYC the two
-are level (31-41 against 35-43), and on Intel CPUs MKL runs its own AVX-512 kernels, so
-there MKL stays: "auto" picks oneDNN only on AMD CPUs with avx512f.
+fp32, deterministic) is 1.6-2.3x faster at every shape the models use: on a Zen 5 EPYC,
+one core, 194-220 GFLOP/s forward and input gradient against MKL's 90-97, 151-191 for
+the weight gradient against 88-95 (`bench/cpu_matmul.py`, docs/benchmarks.md). On an
+AVX2-only AMD EPYC the two are level (31-41 against 35-43), and on Intel CPUs MKL runs
+its own AVX-512 kernels, so there MKL stays: "auto" picks oneDNN only on AMD CPUs with
+avx512f.
 
 Shape letters: M rows (tokens), I input width, O output width.
 
@@ -93,11 +94,12 @@ def set_kernel(setting: str) -> str:
 @contextmanager
 def using(setting: str) -> Iterator[str]:
     """`set_kernel(setting)` inside the block, the previous kernel after it."""
+    global _chosen
     before = _chosen
     try:
         yield set_kernel(setting)
     finally:
-        globals()["_chosen"] = before
+        _chosen = before
 
 
 def kernel() -> str:
