@@ -181,20 +181,44 @@ def test_a_crash_is_written_down_by_the_next_command(home):
         in error
 
 
-def freeze_a_fresh_supervisor(home: Path) -> dict:
-    """Start runs until one's supervisor is caught (SIGSTOP) before it starts the trainer."""
-    for attempt in range(1, 6):
-        moedesk("run", TINY, "--set", "train.steps=50", *FAST, "--detach", home=home,
-                check=True)
-        row = reader(home).run(attempt).row
+def _claimed_supervisor(home: Path, run_id: int, timeout: float = 60) -> int:
+    """The supervisor pid of `run_id` the moment it claims the run, polled every ~1 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            os.kill(row["supervisor_pid"], signal.SIGSTOP)
+            rows = sql(home, "SELECT supervisor_pid FROM runs WHERE id = ?", (run_id,))
+        except sqlite3.Error:  # the store is still being created
+            rows = []
+        if rows and rows[0][0] is not None:
+            return rows[0][0]
+        time.sleep(0.001)
+    raise AssertionError(f"run {run_id}'s supervisor never claimed it")
+
+
+def freeze_a_fresh_supervisor(home: Path) -> dict:
+    """Start runs until one's supervisor is caught (SIGSTOP) before it starts the trainer.
+
+    The store is polled while `moedesk run --detach` is still exiting, and the supervisor
+    frozen as soon as it claims the run: waiting for the CLI to exit first left too short
+    a window on a loaded machine (all five tries missed it under pytest-xdist)."""
+    for attempt in range(1, 6):
+        cli = subprocess.Popen([sys.executable, "-m", "moedesk", "run", TINY, "--set",
+                                "train.steps=50", *FAST, "--detach", "--home", str(home)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+        pid = _claimed_supervisor(home, attempt)
+        try:
+            os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
+            pid = None
+        _, err = cli.communicate(timeout=120)
+        assert cli.returncode == 0, err
+        if pid is None:
             continue
         row = reader(home).run(attempt).row
         if row["trainer_pid"] is None:
             return row
-        os.kill(row["supervisor_pid"], signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
     pytest.fail("no supervisor could be caught before it started its trainer")
 
 

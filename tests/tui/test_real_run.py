@@ -14,7 +14,10 @@ pytestmark = pytest.mark.slow
 
 async def test_launch_watch_quit_and_the_run_completes(tmp_path, profiles_dir):
     home = tmp_path / "home"
-    shorten(profiles_dir / "tiny_dense.toml", train__steps="30", train__eval_every="15",
+    # long enough to outlast the first look and the quit on a loaded machine (30 steps
+    # once finished before the TUI showed its third: 2 test workers and a benchmark on 2
+    # cores)
+    shorten(profiles_dir / "tiny_dense.toml", train__steps="200", train__eval_every="100",
             checkpoint__every="0")
     app = make_app(home, profiles_dir, fixed_clock=False)
     try:
@@ -35,10 +38,10 @@ async def test_launch_watch_quit_and_the_run_completes(tmp_path, profiles_dir):
         async with app.run_test(size=(100, 30)) as pilot:
             await loaded(pilot)
             app.open_monitor(run_id)
-            await until(pilot, lambda: "completed  step 30/30" in screen_text(app),
+            await until(pilot, lambda: "completed  step 200/200" in screen_text(app),
                         what="the finished run")
             data = app.screen.data
-            assert data.series["train/loss"].count == 30 and data.series["val/loss"].count == 2
-            assert any("completed at step 30" in line for line in data.log_lines)
+            assert data.series["train/loss"].count == 200 and data.series["val/loss"].count == 2
+            assert any("completed at step 200" in line for line in data.log_lines)
     finally:
         kill_leftovers(home)
