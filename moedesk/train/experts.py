@@ -12,8 +12,8 @@ S slots (the T*K (token, choice) pairs, in expert order), n rows of one expert's
   their cat).
 - `_RepeatRows`, `_CombineSlots`: the dropless dispatch's way out to the slots and back
   (gate-weighted), gathers forward and backward (deterministic, no scatter-add).
-- `pad_groups`: each expert's group rounded up to a row multiple (CPU bf16: oneDNN reuses
-  its kernels), padding rows with gate 0.
+- `pad_groups`: each expert's group rounded up to a row multiple (wherever oneDNN runs the
+  experts on a CPU, bf16 or fp32: it reuses its kernels), padding rows with gate 0.
 - `combine_permuted` (every slot kept) and `combine_slots` (some dropped or padded): the
   slots' outputs, gate-weighted, summed back into their tokens.
 """
