@@ -40,10 +40,6 @@ SHAPES = ((2048, 256, 512), (2048, 256, 256), (2048, 256, 704), (2048, 704, 256)
 EXPERTS, DIM, HIDDEN, SLOTS = 8, 256, 352, 4096
 
 
-def onednn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-
-
 def side_by_side(a, b, reps: int) -> tuple[float, float]:
     """Median seconds of a() and b(), called alternately after two warm-up calls each."""
     for _ in range(2):
@@ -64,8 +60,8 @@ def linears(reps: int) -> None:
           "weight grad")
     for rows, d_in, d_out in SHAPES:
         x, w, g = torch.randn(rows, d_in), torch.randn(d_out, d_in), torch.randn(rows, d_out)
-        cases = ((partial(F.linear, x, w), partial(onednn, x, w)),
-                 (partial(torch.mm, g, w), partial(onednn, g, w.t())),
+        cases = ((partial(F.linear, x, w), partial(matmul.onednn_linear, x, w)),
+                 (partial(torch.mm, g, w), partial(matmul.onednn_linear, g, w.t())),
                  (partial(torch.mm, g.t(), x), partial(matmul.weight_grad, g, x)))
         flops = 2 * rows * d_in * d_out
         cells = []

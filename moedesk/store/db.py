@@ -51,6 +51,11 @@ def _tune(conn: sqlite3.Connection, busy_ms: int = BUSY_TIMEOUT_MS) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
 
 
+# what a call into sqlite3 can raise on a damaged file: its own errors, and a
+# UnicodeDecodeError when a page of garbage makes SQLite's message (or a text) not UTF-8
+SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+
+
 def is_damage(exc: BaseException) -> bool:
     """Whether an sqlite3 error means a damaged file (not a lock, a full disk, a typo). A
     UnicodeDecodeError out of sqlite3 is damage too: a page of garbage in the schema makes
@@ -145,7 +150,7 @@ def connect_writer(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Databa
         db = Database(conn)
         _migrate(db, path)
         return db
-    except (sqlite3.Error, OSError, UnicodeDecodeError) as exc:
+    except (*SQLITE_ERRORS, OSError) as exc:
         if conn is not None:
             conn.close()
         if created:
@@ -170,7 +175,7 @@ def check_writable(db: Database, path: Path) -> None:
         for target in targets:
             rows = [r[0] for r in db.conn.execute(f"PRAGMA quick_check{target}")]
             problems += [r for r in rows if r != "ok"]
-    except (sqlite3.Error, UnicodeDecodeError) as exc:
+    except SQLITE_ERRORS as exc:
         problems = [str(exc)]
     if problems:
         raise damaged(path, problems[:DAMAGE_LINES])
@@ -233,7 +238,7 @@ def connect_reader(path: Path) -> sqlite3.Connection:
                 raise
             conn = _open_ro(path, immutable=True)  # a read-only copy: no -shm possible
             ready = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
-    except (sqlite3.Error, UnicodeDecodeError) as exc:
+    except SQLITE_ERRORS as exc:
         if conn is not None:
             conn.close()
         # the schema is a few kB: "too big" reading it means a damaged page says otherwise

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moedesk.paths import db_path
-from moedesk.store.db import StoreError, connect_reader, damaged, is_damage
+from moedesk.store.db import SQLITE_ERRORS, StoreError, connect_reader, damaged, is_damage
 
 MAX_VALUE_BYTES = 16 * 1024 * 1024  # the longest string or blob a query may build or return
 DEFAULT_HEAP_LIMIT = 1024 ** 3  # what the CLI gives SQLite's heap in its own process
@@ -239,7 +239,7 @@ def run_guarded(conn: sqlite3.Connection, sql: str, params: tuple = (), limit: i
             rows = [tuple(r) for r in cur.fetchmany(limit + 1)]
             columns = [d[0] for d in cur.description or []]
             cur.close()
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
+        except SQLITE_ERRORS as exc:
             if is_damage(exc):
                 raise  # the caller names the damaged file (Reader: StoreDamaged)
             raise explain_error(exc, guard) from None
@@ -261,7 +261,7 @@ def run_query(home: str | Path, sql: str, limit: int = 1000, *, guard: QueryGuar
     try:
         return run_guarded(conn, sql, limit=limit, guard=guard, timeout_s=timeout_s,
                            heap_limit=heap_limit)
-    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+    except SQLITE_ERRORS as exc:
         if is_damage(exc):
             raise damaged(db_path(Path(home))) from None
         raise

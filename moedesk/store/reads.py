@@ -19,7 +19,7 @@ from typing import Any
 
 from moedesk.paths import db_path
 from moedesk.store.analysis import ROUTING_PREFIX
-from moedesk.store.db import StoreError, connect_reader, damaged, is_damage
+from moedesk.store.db import SQLITE_ERRORS, StoreError, connect_reader, damaged, is_damage
 from moedesk.store.liveness import liveness, record_gone
 from moedesk.store.query import MAX_LIMIT, run_guarded
 
@@ -46,7 +46,7 @@ def _maps_damage(cls):
         def guarded(self, *args, **kwargs):
             try:
                 return method(self, *args, **kwargs)
-            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            except SQLITE_ERRORS as exc:
                 if is_damage(exc):
                     raise damaged(self.db_file) from None
                 raise

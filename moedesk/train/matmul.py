@@ -41,9 +41,13 @@ from moedesk.profiles.schema import CPU_MATMULS
 _chosen: str | None = None  # None: "auto", resolved on first use
 
 
+def _mkldnn_linear(x_MI: Tensor, w_OI: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x_MI, w_OI, None, "none", [], "")
+
+
 @torch.library.custom_op("moedesk::onednn_linear", mutates_args=())
 def _onednn_linear_op(x_MI: Tensor, w_OI: Tensor) -> Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x_MI, w_OI, None, "none", [], "")
+    return _mkldnn_linear(x_MI, w_OI)
 
 
 @_onednn_linear_op.register_fake
@@ -57,7 +61,7 @@ def onednn_linear(x_MI: Tensor, w_OI: Tensor) -> Tensor:
         # inductor lowers oneDNN's linear only for frozen (constant) weights: traced, the
         # call goes through an opaque op of ours, which inductor leaves as it is
         return _onednn_linear_op(x_MI, w_OI)
-    return torch.ops.mkldnn._linear_pointwise(x_MI, w_OI, None, "none", [], "")
+    return _mkldnn_linear(x_MI, w_OI)
 
 
 def cpu_vendor() -> str:

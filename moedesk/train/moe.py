@@ -292,11 +292,8 @@ class MoEFFN(nn.Module):
         53 -> 32 ms at 1 thread, 39 -> 21 ms at 2 (MKL's grouped_mm: 52 and 29).
         fp32 on MKL and CUDA need no padding.
         """
-        if x_TD.device.type != "cpu":
-            return 1
-        if torch.is_autocast_enabled("cpu"):
-            return CPU_ROW_MULTIPLE
-        if x_TD.dtype == torch.float32 and matmul.kernel() == "onednn":
+        if x_TD.device.type == "cpu" and (torch.is_autocast_enabled("cpu") or
+                                          matmul.onednn_applies(x_TD, self.experts.w2_EDF)):
             return CPU_ROW_MULTIPLE
         return 1
 
